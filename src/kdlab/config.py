@@ -1,0 +1,42 @@
+"""Where the configs live, the typed schema for the keys users sweep most, and isolated composition."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from omegaconf import DictConfig
+
+# The repo's conf/ (kdlab is installed editable from the repo: `make setup`).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class DistillSchema:
+    """Typed so that `distill.temperature=abc` fails at composition, before anything runs."""
+
+    temperature: float = 4.0
+    losses: dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="distill", name="schema", node=DistillSchema)
+
+
+def compose_config(
+    overrides: list[str] = (), config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose conf/ outside (or inside) a running Hydra app without disturbing its global state.
+
+    Used to build a teacher's training config from its recipe while a distillation job runs, also
+    in DDP child processes whose own Hydra search path points at the run folder, not at conf/.
+    """
+    saved = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        restore_gh_from_backup(saved)

@@ -1,0 +1,124 @@
+"""The one training loop both systems share: a net, weighted loss terms, metrics, optimiser binding."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning import LightningModule
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlab.losses import LossInputs, LossTerm
+from kdlab.modules.schedulers import bind_scheduler
+
+STAGES = ("train", "val", "test")
+
+
+def plain(cfg: Mapping | None) -> dict | None:
+    """Resolved plain containers, so checkpoints hold no OmegaConf objects and load with weights_only."""
+    if cfg is None:
+        return None
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return {k: plain(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+
+
+class ClassifierSystem(LightningModule):
+    """Trains `self.net` on a weighted sum of loss terms; subclasses decide what the terms see.
+
+    Nets, terms, optimiser and scheduler arrive as configs (`_target_` dicts) and are built here, so
+    `save_hyperparameters` stores plain data and `load_from_checkpoint` rebuilds the whole system.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        losses: Mapping[str, Mapping | None],
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        num_classes: int = 10,
+        **extra: Any,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "net": plain(net),
+                "losses": {name: plain(term) for name, term in losses.items()},
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "num_classes": num_classes,
+                **{key: plain(value) if isinstance(value, Mapping) else value for key, value in extra.items()},
+            },
+            logger=False,  # run.py logs hparams once, with the final metrics, for TensorBoard's hparams tab
+        )
+        self.net: nn.Module = instantiate(self.hparams.net)
+        self.losses = nn.ModuleDict(
+            {name: instantiate(term) for name, term in self.hparams.losses.items() if term is not None}
+        )
+        if not self.losses:
+            raise ValueError("No loss terms configured: give at least one, e.g. distill.losses.ce.")
+        for name, term in self.losses.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"Loss term {name!r} is a {type(term).__name__}, not a kdlab.losses.LossTerm.")
+        # Keyed "<stage>_acc": a ModuleDict key "train" would shadow nn.Module.train.
+        self.acc = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro") for stage in STAGES}
+        )
+        self.val_acc_best = MaxMetric()
+
+    # -- what subclasses provide ------------------------------------------------------------------
+    def views(self, x: torch.Tensor, y: torch.Tensor) -> LossInputs:
+        """Everything the loss terms may read for one batch."""
+        return LossInputs(student_logits=self.net(x), target=y)
+
+    def update_stage_metrics(self, inputs: LossInputs, stage: str) -> None:
+        """Hook for extra per-stage metrics (teacher agreement, KL...)."""
+
+    # -- the shared step ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        inputs = self.views(x, y)
+        terms = {name: term(inputs) for name, term in self.losses.items() if term.weight}
+        loss = sum(self.losses[name].weight * value for name, value in terms.items())
+        # Only epoch aggregates: one scalar per epoch and name, no per-step host syncs.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
+        for name, value in terms.items():
+            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True)
+        acc = self.acc[f"{stage}_acc"]
+        acc(inputs.student_logits, y)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.update_stage_metrics(inputs, stage)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # forget the sanity-check batches
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.acc["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    # -- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]  # student + terms' regressors
+        optimizer = instantiate(self.hparams.optimizer)(params=params)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = bind_scheduler(
+            instantiate(self.hparams.scheduler), optimizer, int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

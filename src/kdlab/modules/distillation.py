@@ -1,0 +1,125 @@
+"""A frozen teacher, a trainable student and a weighted sum of loss terms."""
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlab.checkpoints import load_weights
+from kdlab.losses import LossInputs
+from kdlab.modules.base import ClassifierSystem
+from kdlab.modules.taps import FeatureTap
+
+TEACHER_PREFIX = "teacher."
+
+
+class DistillationModule(ClassifierSystem):
+    """Distils `teacher_net` (loaded from `teacher_ckpt`, frozen) into `net`, the student.
+
+    Frozen means: no `requires_grad`, not in the optimiser, forward under `no_grad`, and `eval()`
+    for the whole run (re-asserted whenever Lightning calls `.train()`), so its dropout and
+    batch-norm statistics never change. Checkpoints leave the teacher out; it is re-read from
+    `teacher_ckpt` on load.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        teacher_net: Mapping,
+        teacher_ckpt: str,
+        losses: Mapping[str, Mapping | None],
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        num_classes: int = 10,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+    ) -> None:
+        super().__init__(
+            net=net,
+            losses=losses,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            num_classes=num_classes,
+            teacher_net=teacher_net,
+            teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
+            input_shape=tuple(input_shape),
+        )
+        if not teacher_ckpt:
+            raise ValueError(
+                "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
+                "train.py so the teacher is found in the cache or trained first."
+            )
+        self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+        terms = [t for t in self.losses.values() if t.weight]
+        self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
+        self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
+        self._build_terms(terms, input_shape)
+
+        self.agreement = nn.ModuleDict(
+            {s: MulticlassAccuracy(num_classes=num_classes, average="micro") for s in ("val", "test")}
+        )
+        self.kl = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.teacher_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    @property
+    def student(self) -> nn.Module:
+        return self.net
+
+    def _build_terms(self, terms: list, input_shape: tuple[int, ...]) -> None:
+        """One dry pass so terms can size their own parameters (e.g. a hint regressor) up front."""
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            example = torch.zeros(2, *input_shape)
+            self.net(example)
+            self.teacher(example)
+        student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
+        for term in terms:  # weight-0 terms are neither tapped nor built
+            term.build(student_feats, teacher_feats)
+        self.net.train(was_training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    def views(self, x: torch.Tensor, y: torch.Tensor) -> LossInputs:
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        teacher_feats = self.teacher_tap.pop()
+        student_logits = self.net(x)
+        return LossInputs(
+            student_logits=student_logits,
+            target=y,
+            teacher_logits=teacher_logits,
+            student_features=self.student_tap.pop(),
+            teacher_features=teacher_feats,
+        )
+
+    def update_stage_metrics(self, inputs: LossInputs, stage: str) -> None:
+        if stage == "train":
+            return
+        s, t = inputs.student_logits.detach(), inputs.teacher_logits
+        self.agreement[stage](s.argmax(1), t.argmax(1))
+        # Mean per-sample KL(teacher || student) at T=1: how far the student is from the teacher.
+        self.kl[stage](F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1))
+        self.log(f"{stage}/agreement", self.agreement[stage], on_step=False, on_epoch=True)
+        self.log(f"{stage}/kl", self.kl[stage], on_step=False, on_epoch=True)
+        if stage == "test":  # the teacher on the very same test images, computed in the one test pass
+            self.teacher_acc(t, inputs.target)
+            self.log("test/teacher_acc", self.teacher_acc, on_step=False, on_epoch=True)
+
+    # -- checkpoints: the teacher lives in its own file, not in every student checkpoint ------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(TEACHER_PREFIX)
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})

