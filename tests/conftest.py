@@ -30,6 +30,15 @@ def _synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return images, labels
 
 
+def write_synthetic_mnist(root: Path, n_train: int, n_test: int) -> Path:
+    rng = np.random.default_rng(1234)
+    for kind, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = _synthetic_digits(n, rng)
+        write_idx(root / f"{kind}-images-idx3-ubyte", images)
+        write_idx(root / f"{kind}-labels-idx1-ubyte", labels)
+    return root
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the four raw IDX files: 1200 train and 400 test synthetic 28x28 digits.
@@ -37,13 +46,13 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Use ``MNISTDataModule(data_dir=mnist_dir, val_size=200, verify=False, mirrors=[],
     pypi_package=None)``: the data has no published MD5, and nothing may go to the network.
     """
-    root = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(1234)
-    for kind, n in (("train", 1200), ("t10k", 400)):
-        images, labels = _synthetic_digits(n, rng)
-        write_idx(root / f"{kind}-images-idx3-ubyte", images)
-        write_idx(root / f"{kind}-labels-idx1-ubyte", labels)
-    return root
+    return write_synthetic_mnist(tmp_path_factory.mktemp("mnist"), 1200, 400)
+
+
+@pytest.fixture(scope="session")
+def odd_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like mnist_dir with 401 test images: 2 DDP ranks cannot split them evenly without padding."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("mnist_odd"), 1200, 401)
 
 
 class _Py2StylePickler(pickle._Pickler):

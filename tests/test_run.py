@@ -105,10 +105,17 @@ def test_scratch_baseline_shows_up_in_distillation_summary(make_cfg):
 
 def test_resume_an_interrupted_run(make_cfg):
     """Resume from the epoch-0 checkpoint of a 2-epoch run: the same schedule, carried to its end."""
-    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1")
+    cfg = make_cfg(
+        "experiment=distill_mlp",
+        TINY_TEACHER,
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    )
     train(cfg)
     first = Path(cfg.paths.output_dir) / "checkpoints" / "epoch_000.ckpt"
-    metrics, objects = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", f"ckpt_path={first}"))
+    metrics, objects = train(
+        make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", f"ckpt_path={first}")
+    )
     assert objects["trainer"].current_epoch == 2
     assert objects["trainer"].global_step == 2 * 8  # 1000 train images / batch 128 = 8 steps per epoch
     assert metrics["test/acc"] > 0.5
@@ -117,7 +124,11 @@ def test_resume_an_interrupted_run(make_cfg):
 @pytest.mark.parametrize(
     ("override", "error", "match"),
     [
-        ("distill.losses.kd.weight=-1", InstantiationException, r"(?s)weight must be .* >= 0.*full_key: distill.losses.kd"),
+        (
+            "distill.losses.kd.weight=-1",
+            InstantiationException,
+            r"(?s)weight must be .* >= 0.*full_key: distill.losses.kd",
+        ),
         ("distill.temperature=0", InstantiationException, "temperature must be .* > 0"),
         ("teacher.ckpt_path=/no/such/teacher.ckpt", FileNotFoundError, "teacher.ckpt_path"),
         ("ckpt_path=/no/such/last.ckpt", FileNotFoundError, "resume"),

@@ -40,9 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         return state
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    raise CheckpointError(
-        f"{str(path)!r} holds a {type(obj).__name__}, not a state_dict or a Lightning checkpoint."
-    )
+    raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state_dict or a Lightning checkpoint.")
 
 
 def load_weights(net: nn.Module, path: str | Path, role: str = "teacher") -> nn.Module:
@@ -58,8 +56,7 @@ def load_weights(net: nn.Module, path: str | Path, role: str = "teacher") -> nn.
     ]
     if missing or unexpected or mismatched:
         lines = [
-            f"The {role} checkpoint {str(path)!r} does not match the configured {role} network "
-            f"({type(net).__name__}).",
+            f"The {role} checkpoint {str(path)!r} does not match the configured {role} network ({type(net).__name__}).",
             f"missing keys: {missing or 'none'}",
             f"unexpected keys: {unexpected or 'none'}",
             f"shape mismatches: {mismatched or 'none'}",

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdlab.config import CONFIG_DIR
 from kdlab.recipes import digest, recipe_of
 from kdlab.summary import flat_hparams, print_summary, scratch_baseline, write_metrics
+from kdlab.sweep_ddp import sweep_job_ddp
 from kdlab.teachers import provision_teacher
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def check_config(cfg: DictConfig) -> None:
     """Fail on bad values in seconds, before a teacher or student trains for minutes."""
     if cfg.seed is not None and not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an integer or null, got {cfg.seed!r} (e.g. seed=0 or seed=0,1,2 with -m).")
+    if not cfg.train and not cfg.ckpt_path:
+        raise ValueError("train=false tests a checkpoint: give it with ckpt_path=<path to a .ckpt of this experiment>.")
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(
             f"ckpt_path={cfg.ckpt_path!r} does not exist: give a checkpoint of this run to resume "
@@ -42,7 +45,7 @@ def check_config(cfg: DictConfig) -> None:
                 "module=distill needs a teacher and loss terms: add e.g. teacher=mlp_512_256 distill=kd, "
                 "or start from experiment=distill_mlp."
             )
-        for name, term in cfg.distill.losses.items():
+        for term in cfg.distill.losses.values():
             if term is not None:
                 instantiate(term)  # constructors validate weights, temperatures, reductions
     instantiate(cfg.model)
@@ -76,13 +79,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    wall = time.perf_counter() - started
+    best = None
+    with sweep_job_ddp(trainer):
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if cfg.test:
+            tested = (best and "best") if cfg.train else cfg.ckpt_path  # None: the weights in memory
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        wall = time.perf_counter() - started
 
     output_dir = Path(cfg.paths.output_dir)
     metrics.update(
@@ -95,7 +102,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "epochs": trainer.current_epoch,
             "wall_time_s": round(wall, 2),
             "output_dir": str(output_dir),
-            "best_checkpoint": best if cfg.test else None,
+            "best_checkpoint": best,
             "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         }
     )

@@ -82,8 +82,11 @@ def print_summary(metrics: Mapping[str, Any], console: Console | None = None) ->
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """Dotted scalar hyper-parameters for TensorBoard's hparams tab (lists become strings)."""
     groups = ("model", "data", "optimizer", "scheduler", "distill", "teacher", "seed")
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-             for k in groups if cfg.get(k) is not None}
+    plain = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in groups
+        if cfg.get(k) is not None
+    }
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:

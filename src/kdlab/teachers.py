@@ -80,7 +80,10 @@ def provision_teacher(cfg: DictConfig, train: Callable[[DictConfig], tuple[dict,
             return final / TEACHER_FILE
         log.warning(
             "No cached teacher for recipe %r (key %s, seed %s): training it first in %s",
-            cfg.teacher.recipe, key, cfg.teacher.seed, final,
+            cfg.teacher.recipe,
+            key,
+            cfg.teacher.seed,
+            final,
         )
         staging = root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -216,9 +216,7 @@ def test_hydra_config_matches_the_constructor(mnist_dir):
 def test_synthetic_fixture_is_learnable_in_two_epochs(dm):
     """Other suites train on ``mnist_dir`` and expect accuracy well above chance quickly."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
-    )
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(2):
         for batch in dm.train_dataloader():
@@ -227,7 +225,5 @@ def test_synthetic_fixture_is_learnable_in_two_epochs(dm):
             torch.nn.functional.cross_entropy(net(x), y).backward()
             optimizer.step()
     with torch.no_grad():
-        correct = sum(
-            (net(x).argmax(1) == y).sum().item() for x, y in map(dm.preprocess_batch, dm.test_dataloader())
-        )
+        correct = sum((net(x).argmax(1) == y).sum().item() for x, y in map(dm.preprocess_batch, dm.test_dataloader()))
     assert correct / len(dm.data_test) > 0.95

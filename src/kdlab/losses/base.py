@@ -68,9 +68,7 @@ class LossTerm(nn.Module, abc.ABC):
         return f"weight={self.weight}"
 
 
-def check_number(
-    term: object, name: str, value: object, *, minimum: float, inclusive: bool, why: str = ""
-) -> float:
+def check_number(term: object, name: str, value: object, *, minimum: float, inclusive: bool, why: str = "") -> float:
     """A config value as a float, or a ValueError that names the term, the key and the allowed range."""
     bound = f">= {minimum}" if inclusive else f"> {minimum}"
     ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)

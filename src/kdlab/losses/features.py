@@ -16,9 +16,7 @@ class Hint(LossTerm):
     4-D maps of equal spatial size, otherwise a Linear on the flattened features.
     """
 
-    def __init__(
-        self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, reduction: str = "mean"
-    ) -> None:
+    def __init__(self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, reduction: str = "mean") -> None:
         super().__init__(weight)
         for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
             if not isinstance(name, str) or not name:

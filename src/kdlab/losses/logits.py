@@ -21,9 +21,7 @@ class CE(LossTerm):
 
     def __init__(self, *, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)
-        self.label_smoothing = check_number(
-            self, "label_smoothing", label_smoothing, minimum=0.0, inclusive=True
-        )
+        self.label_smoothing = check_number(self, "label_smoothing", label_smoothing, minimum=0.0, inclusive=True)
         if self.label_smoothing > 1.0:
             raise ValueError(
                 f"CE: label_smoothing must lie in [0, 1], got {label_smoothing!r}; it is the share of the "
@@ -84,9 +82,7 @@ class DKD(LossTerm):
     Everything stays in log space, so confident teachers give no log(0).
     """
 
-    def __init__(
-        self, *, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0
-    ) -> None:
+    def __init__(self, *, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
         super().__init__(weight)
         self.alpha = check_number(self, "alpha", alpha, minimum=0.0, inclusive=True)
         self.beta = check_number(self, "beta", beta, minimum=0.0, inclusive=True)

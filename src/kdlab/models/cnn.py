@@ -30,9 +30,7 @@ class SmallCNN(nn.Module):
         if not channels or any(int(c) < 1 for c in channels):
             raise ValueError(f"SmallCNN channels must be positive integers, got {list(channels)}.")
         if image_size >> len(channels) < 1:
-            raise ValueError(
-                f"SmallCNN halves the image {len(channels)} times: {image_size}px is too small for that."
-            )
+            raise ValueError(f"SmallCNN halves the image {len(channels)} times: {image_size}px is too small for that.")
         widths = [in_channels, *map(int, channels)]
         self.features = nn.Sequential(
             *(
@@ -42,12 +40,14 @@ class SmallCNN(nn.Module):
                     make_activation(activation),
                     nn.MaxPool2d(2),
                 )
-                for c_in, c_out in zip(widths[:-1], widths[1:])
+                for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
             )
         )
         side = image_size >> len(channels)  # 28 -> 14 -> 7 with two blocks
         self.neck = nn.Sequential(
-            nn.Flatten(), nn.Linear(widths[-1] * side * side, hidden), make_activation(activation),
+            nn.Flatten(),
+            nn.Linear(widths[-1] * side * side, hidden),
+            make_activation(activation),
             nn.Dropout(dropout),
         )
         self.head = nn.Linear(hidden, num_classes)

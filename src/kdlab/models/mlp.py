@@ -32,7 +32,7 @@ class MLP(nn.Module):
         self.features = nn.Sequential(
             *(
                 nn.Sequential(nn.Linear(w_in, w_out), make_activation(activation), nn.Dropout(dropout))
-                for w_in, w_out in zip(widths[:-1], widths[1:])
+                for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
             )
         )
         self.head = nn.Linear(widths[-1], num_classes)

@@ -86,10 +86,11 @@ class ClassifierSystem(LightningModule):
         inputs = self.views(x, y)
         terms = {name: term(inputs) for name, term in self.losses.items() if term.weight}
         loss = sum(self.losses[name].weight * value for name, value in terms.items())
-        # Only epoch aggregates: one scalar per epoch and name, no per-step host syncs.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
+        # Only epoch aggregates: one scalar per epoch and name, no per-step host syncs; under DDP
+        # hand-computed values are averaged over ranks once, at the epoch's end.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train", sync_dist=True)
         for name, value in terms.items():
-            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True)
+            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         acc = self.acc[f"{stage}_acc"]
         acc(inputs.student_logits, y)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
@@ -110,7 +111,7 @@ class ClassifierSystem(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.acc["val_acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -20,4 +20,11 @@ def bind_scheduler(make: partial, optimizer: Optimizer, total_steps: int) -> LRS
     params = inspect.signature(make.func if isinstance(make, partial) else make).parameters
     given = make.keywords if isinstance(make, partial) else {}
     fill = {k: total_steps for k in LENGTH_KEYS if k in params and given.get(k) is None}
-    return make(optimizer, **fill)
+    try:
+        return make(optimizer, **fill)
+    except ZeroDivisionError as err:  # OneCycleLR's phases collapse on a handful of steps
+        name = getattr(make, "func", make).__name__
+        raise ValueError(
+            f"{name} cannot be laid over only {total_steps} optimiser steps. Train for more steps "
+            "(more epochs, a smaller data.batch_size) or use scheduler=cosine or scheduler=none."
+        ) from err

@@ -1,0 +1,93 @@
+"""Two-process CPU DDP (gloo) through train.py: teacher training, distillation, sweeps, exact eval."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+
+pytestmark = pytest.mark.slow
+
+
+def cli(root: Path, data: Path) -> list[str]:
+    """The tiny-run overrides of tests/conftest.py, as a user would type them."""
+    return [
+        f"paths.root_dir={root}",
+        f"paths.data_dir={data}",
+        "data.verify=false",
+        "data.pypi_package=null",
+        "data.mirrors=[]",
+        "data.val_size=200",
+        "data.batch_size=32",
+        "data.eval_batch_size=64",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.model_summary",
+    ]
+
+
+TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def only_run_folder(root: Path, name: str) -> Path:
+    runs = [p for p in (root / "outputs" / name / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, f"expected one run folder (no per-rank strays), found {runs}"
+    return runs[0]
+
+
+def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir):
+    """One checkpoint, tested by 1 and by 2 processes: identical metrics on 401 (odd!) test images."""
+    args = [*cli(tmp_path / "fit", odd_mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "trainer.limit_train_batches=3"]
+    run(*args)
+    ckpt = only_run_folder(tmp_path / "fit", "distill_mlp") / "checkpoints" / "last.ckpt"
+
+    single = tmp_path / "single"
+    cache = f"paths.teacher_dir={tmp_path / 'fit' / 'outputs' / 'teachers'}"  # the very same teacher
+    run(*cli(single, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}")
+    ddp = tmp_path / "ddp"
+    run(*cli(ddp, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}", *DDP)
+
+    one = json.loads((only_run_folder(single, "distill_mlp") / "metrics.json").read_text())
+    two = json.loads((only_run_folder(ddp, "distill_mlp") / "metrics.json").read_text())
+    assert 0.2 < one["test/acc"] < 1.0  # a half-trained student: a padded sampler would show
+    for key in ("test/acc", "test/agreement", "test/teacher_acc"):
+        assert two[key] == one[key], key  # counts over 401 images: exact
+    assert two["test/kl"] == pytest.approx(one["test/kl"], rel=1e-5)
+
+
+def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir):
+    done = run(*cli(tmp_path, mnist_dir), "experiment=train_teacher_mlp", *DDP)
+    folder = only_run_folder(tmp_path, "train_teacher_mlp")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.9
+    assert done.stdout.count("kdlab: train_teacher_mlp") == 1  # rank zero alone prints the summary
+
+    run(*cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, *DDP)
+    folder = only_run_folder(tmp_path, "distill_mlp")
+    assert json.loads((folder / "metrics.json").read_text())["test/acc"] > 0.9
+    assert (folder / "student.pt").is_file()
+
+
+def test_ddp_inside_a_multirun_stays_in_its_job(tmp_path, mnist_dir):
+    run("-m", *cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1,4", *DDP)
+    sweeps = list((tmp_path / "outputs" / "distill_mlp" / "multirun").iterdir())
+    assert len(sweeps) == 1, f"DDP children started sweeps of their own: {sweeps}"
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    temps = [json.loads((sweeps[0] / j / "metrics.json").read_text())["overrides"] for j in jobs]
+    assert ["distill.temperature=1" in t for t in temps] == [True, False]
+    assert not (tmp_path / "outputs" / "distill_mlp" / "runs").exists()
