@@ -451,20 +451,22 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     if missing:
         lines += ["", f"**No metrics.json (failed or still running):** job folders {', '.join(missing)}."]
     lines += ["", table, ""]
+    notes = []  # a Markdown list: one line each
     best = best_by_validation(rows)
     if best is not None and len(rows) > 1:
-        lines.append(
+        notes.append(
             f"Best by validation: {_setting_text(best, keys)}: val acc best {_pct(best.stats('val/acc_best'))}%, "
             f"test acc {_pct(best.stats('test/acc'))}%."
         )
     for key, base in refs.scratch.items():
-        lines.append(
+        notes.append(
             f"Same student from scratch (recipe {key}): {100 * base['mean']:.2f} ± {100 * base['std']:.2f}% "
             f"test acc over {base['runs']} runs."
         )
     optuna = optuna_summary(sweep_dir, jobs)
     if optuna:
-        lines.append(optuna)
+        notes.append(optuna)
+    lines += [f"- {note}" for note in notes]
     lines += ["", *(f"![{name}]({name}.png)" for name in figures), ""]
     (out / REPORT_FILE).write_text("\n".join(lines))
     files.insert(0, out / REPORT_FILE)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.checkpoints import load_weights
@@ -61,12 +61,6 @@ class DistillationModule(ClassifierSystem):
         self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
         self._build_terms(terms, input_shape)
 
-        self.agreement = nn.ModuleDict(
-            {s: MulticlassAccuracy(num_classes=num_classes, average="micro") for s in ("val", "test")}
-        )
-        self.kl = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
-        self.teacher_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-
     @property
     def student(self) -> nn.Module:
         return self.net
@@ -102,18 +96,26 @@ class DistillationModule(ClassifierSystem):
             teacher_features=teacher_feats,
         )
 
-    def update_stage_metrics(self, inputs: LossInputs, stage: str) -> None:
+    def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
+        metrics = super().stage_metrics(stage, num_classes)
+        if stage != "train":  # how closely the student follows the teacher, on held-out images
+            metrics["agreement"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            metrics["kl"] = MeanMetric()
+        if stage == "test":  # the teacher on the very same test images, computed in the one test pass
+            metrics["teacher_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        return metrics
+
+    def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
         if stage == "train":
             return
         s, t = inputs.student_logits.detach(), inputs.teacher_logits
-        self.agreement[stage](s.argmax(1), t.argmax(1))
+        metrics["agreement"].update(s.argmax(1), t.argmax(1))
         # Mean per-sample KL(teacher || student) at T=1: how far the student is from the teacher.
-        self.kl[stage](F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1))
-        self.log(f"{stage}/agreement", self.agreement[stage], on_step=False, on_epoch=True)
-        self.log(f"{stage}/kl", self.kl[stage], on_step=False, on_epoch=True)
-        if stage == "test":  # the teacher on the very same test images, computed in the one test pass
-            self.teacher_acc(t, inputs.target)
-            self.log("test/teacher_acc", self.teacher_acc, on_step=False, on_epoch=True)
+        metrics["kl"].update(
+            F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1)
+        )
+        if stage == "test":
+            metrics["teacher_acc"].update(t, inputs.target)
 
     # -- checkpoints: the teacher lives in its own file, not in every student checkpoint ------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
