@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -125,6 +128,37 @@ TINY_RUN = (
 )
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny(root: Path, data: Path) -> list[str]:
+    return [f"paths.root_dir={root}", f"paths.data_dir={data}", *TINY_RUN]
+
+
+@pytest.fixture
+def tiny_cli():
+    """`tiny_cli(root, data)`: the tiny-run overrides as typed on the command line, outputs under root."""
+    return _tiny
+
+
+@pytest.fixture
+def run_script():
+    """Run a repo script (`train.py`, `scripts/report.py`) from the repo root as a user would.
+
+    One thread per process: parallel torch processes oversubscribing 2 cores run 5x slower.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        return done
+
+    return run
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path, mnist_dir: Path):
     """Compose conf/ like `train.py` would, on the generated data, with every output under tmp_path."""
@@ -137,7 +171,7 @@ def make_cfg(tmp_path: Path, mnist_dir: Path):
 
     def make(*overrides: str):
         cfg = compose_config(
-            [*TINY_RUN, f"paths.data_dir={mnist_dir}", f"paths.root_dir={tmp_path}", *overrides],
+            [*_tiny(tmp_path, mnist_dir), *overrides],
             return_hydra_config=True,
         )
         with open_dict(cfg):

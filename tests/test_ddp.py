@@ -1,46 +1,25 @@
 """Two-process CPU DDP (gloo) through train.py: teacher training, distillation, sweeps, exact eval."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
+SMALL_BATCHES = ("data.batch_size=32", "data.eval_batch_size=64")  # 2 ranks still get several steps
 
 pytestmark = pytest.mark.slow
 
 
-def cli(root: Path, data: Path) -> list[str]:
-    """The tiny-run overrides of tests/conftest.py, as a user would type them."""
-    return [
-        f"paths.root_dir={root}",
-        f"paths.data_dir={data}",
-        "data.verify=false",
-        "data.pypi_package=null",
-        "data.mirrors=[]",
-        "data.val_size=200",
-        "data.batch_size=32",
-        "data.eval_batch_size=64",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "~callbacks.model_summary",
-    ]
+@pytest.fixture
+def cli(tiny_cli):
+    return lambda root, data: [*tiny_cli(root, data), *SMALL_BATCHES]
 
 
-TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
+@pytest.fixture
+def run(run_script):
+    return lambda *args: run_script("train.py", *args)
 
 
 def only_run_folder(root: Path, name: str) -> Path:
@@ -49,9 +28,14 @@ def only_run_folder(root: Path, name: str) -> Path:
     return runs[0]
 
 
-def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir):
+def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir, cli, run):
     """One checkpoint, tested by 1 and by 2 processes: identical metrics on 401 (odd!) test images."""
-    args = [*cli(tmp_path / "fit", odd_mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "trainer.limit_train_batches=3"]
+    args = [
+        *cli(tmp_path / "fit", odd_mnist_dir),
+        "experiment=distill_mlp",
+        TINY_TEACHER,
+        "trainer.limit_train_batches=3",
+    ]
     run(*args)
     ckpt = only_run_folder(tmp_path / "fit", "distill_mlp") / "checkpoints" / "last.ckpt"
 
@@ -69,7 +53,7 @@ def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir):
     assert two["test/kl"] == pytest.approx(one["test/kl"], rel=1e-5)
 
 
-def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir):
+def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir, cli, run):
     done = run(*cli(tmp_path, mnist_dir), "experiment=train_teacher_mlp", *DDP)
     folder = only_run_folder(tmp_path, "train_teacher_mlp")
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -82,7 +66,7 @@ def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir):
     assert (folder / "student.pt").is_file()
 
 
-def test_ddp_inside_a_multirun_stays_in_its_job(tmp_path, mnist_dir):
+def test_ddp_inside_a_multirun_stays_in_its_job(tmp_path, mnist_dir, cli, run):
     run("-m", *cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1,4", *DDP)
     sweeps = list((tmp_path / "outputs" / "distill_mlp" / "multirun").iterdir())
     assert len(sweeps) == 1, f"DDP children started sweeps of their own: {sweeps}"

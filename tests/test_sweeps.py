@@ -1,9 +1,6 @@
 """Sweeps through train.py as a user types them: a grid multirun and its report, submitit, Optuna."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,38 +8,16 @@ import yaml
 
 from kdlab.report import write_report
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
 TRAINED_A_TEACHER = "training it first"  # kdlab.teachers' log line when no cached teacher fits
 
 pytestmark = pytest.mark.slow
 
 
-def cli(root: Path, data: Path) -> list[str]:
-    """The tiny-run overrides of tests/conftest.py as typed on the command line, sweep folder fixed."""
-    return [
-        f"paths.root_dir={root}",
-        f"paths.data_dir={data}",
-        f"hydra.sweep.dir={root / 'sweep'}",
-        "data.verify=false",
-        "data.pypi_package=null",
-        "data.mirrors=[]",
-        "data.val_size=200",
-        "data.eval_batch_size=200",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "~callbacks.model_summary",
-        TINY_TEACHER,
-    ]
-
-
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
+@pytest.fixture
+def cli(tiny_cli):
+    """The tiny-run overrides with the sweep folder fixed, as typed on the command line."""
+    return lambda root, data: [*tiny_cli(root, data), f"hydra.sweep.dir={root / 'sweep'}", TINY_TEACHER]
 
 
 def job_metrics(sweep: Path) -> dict[str, dict]:
@@ -53,15 +28,15 @@ def cached_teachers(root: Path) -> list[Path]:
     return [p for p in (root / "outputs" / "teachers").iterdir() if p.is_dir()]
 
 
-def test_grid_multirun_trains_one_teacher_and_reports_each_job(tmp_path, mnist_dir):
-    done = run("train.py", "-m", "experiment=distill_mlp", *cli(tmp_path, mnist_dir), "distill.temperature=1,4")
+def test_grid_multirun_trains_one_teacher_and_reports_each_job(tmp_path, mnist_dir, cli, run_script):
+    done = run_script("train.py", "-m", "experiment=distill_mlp", *cli(tmp_path, mnist_dir), "distill.temperature=1,4")
     sweep = tmp_path / "sweep"
     jobs = job_metrics(sweep)
     assert sorted(jobs) == ["0", "1"]
     assert len(cached_teachers(tmp_path)) == 1
     assert (done.stdout + done.stderr).count(TRAINED_A_TEACHER) == 1  # job 1 reused job 0's teacher
 
-    report = run("scripts/report.py", str(sweep))
+    report = run_script("scripts/report.py", str(sweep))
     text = (sweep / "report.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| distill")]
     rows = [row for row in rows if not set(row) <= set("|- ")]  # drop the header rule
@@ -79,9 +54,11 @@ def test_grid_multirun_trains_one_teacher_and_reports_each_job(tmp_path, mnist_d
     assert (sweep / "acc_vs_distill.temperature.png").is_file()
 
 
-def test_submitit_local_launcher_runs_jobs_as_processes(tmp_path, mnist_dir):
+def test_submitit_local_launcher_runs_jobs_as_processes(tmp_path, mnist_dir, cli, run_script):
     """Both jobs start at once in their own processes: the file lock lets one train the teacher."""
-    run("train.py", "-m", "hydra/launcher=local", "experiment=distill_mlp", *cli(tmp_path, mnist_dir), "seed=0,1")
+    run_script(
+        "train.py", "-m", "hydra/launcher=local", "experiment=distill_mlp", *cli(tmp_path, mnist_dir), "seed=0,1"
+    )
     sweep = tmp_path / "sweep"
     jobs = job_metrics(sweep)
     assert sorted(jobs) == ["0", "1"]
@@ -95,10 +72,12 @@ def test_submitit_local_launcher_runs_jobs_as_processes(tmp_path, mnist_dir):
     assert len(cached_teachers(tmp_path)) == 1
 
 
-def test_optuna_search_writes_the_best_trial(tmp_path, mnist_dir):
+def test_optuna_search_writes_the_best_trial(tmp_path, mnist_dir, cli, run_script):
     # 2 training batches per student: under-trained, so the trials' validation accuracies differ
     args = [*cli(tmp_path, mnist_dir), "trainer.limit_train_batches=2"]
-    run("train.py", "-m", "experiment=distill_mlp", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=2", *args)
+    run_script(
+        "train.py", "-m", "experiment=distill_mlp", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=2", *args
+    )
     sweep = tmp_path / "sweep"
     jobs = job_metrics(sweep)
     assert sorted(jobs) == ["0", "1"]

@@ -7,6 +7,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobRuntime
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 
@@ -34,9 +35,12 @@ def compose_config(
     in DDP child processes whose own Hydra search path points at the run folder, not at conf/.
     """
     saved = get_gh_backup()
+    job_name = JobRuntime.instance().conf.get("name")  # initialize_config_dir renames the job "app"
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         restore_gh_from_backup(saved)
+        if job_name is not None:
+            JobRuntime.instance().set("name", job_name)

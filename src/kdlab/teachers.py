@@ -67,7 +67,7 @@ def provision_teacher(cfg: DictConfig, train: Callable[[DictConfig], tuple[dict,
 
     tcfg = teacher_run_config(cfg)
     key = teacher_key(tcfg)
-    root = Path(cfg.paths.teacher_dir)
+    root = Path(cfg.paths.teacher_dir).resolve()  # absolute: DDP children and reloads find it too
     final = root / key
     if (final / TEACHER_FILE).is_file():
         log.info("Reusing cached teacher %s (recipe %s)", final / TEACHER_FILE, cfg.teacher.recipe)

@@ -44,9 +44,7 @@ def test_article_feature_example():
     # 1/2 * 15 * 0.1^2 = 0.075; the mean over the 15 elements is 0.01.
     student = torch.arange(1.0, 16.0).reshape(5, 3)
     teacher = student + 0.1
-    assert built((2, 3), (2, 3), reduction="half_sum")(batch(student, teacher)).item() == pytest.approx(
-        0.075, abs=1e-5
-    )
+    assert built((2, 3), (2, 3), reduction="half_sum")(batch(student, teacher)).item() == pytest.approx(0.075, abs=1e-5)
     assert built((2, 3), (2, 3))(batch(student, teacher)).item() == pytest.approx(0.01, abs=1e-6)
 
 
@@ -114,9 +112,7 @@ def test_forward_before_build_is_an_error():
 
 def test_missing_feature_names_the_available_ones():
     term = Hint(student_layer="features.9", teacher_layer="t")
-    with pytest.raises(
-        ValueError, match=r"student feature 'features\.9' is missing.*available: 'features\.0', 'head'"
-    ):
+    with pytest.raises(ValueError, match=r"student feature 'features\.9' is missing.*available: 'features\.0', 'head'"):
         term.build({"features.0": torch.zeros(2, 3), "head": torch.zeros(2, 2)}, {"t": torch.zeros(2, 3)})
     term = built((2, 3), (2, 3))
     inputs = batch(torch.zeros(2, 3), torch.zeros(2, 3))

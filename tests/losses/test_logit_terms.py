@@ -88,9 +88,7 @@ def test_kd_is_a_mean_over_samples():
 def test_kd_gradient_reaches_student_only():
     student = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), requires_grad=True)
     teacher = torch.randn(3, 5, generator=torch.Generator().manual_seed(2), requires_grad=True)
-    loss = KD()(
-        LossInputs(student_logits=student, target=torch.zeros(3, dtype=torch.long), teacher_logits=teacher)
-    )
+    loss = KD()(LossInputs(student_logits=student, target=torch.zeros(3, dtype=torch.long), teacher_logits=teacher))
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None

