@@ -34,10 +34,14 @@ def test_every_experiment_composes_and_builds(experiment, make_cfg):
             assert recipe_of(full) == recipe_of(scratch)
 
 
-def test_fast_dev_run_of_teacher_experiment(make_cfg):
-    metrics, objects = train(make_cfg("experiment=train_teacher_mlp", "trainer.fast_dev_run=true"))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(experiment, make_cfg):
+    """One batch per stage through the whole entry point; distillation trains its tiny teacher first."""
+    overrides = [TINY_TEACHER] if "distill" in experiment else []
+    metrics, objects = train(make_cfg(f"experiment={experiment}", "trainer.fast_dev_run=true", *overrides))
     assert objects["trainer"].fast_dev_run
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert ("test/teacher_acc" in metrics) == ("distill" in experiment)
 
 
 def test_teacher_run_writes_metrics_events_and_student(make_cfg):

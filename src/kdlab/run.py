@@ -122,7 +122,8 @@ def write_outputs(cfg: DictConfig, module, trainer: L.Trainer, metrics: dict, ou
     write_metrics(output_dir, metrics)
     torch.save(module.net.state_dict(), output_dir / STUDENT_FILE)
     OmegaConf.save(cfg.model, output_dir / "student_model.yaml", resolve=True)
-    scalars = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(("test/", "val/acc_best"))}
+    shown = ("test/", "val/acc_best", "params/", "compression")  # the hparams tab's metric columns
+    scalars = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(shown)}
     for logger in trainer.loggers:
         logger.log_hyperparams(flat_hparams(cfg), scalars)
     print_summary(metrics)

@@ -60,6 +60,12 @@ def tiny_datamodule(mnist_dir, **kw) -> MNISTDataModule:
     )
 
 
+def quiet_trainer(**kw) -> L.Trainer:
+    """One CPU epoch, nothing written to disk or the terminal."""
+    off = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(max_epochs=1, accelerator="cpu", **off, **kw)
+
+
 class AssertTeacherEval(L.Callback):
     """Checks the teacher's mode at every training step, after Lightning's own .train() calls."""
 
@@ -76,15 +82,7 @@ def test_teacher_is_bit_identical_and_in_eval_after_an_epoch(teacher_file, mnist
     module = make_module(teacher_file)
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     probe = AssertTeacherEval()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
-    )
+    trainer = quiet_trainer(callbacks=[probe])
     trainer.fit(module, datamodule=tiny_datamodule(mnist_dir, augment_shift=2))
     assert probe.checked > 5
     after = module.teacher.state_dict()
@@ -164,16 +162,7 @@ def test_teacher_loads_from_lightning_ckpt_state_dict_and_safetensors(tmp_path):
 
 def test_checkpoint_leaves_teacher_out_and_reloads(teacher_file, mnist_dir, tmp_path):
     module = make_module(teacher_file)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=tiny_datamodule(mnist_dir))
     trainer.save_checkpoint(tmp_path / "distill.ckpt")
     saved = torch.load(tmp_path / "distill.ckpt", weights_only=True)
