@@ -83,6 +83,9 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
     caches = [p for p in Path(cfg.paths.teacher_dir).iterdir() if p.is_dir()]
     assert len(caches) == 1 and (caches[0] / "teacher.ckpt").is_file() and (caches[0] / "metrics.json").is_file()
     assert not (caches[0] / "checkpoints").exists()
+    record = json.loads((caches[0] / "metrics.json").read_text())
+    assert record["best_checkpoint"] == str(caches[0] / "teacher.ckpt")
+    assert record["overrides"] == ["experiment=train_teacher_mlp", "seed=0", "trainer.max_epochs=1"]
 
     caplog.clear()
     second, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))

@@ -1,5 +1,6 @@
 """Find, train or load the frozen teacher: cached by a hash of its recipe, trained at most once."""
 
+import json
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.config import compose_config
 from kdlab.recipes import digest, recipe_of
+from kdlab.summary import METRICS_FILE, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,17 @@ def teacher_key(tcfg: DictConfig) -> str:
             "seed": tcfg.seed,
         }
     )
+
+
+def describe_cache_entry(staging: Path, final: Path, spec: DictConfig) -> None:
+    """Point the teacher's metrics.json at where it will live, and at its own recipe, not the job's."""
+    metrics = json.loads((staging / METRICS_FILE).read_text())
+    metrics.update(
+        output_dir=str(final),
+        best_checkpoint=str(final / TEACHER_FILE),
+        overrides=[f"experiment={spec.recipe}", f"seed={spec.seed}", *spec.get("overrides", [])],
+    )
+    write_metrics(staging, metrics)
 
 
 def provision_teacher(cfg: DictConfig, train: Callable[[DictConfig], tuple[dict, dict]]) -> Path:
@@ -99,6 +112,7 @@ def provision_teacher(cfg: DictConfig, train: Callable[[DictConfig], tuple[dict,
         shutil.copyfile(best, staging / TEACHER_FILE)
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # keep the cache lean: best only
         OmegaConf.save(tcfg, staging / "config.yaml", resolve=True)
+        describe_cache_entry(staging, final, cfg.teacher)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)  # atomic: readers see no teacher or a complete one
     log.info("Cached teacher at %s", final / TEACHER_FILE)
