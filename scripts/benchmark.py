@@ -3,9 +3,10 @@
     python scripts/benchmark.py                      # CPU, batch 128, 300 steps x 3 repeats
     python scripts/benchmark.py --device cuda --precision bf16-mixed --batch-size 1024
 
-Prints the median steps/s of each variant and its ratio to a plain PyTorch loop doing the same
-work (same MLP, AdamW + one-cycle, 2-px shifts, in-memory batches). Absolute numbers depend on
-the machine and its load; the ratios are what to compare across changes.
+Prints the median steady-state steps/s of each variant (the first steps and Lightning's setup are
+not timed) and its ratio to a plain PyTorch loop training the teacher MLP (AdamW + one-cycle, 2-px
+shifts, in-memory batches); a plain loop over the student MLP is the reference for the student rows.
+Absolute numbers depend on the machine and its load: compare ratios, measured in one run.
 """
 
 import argparse
@@ -37,6 +38,22 @@ class PerSampleMNIST(Dataset):
         return (self.x[i].float() / 255 - 0.5) / 0.5, self.y[i]
 
 
+WARMUP = 20  # steps excluded from every timing: allocator, caches and Lightning's setup
+
+
+class StepTimer(L.Callback):
+    """Steady-state steps/s of a Lightning fit, from step WARMUP on (setup time excluded)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.rate = (batch_idx + 1 - WARMUP) / (time.perf_counter() - self.start)
+
+
 def batches(loader: DataLoader):
     while True:
         yield from loader
@@ -52,8 +69,11 @@ def plain_loop(dm: MNISTDataModule, cfg, device: str, steps: int, per_sample: bo
     else:
         loader = dm.train_dataloader()
     it = batches(loader)
-    start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
+        if step == WARMUP:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if not per_sample:
@@ -65,7 +85,7 @@ def plain_loop(dm: MNISTDataModule, cfg, device: str, steps: int, per_sample: bo
         sched.step()
     if device == "cuda":
         torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return (steps - WARMUP) / (time.perf_counter() - start)
 
 
 def lightning_loop(dm: MNISTDataModule, cfg, accelerator: str, precision: str, steps: int) -> float:
@@ -106,6 +126,7 @@ def main() -> None:
         f"data.batch_size={args.batch_size}",
     ]
     teacher_cfg = compose_config(["experiment=train_teacher_mlp", *common])
+    scratch_cfg = compose_config(["experiment=student_scratch_mlp", *common])
     distill_cfg = compose_config(["experiment=distill_mlp", *common])
     dm = instantiate(teacher_cfg.data, _convert_="all")
     dm.prepare_data()
@@ -118,10 +139,14 @@ def main() -> None:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     variants: dict[str, Callable[[], float]] = {
         "plain PyTorch loop (teacher MLP)": lambda: plain_loop(dm, teacher_cfg, args.device, args.steps),
-        "kdlab TeacherModule (Lightning)": lambda: lightning_loop(
+        "kdlab TeacherModule (teacher MLP)": lambda: lightning_loop(
             dm, teacher_cfg, accelerator, args.precision, args.steps
         ),
-        "kdlab DistillationModule (teacher fwd + student)": lambda: lightning_loop(
+        "plain PyTorch loop (student MLP)": lambda: plain_loop(dm, scratch_cfg, args.device, args.steps),
+        "kdlab TeacherModule (student MLP, scratch)": lambda: lightning_loop(
+            dm, scratch_cfg, accelerator, args.precision, args.steps
+        ),
+        "kdlab DistillationModule (student + teacher fwd)": lambda: lightning_loop(
             dm, distill_cfg, accelerator, args.precision, args.steps
         ),
         "per-sample pipeline, plain loop (article)": lambda: plain_loop(

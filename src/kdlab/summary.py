@@ -64,7 +64,7 @@ def print_summary(metrics: Mapping[str, Any], console: Console | None = None) ->
                 )
             ]
         else:
-            rows += [("student from scratch", "not run yet (experiment=student_scratch_mlp)")]
+            rows += [("student from scratch", "no finished run of this student recipe")]
         rows += [
             ("teacher-student agreement", _pct(metrics.get("test/agreement"))),
             ("mean KL(teacher||student)", f"{metrics.get('test/kl', float('nan')):.4f}"),
