@@ -117,7 +117,8 @@ class ClassifierSystem(LightningModule):
         for name, metric in self.metrics_of[stage].items():
             if metric.update_count:
                 values[name] = metric.compute()
-                self.log(f"{stage}/{name}", values[name], prog_bar=name in ("loss", "acc"))
+                # already synced by torchmetrics; sync_dist only averages equal values (and stops a warning)
+                self.log(f"{stage}/{name}", values[name], prog_bar=name in ("loss", "acc"), sync_dist=True)
             metric.reset()
         return values
 
@@ -131,7 +132,7 @@ class ClassifierSystem(LightningModule):
         values = self.log_stage("val")
         if "acc" in values:
             self.val_acc_best(values["acc"])
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
