@@ -49,6 +49,8 @@ class StepTimer(L.Callback):
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx < WARMUP:
+            return
         if module.device.type == "cuda":
             torch.cuda.synchronize()
         self.rate = (batch_idx + 1 - WARMUP) / (time.perf_counter() - self.start)
