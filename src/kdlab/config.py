@@ -1,5 +1,6 @@
 """Where the configs live, the typed schema for the keys users sweep most, and isolated composition."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobRuntime
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The repo's conf/ (kdlab is installed editable from the repo: `make setup`).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -24,6 +25,19 @@ class DistillSchema:
 
 
 ConfigStore.instance().store(group="distill", name="schema", node=DistillSchema)
+
+
+def plain(node: Any) -> Any:
+    """Resolved plain containers (config nodes and nested mappings); anything else as it is.
+
+    Checkpoints, hashes and hparams then hold no OmegaConf objects (checkpoints load with
+    weights_only, hashes do not depend on how a value was written).
+    """
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {key: plain(value) for key, value in node.items()}
+    return node
 
 
 def compose_config(

@@ -4,7 +4,9 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from kdlab.config import plain
 
 # Data keys that say where data lives or how it is loaded, not what is learnt from it.
 DATA_LOCATION_KEYS = frozenset({"data_dir", "num_workers", "mirrors", "pypi_package", "verify", "_target_"})
@@ -18,19 +20,15 @@ TRAINER_RECIPE_KEYS = (
 )
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def recipe_of(cfg: DictConfig) -> dict[str, Any]:
     """The student-side recipe: net, data (not its location), optimiser, schedule, run length."""
-    data = {k: _plain(cfg.data[k]) for k in cfg.data if k not in DATA_LOCATION_KEYS}  # location unresolved
+    data = {k: plain(cfg.data[k]) for k in cfg.data if k not in DATA_LOCATION_KEYS}  # location unresolved
     return {
-        "model": _plain(cfg.model),
+        "model": plain(cfg.model),
         "data": data,
-        "optimizer": _plain(cfg.optimizer),
-        "scheduler": _plain(cfg.scheduler),
-        "trainer": {k: _plain(cfg.trainer.get(k)) for k in TRAINER_RECIPE_KEYS},
+        "optimizer": plain(cfg.optimizer),
+        "scheduler": plain(cfg.scheduler),
+        "trainer": {k: plain(cfg.trainer.get(k)) for k in TRAINER_RECIPE_KEYS},
     }
 
 

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+
+from kdlab.config import plain
 
 METRICS_FILE = "metrics.json"
 
@@ -82,11 +84,7 @@ def print_summary(metrics: Mapping[str, Any], console: Console | None = None) ->
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """Dotted scalar hyper-parameters for TensorBoard's hparams tab (lists become strings)."""
     groups = ("model", "data", "optimizer", "scheduler", "distill", "teacher", "seed")
-    plain = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in groups
-        if cfg.get(k) is not None
-    }
+    values = {k: plain(cfg[k]) for k in groups if cfg.get(k) is not None}
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -98,5 +96,5 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         else:
             flat[prefix] = str(node)
 
-    walk("", plain)
+    walk("", values)
     return flat

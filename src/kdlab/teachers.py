@@ -10,7 +10,7 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kdlab.config import compose_config
+from kdlab.config import compose_config, plain
 from kdlab.recipes import digest, recipe_of
 from kdlab.summary import METRICS_FILE, write_metrics
 
@@ -27,9 +27,9 @@ def teacher_run_config(cfg: DictConfig) -> DictConfig:
     spec = cfg.teacher
     tcfg = compose_config([f"experiment={spec.recipe}", *spec.get("overrides", [])])
     with open_dict(tcfg):
-        tcfg.model = OmegaConf.to_container(spec.model, resolve=True)
+        tcfg.model = plain(spec.model)
         tcfg.seed = spec.seed
-        tcfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        tcfg.paths = plain(cfg.paths)
         for key in SHARED_DATA_KEYS:
             if key in cfg.data:
                 tcfg.data[key] = cfg.data[key]
@@ -49,7 +49,7 @@ def teacher_key(tcfg: DictConfig) -> str:
     return digest(
         {
             **recipe_of(tcfg),
-            "module": OmegaConf.to_container(tcfg.module, resolve=True),
+            "module": plain(tcfg.module),
             "seed": tcfg.seed,
         }
     )

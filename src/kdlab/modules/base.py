@@ -6,24 +6,15 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from kdlab.config import plain
 from kdlab.losses import LossInputs, LossTerm
 from kdlab.modules.schedulers import bind_scheduler
 
 STAGES = ("train", "val", "test")
-
-
-def plain(cfg: Mapping | None) -> dict | None:
-    """Resolved plain containers, so checkpoints hold no OmegaConf objects and load with weights_only."""
-    if cfg is None:
-        return None
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return {k: plain(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
 
 
 class ClassifierSystem(LightningModule):
@@ -50,7 +41,7 @@ class ClassifierSystem(LightningModule):
                 "optimizer": plain(optimizer),
                 "scheduler": plain(scheduler),
                 "num_classes": num_classes,
-                **{key: plain(value) if isinstance(value, Mapping) else value for key, value in extra.items()},
+                **{key: plain(value) for key, value in extra.items()},
             },
             logger=False,  # run.py logs hparams once, with the final metrics, for TensorBoard's hparams tab
         )
