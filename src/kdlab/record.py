@@ -61,6 +61,8 @@ class RunRecord:
     epochs: int = 0
     global_step: int = 0
     wall_time_s: float = 0.0
+    started_at: str = ""  # ISO 8601, local time with offset
+    finished_at: str = ""
     message: str | None = None  # why a run diverged, failed or was interrupted
     code: dict[str, Any] = field(default_factory=dict)  # kdlab, torch and lightning versions, git commit
     version: int = RECORD_VERSION
