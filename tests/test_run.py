@@ -1,4 +1,4 @@
-"""The Hydra entry point end to end on generated data: compose, fit, test, outputs, teacher cache."""
+"""The Hydra entry point end to end on generated data: compose, fit, test, record, teacher cache."""
 
 import json
 import logging
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdlab.config import CONFIG_DIR, compose_config
+from kdlab.identity import student_recipe
 from kdlab.models import MLP
-from kdlab.recipes import recipe_of
+from kdlab.record import RunRecord
 from kdlab.run import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -25,45 +25,40 @@ def test_every_experiment_composes_and_builds(experiment, make_cfg):
     assert isinstance(instantiate(cfg.model), torch.nn.Module)
     assert cfg.name == experiment
     if cfg.module._target_.endswith("DistillationModule"):
-        assert instantiate(cfg.teacher.model)
-        assert {name: instantiate(term) for name, term in cfg.distill.losses.items()}
+        assert isinstance(instantiate(cfg.teacher.model), torch.nn.Module)
         # the student's recipe is the scratch baseline's, so the comparison is fair
         if experiment in ("distill_mlp", "distill_cnn_mlp"):
-            full = compose_config([f"experiment={experiment}"])
-            scratch = compose_config(["experiment=student_scratch_mlp"])
-            assert recipe_of(full) == recipe_of(scratch)
+            full = compose_config([f"experiment={experiment}", "paths.root_dir=/r"])
+            scratch = compose_config(["experiment=student_scratch_mlp", "paths.root_dir=/r"])
+            assert student_recipe(full) == student_recipe(scratch)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment, make_cfg):
-    """One batch per stage through the whole entry point; distillation trains its tiny teacher first."""
-    overrides = [TINY_TEACHER] if "distill" in experiment else []
-    metrics, objects = train(make_cfg(f"experiment={experiment}", "trainer.fast_dev_run=true", *overrides))
+    """One batch per stage through the whole entry point; distillation trains its smoke teacher first."""
+    record, objects = train(make_cfg(f"experiment={experiment}", "trainer.fast_dev_run=true"))
     assert objects["trainer"].fast_dev_run
-    assert 0.0 <= metrics["test/acc"] <= 1.0
-    assert ("test/teacher_acc" in metrics) == ("distill" in experiment)
+    assert record.status == "smoke" and record.smoke == ["trainer.fast_dev_run=True"]
+    assert 0.0 <= record.metrics["test/acc"] <= 1.0
+    assert ("test/teacher_acc" in record.metrics) == ("distill" in experiment)
 
 
-def test_teacher_run_writes_metrics_events_and_student(make_cfg):
+def test_teacher_run_writes_record_events_and_student(make_cfg):
     cfg = make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=2")
-    metrics, objects = train(cfg)
+    record, objects = train(cfg)
     out = Path(cfg.paths.output_dir)
-    assert metrics["test/acc"] > 0.9  # the generated digits are easy
-    assert json.loads((out / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+    assert record.metrics["test/acc"] > 0.9  # the generated digits are easy
+    assert record.status == "ok" and record.kind == "supervised" and record.epochs == 2
+    assert RunRecord.read(out) == record
 
-    events = EventAccumulator(str(out / "tensorboard")).Reload()
-    scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "test/acc", "hp/test_acc"} <= scalars
-    assert (out / "tensorboard" / "hparams.yaml").is_file()
-
-    # the exported student alone gives the reported test accuracy
+    # the saved student alone gives the reported test accuracy
     net = MLP(hidden=(256, 128))
-    net.load_state_dict(torch.load(out / "student.pt", weights_only=True))
+    net.load_state_dict(torch.load(out / record.files["weights"], weights_only=True))
     dm = objects["datamodule"]
-    x, y = dm.preprocess_batch((dm.data_test.x, dm.data_test.y))  # the whole test set, as tested
+    batch = dm.preprocess_batch((dm.data_test.x, dm.data_test.y))  # the whole test set, as tested
     with torch.no_grad():
-        acc = (net.eval()(x).argmax(1) == y).float().mean().item()
-    assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
+        acc = (net.eval()(batch[0]).argmax(1) == batch[1]).float().mean().item()
+    assert acc == pytest.approx(record.metrics["test/acc"], abs=1e-6)
 
 
 def test_same_seed_same_metrics(make_cfg):
@@ -71,8 +66,8 @@ def test_same_seed_same_metrics(make_cfg):
     second, _ = train(make_cfg("experiment=student_scratch_mlp", "seed=3"))
     other, _ = train(make_cfg("experiment=student_scratch_mlp", "seed=4"))
     for key in ("test/acc", "test/loss", "val/loss"):
-        assert first[key] == second[key]
-    assert first["val/loss"] != other["val/loss"]
+        assert first.metrics[key] == second.metrics[key]
+    assert first.metrics["val/loss"] != other.metrics["val/loss"]
 
 
 def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
@@ -80,22 +75,28 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
     cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER)
     first, _ = train(cfg)
     assert "training it first" in caplog.text
-    caches = [p for p in Path(cfg.paths.teacher_dir).iterdir() if p.is_dir()]
-    assert len(caches) == 1 and (caches[0] / "teacher.ckpt").is_file() and (caches[0] / "metrics.json").is_file()
-    assert not (caches[0] / "checkpoints").exists()
-    record = json.loads((caches[0] / "metrics.json").read_text())
-    assert record["best_checkpoint"] == str(caches[0] / "teacher.ckpt")
-    assert record["overrides"] == ["experiment=train_teacher_mlp", "seed=0", "trainer.max_epochs=1"]
+    (entry,) = [p for p in Path(cfg.paths.teacher_dir).iterdir() if p.is_dir()]
+    assert sorted(p.name for p in entry.iterdir() if p.is_file()) == [
+        "config.yaml",
+        "metrics.json",
+        "teacher.safetensors",
+        "teacher_model.yaml",
+    ]
+    cached = RunRecord.read(entry)
+    assert cached.output_dir == str(entry) and cached.params == {"teacher": 535818}
+    assert cached.overrides == ["experiment=train_teacher_mlp", "seed=0", "trainer.max_epochs=1"]
+    assert first.teacher.checkpoint == str(entry / "teacher.safetensors")
+    assert first.teacher.sha256 == cached.files["sha256"] and first.teacher.key == entry.name
 
     caplog.clear()
     second, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))
-    assert "Reusing cached teacher" in caplog.text and "training it first" not in caplog.text
-    assert first["teacher_checkpoint"] == second["teacher_checkpoint"]
+    assert "Reusing cached" in caplog.text and "training it first" not in caplog.text
+    assert first.teacher == second.teacher
     # same seed, fresh or cached teacher: the same student
-    assert first["test/acc"] == second["test/acc"] and first["val/loss"] == second["val/loss"]
-    for key in ("test/teacher_acc", "test/agreement", "test/kl", "val/loss_kd", "val/loss_ce"):
-        assert key in first
-    assert first["compression"] == pytest.approx(535818 / 235146)
+    assert first.metrics["test/acc"] == second.metrics["test/acc"]
+    assert first.metrics["val/loss"] == second.metrics["val/loss"]
+    assert {"test/teacher_acc", "test/agreement", "test/kl", "val/loss_kd", "val/loss_ce"} <= set(first.metrics)
+    assert first.params == {"student": 235146, "teacher": 535818}
 
     # a different teacher seed is a different teacher
     caplog.clear()
@@ -103,53 +104,36 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
     assert "training it first" in caplog.text
 
 
-def test_scratch_baseline_shows_up_in_distillation_summary(make_cfg):
+def test_scratch_baseline_shows_up_in_distillation_record(make_cfg):
     scratch, _ = train(make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=1"))
     distilled, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=1"))
-    assert distilled["scratch/runs"] == 1
-    assert distilled["scratch/acc_mean"] == scratch["test/acc"]
+    assert distilled.baseline == {"mean": scratch.metrics["test/acc"], "std": 0.0, "runs": 1, "seeds": [0]}
 
 
-def test_resume_an_interrupted_run(make_cfg):
+@pytest.mark.filterwarnings("error:The dirpath has changed")  # Lightning would drop the best-model state
+def test_resume_from_a_mid_run_checkpoint_continues_the_run(make_cfg):
     """Resume from the epoch-0 checkpoint of a 2-epoch run: the same schedule, carried to its end."""
-    cfg = make_cfg(
-        "experiment=distill_mlp",
-        TINY_TEACHER,
-        "trainer.max_epochs=2",
-        "callbacks.model_checkpoint.save_top_k=-1",
-    )
+    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1")
     train(cfg)
     first = Path(cfg.paths.output_dir) / "checkpoints" / "epoch_000.ckpt"
-    metrics, objects = train(
+    record, objects = train(
         make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", f"ckpt_path={first}")
     )
     assert objects["trainer"].current_epoch == 2
     assert objects["trainer"].global_step == 2 * 8  # 1000 train images / batch 128 = 8 steps per epoch
-    assert metrics["test/acc"] > 0.5
-
-
-@pytest.mark.parametrize(
-    ("override", "error", "match"),
-    [
-        (
-            "distill.losses.kd.weight=-1",
-            InstantiationException,
-            r"(?s)weight must be .* >= 0.*full_key: distill.losses.kd",
-        ),
-        ("distill.temperature=0", InstantiationException, "temperature must be .* > 0"),
-        ("teacher.ckpt_path=/no/such/teacher.ckpt", FileNotFoundError, "teacher.ckpt_path"),
-        ("ckpt_path=/no/such/last.ckpt", FileNotFoundError, "resume"),
-        ("model.activation=sigmoidish", InstantiationException, "Unknown activation 'sigmoidish'"),
-    ],
-)
-def test_bad_values_fail_before_any_training(make_cfg, override, error, match):
-    cfg = make_cfg("experiment=distill_mlp", override)
-    with pytest.raises(error, match=match):
-        train(cfg)
-    assert not Path(cfg.paths.teacher_dir).exists()  # no teacher was trained first
+    assert record.output_dir == cfg.paths.output_dir  # it continued in the run's own folder
+    assert record.status == "ok"
 
 
 @pytest.mark.parametrize("override", ["distill.temperature=abc", "no_such_key=1", "trainer=no_such_trainer"])
 def test_bad_overrides_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_config(["experiment=distill_mlp", override])
+
+
+def test_record_file_is_strict_json(make_cfg):
+    cfg = make_cfg("experiment=student_scratch_mlp")
+    train(cfg)
+    text = (Path(cfg.paths.output_dir) / "metrics.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert data["status"] == "ok" and data["kind"] == "supervised" and data["version"] == 2

@@ -1,5 +1,6 @@
 """Read network weights from any file kdlab makes, without ever unpickling arbitrary objects."""
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -11,6 +12,26 @@ NET_PREFIX = "net."
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the configured network."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Content checksum of a weights file: tells two teachers apart even under the same path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as plain data, loaded with weights_only=True (never arbitrary pickles)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for custom objects, or a corrupt file
+        raise CheckpointError(
+            f"Refused to load {str(path)!r} with torch.load(weights_only=True): {err}. kdlab only reads "
+            "checkpoints of tensors and plain containers; it may be corrupt, truncated or not made by kdlab."
+        ) from err
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -27,6 +27,17 @@ class DistillSchema:
 ConfigStore.instance().store(group="distill", name="schema", node=DistillSchema)
 
 
+def _safe_name(name: str) -> str:
+    from kdlab.validation import check_name
+
+    return check_name(name)
+
+
+# Used in hydra.run.dir / hydra.sweep.dir, which Hydra resolves before it creates the run folder.
+if not OmegaConf.has_resolver("kdlab_name"):
+    OmegaConf.register_new_resolver("kdlab_name", _safe_name)
+
+
 def plain(node: Any) -> Any:
     """Resolved plain containers (config nodes and nested mappings); anything else as it is.
 

@@ -1,137 +1,228 @@
-"""The entry point: `train(cfg) -> (metrics, objects)` and the `@hydra.main` wrapper around it."""
+"""The entry point: `train(cfg) -> (record, objects)` and the `@hydra.main` wrapper around it.
+
+A run is refused before any work if its config cannot work (kdlab.validation); otherwise it ends
+with a RunRecord in its folder whatever happens: ok, smoke, diverged, interrupted or failed. Only a
+healthy, full run exits 0.
+"""
+
+from __future__ import annotations
 
 import logging
+import shlex
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kdlab.config import CONFIG_DIR
-from kdlab.recipes import digest, recipe_of
-from kdlab.summary import flat_hparams, print_summary, scratch_baseline, write_metrics
+from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
+from kdlab.config import CONFIG_DIR, plain
+from kdlab.data import data_fingerprint
+from kdlab.identity import code_versions, config_identity, run_key, student_key
+from kdlab.modules.guards import DivergenceError
+from kdlab.provenance import code_state, job_overrides, smoke_reasons
+from kdlab.record import RECORD_FILE, RunRecord
+from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
 from kdlab.sweep_ddp import sweep_job_ddp
 from kdlab.teachers import provision_teacher
+from kdlab.validation import check_resume, is_distillation, validate_config
 
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.pt"
-
-
-def is_distillation(cfg: DictConfig) -> bool:
-    return cfg.module._target_.endswith("DistillationModule")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail on bad values in seconds, before a teacher or student trains for minutes."""
-    if cfg.seed is not None and not isinstance(cfg.seed, int):
-        raise ValueError(f"seed must be an integer or null, got {cfg.seed!r} (e.g. seed=0 or seed=0,1,2 with -m).")
-    if not cfg.train and not cfg.ckpt_path:
-        raise ValueError("train=false tests a checkpoint: give it with ckpt_path=<path to a .ckpt of this experiment>.")
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path!r} does not exist: give a checkpoint of this run to resume "
-            "(e.g. outputs/<name>/runs/<time>/checkpoints/last.ckpt), or drop ckpt_path."
-        )
-    if is_distillation(cfg):
-        if cfg.get("teacher") is None or cfg.get("distill") is None:
-            raise ValueError(
-                "module=distill needs a teacher and loss terms: add e.g. teacher=mlp_512_256 distill=kd, "
-                "or start from experiment=distill_mlp."
-            )
-        for term in cfg.distill.losses.values():
-            if term is not None:
-                instantiate(term)  # constructors validate weights, temperatures, reductions
-    instantiate(cfg.model)
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    callbacks = []
-    for name, conf in (cfg.get("callbacks") or {}).items():
-        if conf is None or (name == "progress_bar" and not cfg.trainer.enable_progress_bar):
-            continue
-        callbacks.append(instantiate(conf))
-    return callbacks
+STUDENT_MODEL_FILE = "student_model.yaml"
+CONFIG_FILE = "config.yaml"  # the resolved config: what export and evaluation rebuild the run from
 
 
 def count_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit, test the best checkpoint (selected on validation), write the run's outputs."""
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks; without a terminal the Rich bar gives way to one line per epoch."""
+    show_bar = cfg.trainer.enable_progress_bar and sys.stdout.isatty()
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None or (name == "progress_bar" and not show_bar) or (name == "epoch_lines" and show_bar):
+            continue
+        callbacks.append(instantiate(conf))
+    return callbacks
+
+
+def resumed_run_folder(cfg: DictConfig) -> Path | None:
+    """The folder of the run a checkpoint belongs to: a resumed run continues there, not in a new one."""
+    if not (cfg.train and cfg.ckpt_path):
+        return None
+    ckpt = Path(cfg.ckpt_path).resolve()
+    folder = ckpt.parent.parent
+    is_run = ckpt.parent.name == "checkpoints" and ((folder / RECORD_FILE).is_file() or (folder / ".hydra").is_dir())
+    return folder if is_run else None
+
+
+def resume_command(cfg: DictConfig, output_dir: Path, checkpoint: Path) -> str:
+    task, _, _ = job_overrides()
+    kept = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train.py"
+    args = [*kept, f"hydra.run.dir={output_dir}", f"ckpt_path={checkpoint}"]
+    return f"python {script} " + " ".join(shlex.quote(a) for a in args)
+
+
+def new_record(cfg: DictConfig, output_dir: Path) -> RunRecord:
+    task, swept, fixed = job_overrides()
+    return RunRecord(
+        name=cfg.name,
+        kind="distillation" if is_distillation(cfg) else "supervised",
+        mode="train" if cfg.train else "evaluate",
+        seed=cfg.seed,
+        smoke=smoke_reasons(cfg),
+        overrides=task,
+        swept=swept,
+        fixed=fixed,
+        output_dir=str(output_dir),
+        code=code_state(),
+        started_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, Any]]:
+    """Fit, test the best checkpoint (selected on validation), and record the run, however it ends.
+
+    `announce=False` leaves the summary to the caller (the teacher cache prints it from its final place).
+    """
+    started = time.perf_counter()
     torch.set_flush_denormal(True)  # Adam's state decays into denormals on CPU: +50-70% steps/s
-    check_config(cfg)
+    validate_config(cfg)
+    output_dir = resumed_run_folder(cfg) or Path(cfg.paths.output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    record = new_record(cfg, output_dir)
+    objects: dict[str, Any] = {"cfg": cfg}
+    interrupts = InterruptHandler(output_dir / "checkpoints")
+    try:
+        with interrupts:
+            _train(cfg, record, objects, interrupts)
+        record.status = "smoke" if record.smoke else "ok"
+    except DivergenceError as err:
+        record.status, record.message = "diverged", str(err)
+        raise
+    except BaseException as err:
+        stopped = interrupts.interrupted() if not isinstance(err, Interrupted) else err
+        if stopped is not None:
+            record.status = "interrupted"
+            record.message = f"Stopped by {stopped}."
+            if stopped.checkpoint is not None:
+                record.message += f" To resume: {resume_command(cfg, output_dir, stopped.checkpoint)}"
+            raise stopped from None
+        record.status, record.message = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        finish(cfg, record, objects, time.perf_counter() - started, announce)
+    return record, objects
+
+
+def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrupts: InterruptHandler) -> None:
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")  # plain lists in ckpts
+    datamodule.prepare_data()  # fetch and verify before anything depends on the data's checksums
+    data = data_fingerprint(datamodule.data_dir)
+    identity = {"config": config_identity(cfg), "data": data, "code": code_versions()}
+    if cfg.ckpt_path:  # before a teacher is trained for a run that cannot continue anyway
+        check_resume(cfg.ckpt_path, identity, ("config", "data", "code"))
+    module_args: dict[str, Any] = {}
     if is_distillation(cfg):
-        cfg.teacher.ckpt_path = str(provision_teacher(cfg, train))
+        record.teacher = provision_teacher(cfg, data, train)
+        cfg.teacher.ckpt_path = record.teacher.checkpoint
+        identity["teacher"] = module_args["teacher_sha256"] = record.teacher.sha256
+        if cfg.ckpt_path:
+            check_resume(cfg.ckpt_path, identity, ("teacher",))
+    record.identity = {
+        "run": run_key(cfg, data, identity.get("teacher")),
+        "student": student_key(cfg, data),
+        "data": data,
+    }
     if cfg.seed is not None:  # after provisioning: a cached teacher and a fresh one give the same student
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")  # plain lists in ckpts
-    module: L.LightningModule = instantiate(cfg.module)
+    module: L.LightningModule = instantiate(cfg.module, **module_args)
+    record.params = {"student": count_params(module.net)}
+    if is_distillation(cfg):
+        record.params["teacher"] = count_params(module.teacher)
+    session = TensorBoardSession(tensorboard_hparams(cfg, record))
+    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session]
     loggers = [instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+    show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=show_bar
+    )
+    objects.update(datamodule=datamodule, module=module, trainer=trainer, session=session)
 
-    started = time.perf_counter()
-    best = None
     with sweep_job_ddp(trainer):
         if cfg.train:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-            best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
-        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            if (stopped := interrupts.interrupted()) is not None:
+                raise stopped
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            record.files["best_checkpoint"] = best or ""
+        record.metrics.update(_metrics(trainer, "val/"))
         if cfg.test:
-            tested = (best and "best") if cfg.train else cfg.ckpt_path  # None: the weights in memory
-            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        wall = time.perf_counter() - started
-
-    output_dir = Path(cfg.paths.output_dir)
-    metrics.update(
-        {
-            "name": cfg.name,
-            "module": type(module).__name__,
-            "seed": cfg.seed,
-            "student_key": digest(recipe_of(cfg)),
-            "params/student": count_params(module.net),
-            "epochs": trainer.current_epoch,
-            "wall_time_s": round(wall, 2),
-            "output_dir": str(output_dir),
-            "best_checkpoint": best,
-            "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        }
-    )
-    if is_distillation(cfg):
-        metrics["params/teacher"] = count_params(module.teacher)
-        metrics["compression"] = metrics["params/teacher"] / metrics["params/student"]
-        metrics["teacher_checkpoint"] = cfg.teacher.ckpt_path
-        metrics.update(scratch_baseline(cfg.paths.log_dir, metrics["student_key"]) or {})
-    if trainer.is_global_zero:
-        write_outputs(cfg, module, trainer, metrics, output_dir)
-    return metrics, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
+            tested = ("best" if record.files.get("best_checkpoint") else None) if cfg.train else cfg.ckpt_path
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+            record.metrics.update(_metrics(trainer, "test/"))
 
 
-@rank_zero_only
-def write_outputs(cfg: DictConfig, module, trainer: L.Trainer, metrics: dict, output_dir: Path) -> None:
-    """metrics.json, the student's weights (best checkpoint, loaded by the test), hparams, summary."""
-    write_metrics(output_dir, metrics)
-    torch.save(module.net.state_dict(), output_dir / STUDENT_FILE)
-    OmegaConf.save(cfg.model, output_dir / "student_model.yaml", resolve=True)
-    shown = ("test/", "val/acc_best", "params/", "compression")  # the hparams tab's metric columns
-    scalars = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(shown)}
-    for logger in trainer.loggers:
-        logger.log_hyperparams(flat_hparams(cfg), scalars)
-    print_summary(metrics)
+def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def finish(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], wall: float, announce: bool) -> None:
+    """Write the record (and, for a finished run, the student) from rank zero, close TensorBoard, summarise."""
+    trainer: L.Trainer | None = objects.get("trainer")
+    module = objects.get("module")
+    if trainer is not None:
+        record.metrics.update({k: v for k, v in _metrics(trainer, "val/").items() if k not in record.metrics})
+        record.epochs, record.global_step = trainer.current_epoch, trainer.global_step
+    record.wall_time_s = round(wall, 2)
+    record.finished_at = datetime.now().astimezone().isoformat(timespec="seconds")
+    if record.is_distillation and record.identity.get("student"):
+        record.baseline = scratch_baseline(cfg.paths.log_dir, record.identity["student"])
+    if trainer is not None and not trainer.is_global_zero:
+        return
+    output_dir = Path(record.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if record.finished and module is not None:
+        torch.save(module.net.state_dict(), output_dir / STUDENT_FILE)
+        OmegaConf.save(cfg.model, output_dir / STUDENT_MODEL_FILE, resolve=True)
+        record.files.update(weights=STUDENT_FILE, model=STUDENT_MODEL_FILE)
+    try:
+        # `hydra` is present in composed test configs; the run folder's .hydra/ has it anyway
+        resolved = {key: plain(cfg[key]) for key in cfg if key != "hydra"}
+        OmegaConf.save(OmegaConf.create(resolved), output_dir / CONFIG_FILE)
+        record.files["config"] = CONFIG_FILE
+    except Exception as err:  # an unresolvable value is no reason to lose the record
+        log.warning("Could not write the resolved config: %s", err)
+    record.write(output_dir)
+    if (session := objects.get("session")) is not None:
+        session.end(success=record.finished)
+    if announce:
+        print_summary(record)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Returns `optimized_metric` (a validation metric) for Hydra sweepers such as Optuna."""
-    metrics, _ = train(cfg)
-    value = metrics.get(cfg.optimized_metric)
-    return None if value is None else float(value)
+    record, _ = train(cfg)
+    return record.metric(cfg.optimized_metric)
+
+
+def main() -> None:
+    """`python train.py ...`: exit 130/143 when stopped by Ctrl+C/SIGTERM, as shells and schedulers expect."""
+    try:
+        hydra_main()
+    except Interrupted as stopped:
+        print(f"kdlab: {stopped}; the run's record and checkpoints are in its folder.", file=sys.stderr)
+        sys.exit(stopped.exit_code)

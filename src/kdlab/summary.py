@@ -1,100 +1,133 @@
-"""What a finished run reports: metrics.json, the terminal table, TensorBoard's hparams tab."""
+"""What a finished run tells a person: the terminal table, the from-scratch baseline, TensorBoard's hparams."""
 
-import json
+from __future__ import annotations
+
 import math
 import statistics
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from kdlab.config import plain
-
-METRICS_FILE = "metrics.json"
-
-
-def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
-    path = Path(output_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+from kdlab.record import RunRecord, find_records
 
 
-def scratch_baseline(log_dir: str | Path, student_key: str) -> dict[str, float] | None:
-    """Mean and std of test accuracy over finished from-scratch runs of the same student recipe."""
-    accs = []
-    for path in Path(log_dir).glob(f"**/{METRICS_FILE}"):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+def scratch_baseline(log_dir: str | Path, student_key: str) -> dict[str, Any] | None:
+    """Test accuracy of the same student trained from scratch: mean and sample std, one run per seed.
+
+    Only healthy, full, trained runs count (no smoke runs, no evaluations, nothing diverged), and a
+    seed run twice counts once (its latest run), so repeating a seed cannot shrink the std.
+    """
+    latest: dict[Any, RunRecord] = {}
+    for _, record in find_records(log_dir):
+        if not (isinstance(record, RunRecord) and record.counts_as_baseline()):
             continue
-        if m.get("module") == "TeacherModule" and m.get("student_key") == student_key and "test/acc" in m:
-            accs.append(m["test/acc"])
-    if not accs:
+        newer = record.seed not in latest or record.finished_at > latest[record.seed].finished_at
+        if record.identity.get("student") == student_key and newer:
+            latest[record.seed] = record
+    if not latest:
         return None
+    accs = [record.metrics["test/acc"] for record in latest.values()]
     return {
-        "scratch/acc_mean": statistics.fmean(accs),
-        "scratch/acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "scratch/runs": len(accs),
+        "mean": statistics.fmean(accs),
+        "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "runs": len(accs),
+        "seeds": sorted(latest, key=lambda s: (s is None, s)),
     }
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
-def print_summary(metrics: Mapping[str, Any], console: Console | None = None) -> None:
-    table = Table(title=f"kdlab: {metrics['name']} (seed {metrics['seed']})", show_header=True)
-    table.add_column("")
-    table.add_column("value", justify="right")
-    rows = [
-        ("student test acc" if "params/teacher" in metrics else "test acc", _pct(metrics.get("test/acc"))),
-        ("best val acc", _pct(metrics.get("val/acc_best"))),
+def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
+    m = record.metric
+    rows = [("status", record.status.upper() if record.status != "ok" else "ok")]
+    if record.smoke:
+        rows.append(("SMOKE RUN", f"{', '.join(record.smoke)}: these numbers are not a result"))
+    if record.message:
+        rows.append(("message", record.message))
+    rows += [
+        ("student test acc" if record.is_distillation else "test acc", _pct(m("test/acc"))),
+        ("best val acc", _pct(m("val/acc_best"))),
     ]
-    if "params/teacher" in metrics:
-        rows += [("teacher test acc", _pct(metrics.get("test/teacher_acc")))]
-        if "scratch/acc_mean" in metrics:
-            rows += [
-                (
-                    f"student from scratch ({metrics['scratch/runs']} runs)",
-                    f"{_pct(metrics['scratch/acc_mean'])} ± {100 * metrics['scratch/acc_std']:.2f}",
-                )
-            ]
+    if record.is_distillation:
+        rows.append(("teacher test acc", _pct(m("test/teacher_acc"))))
+        base = record.baseline
+        if base:
+            rows.append(
+                (f"student from scratch ({base['runs']} seeds)", f"{_pct(base['mean'])} ± {100 * base['std']:.2f}")
+            )
         else:
-            rows += [("student from scratch", "no finished run of this student recipe")]
+            rows.append(("student from scratch", "none found: run the scratch experiment with seed=0,1,2"))
+        kl = m("test/kl")
         rows += [
-            ("teacher-student agreement", _pct(metrics.get("test/agreement"))),
-            ("mean KL(teacher||student)", f"{metrics.get('test/kl', float('nan')):.4f}"),
-            ("params teacher / student", f"{metrics['params/teacher']:,} / {metrics['params/student']:,}"),
-            ("compression", f"{metrics['compression']:.2f}x"),
+            ("teacher-student agreement", _pct(m("test/agreement"))),
+            ("mean KL(teacher||student)", "-" if kl is None else f"{kl:.4g}"),
+            ("params teacher / student", f"{record.params.get('teacher', 0):,} / {record.params.get('student', 0):,}"),
+            ("compression", f"{record.params.get('teacher', 0) / max(record.params.get('student', 1), 1):.2f}x"),
         ]
+        if record.teacher is not None:
+            rows.append(("teacher", record.teacher.checkpoint))
     else:
-        rows += [("params", f"{metrics['params/student']:,}")]
-    rows += [("wall time", f"{metrics['wall_time_s']:.1f} s"), ("run folder", str(metrics["output_dir"]))]
-    for row in rows:
+        rows.append(("params", f"{sum(record.params.values()):,}"))
+    rows += [("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
+    return rows
+
+
+def print_summary(record: RunRecord, console: Console | None = None) -> None:
+    title = f"kdlab: {record.name} (seed {record.seed})" + (" [SMOKE]" if record.smoke else "")
+    table = Table(title=title, show_header=False)
+    table.add_column("", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")  # paths wrap, never "…"
+    for row in summary_rows(record):
         table.add_row(*row)
     (console or Console()).print(table)
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Dotted scalar hyper-parameters for TensorBoard's hparams tab (lists become strings)."""
-    groups = ("model", "data", "optimizer", "scheduler", "distill", "teacher", "seed")
-    values = {k: plain(cfg[k]) for k in groups if cfg.get(k) is not None}
-    flat: dict[str, Any] = {}
+def _flat(prefix: str, node: Any, out: dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key not in ("_target_", "_partial_", "_recursive_"):
+                _flat(f"{prefix}.{key}", value, out)
+    elif isinstance(node, (int, float, str, bool)):
+        out[prefix] = node
+    elif node is not None:
+        out[prefix] = str(node)
 
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(node, (int, float, str, bool)) or node is None:
-            flat[prefix] = "null" if node is None else node
-        else:
-            flat[prefix] = str(node)
 
-    walk("", values)
-    return flat
+def _class_name(node: Any) -> str | None:
+    target = node.get("_target_") if isinstance(node, dict) else None
+    return target.rsplit(".", 1)[-1] if target else None
+
+
+def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
+    """The keys a researcher varies, for the HPARAMS tab: not mirror URLs, not internal fields."""
+    c = {k: plain(cfg.get(k)) for k in ("model", "optimizer", "scheduler", "distill", "teacher")}
+    hp: dict[str, Any] = {"seed": "null" if cfg.seed is None else cfg.seed}
+    hp["model"] = _class_name(c["model"]) or "?"
+    _flat("model", {k: v for k, v in c["model"].items() if k not in ("num_classes", "in_features")}, hp)
+    for key in ("batch_size", "augment_shift", "exclude_classes"):
+        if key in cfg.data:
+            _flat(f"data.{key}", plain(cfg.data[key]), hp)
+    hp["optimizer"] = _class_name(c["optimizer"]) or "?"
+    _flat("optimizer", {k: v for k, v in c["optimizer"].items() if k in ("lr", "weight_decay", "momentum")}, hp)
+    hp["scheduler"] = _class_name(c["scheduler"]) or "none"
+    for key in ("max_epochs", "precision", "devices", "accumulate_grad_batches", "gradient_clip_val"):
+        _flat(f"trainer.{key}", OmegaConf.select(cfg, f"trainer.{key}"), hp)
+    hp["params.student"] = record.params.get("student", 0)
+    if record.is_distillation and c["distill"]:
+        hp["distill.temperature"] = c["distill"].get("temperature")
+        for name, term in (c["distill"].get("losses") or {}).items():
+            if term:
+                _flat(f"distill.losses.{name}", {k: v for k, v in term.items() if k != "temperature"}, hp)
+        hp["teacher.model"] = _class_name(c["teacher"]["model"]) or "?"
+        hp["teacher.recipe"] = c["teacher"].get("recipe") if not c["teacher"].get("ckpt_path") else "(file)"
+        hp["teacher.seed"] = c["teacher"].get("seed")
+        if record.teacher is not None:
+            hp["teacher.sha256"] = record.teacher.sha256[:12]
+        hp["params.teacher"] = record.params.get("teacher", 0)
+    return {k: v for k, v in hp.items() if v is not None}

@@ -1,6 +1,7 @@
 """MNIST for kdlab: fetching and checking the IDX files, batch transforms, the DataModule."""
 
 from kdlab.data.datamodule import MNISTDataModule
+from kdlab.data.fingerprint import data_fingerprint
 from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
 from kdlab.data.sources import (
     DEFAULT_MIRRORS,
@@ -18,6 +19,7 @@ __all__ = [
     "MNIST_MD5",
     "MNISTDataModule",
     "MNISTUnavailableError",
+    "data_fingerprint",
     "ensure_mnist",
     "md5_uncompressed",
     "normalize",

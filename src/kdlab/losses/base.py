@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Real
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -66,6 +68,53 @@ class LossTerm(nn.Module, abc.ABC):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
+
+
+def known_terms() -> list[str]:
+    """The term configs shipped in conf/loss/, for error messages."""
+    from kdlab.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml"))
+
+
+def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.losses") -> dict[str, LossTerm]:
+    """Instantiate the loss terms, or say which key is wrong and how to fix it.
+
+    A term's config must name its class (`_target_`); `+distill.losses.bogus.weight=1` creates a
+    node without one, which would otherwise surface as a cryptic error minutes later. At least one
+    term must have a weight above 0, or there is nothing to train on.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    terms: dict[str, LossTerm] = {}
+    for name, conf in configs.items():
+        if conf is None:
+            continue
+        if not isinstance(conf, Mapping) or "_target_" not in conf:
+            shown = dict(conf) if isinstance(conf, Mapping) else conf
+            raise ValueError(
+                f"{prefix}.{name} is not a loss term: it has no `_target_` (got {shown!r}). "
+                f"Add a term from conf/loss/ with +loss@{prefix}.{name}=<one of {', '.join(known_terms())}>, "
+                f"or change only the weight of a term the preset already has ({prefix}.<term>.weight=...)."
+            )
+        try:
+            term = instantiate(conf)
+        except InstantiationException as err:
+            raise ValueError(f"{prefix}.{name}: {err}") from err
+        if not isinstance(term, LossTerm):
+            raise TypeError(
+                f"{prefix}.{name} builds a {type(term).__name__}, not a kdlab.losses.LossTerm: its `_target_` "
+                f"({conf['_target_']}) must name a LossTerm subclass, e.g. one of conf/loss/*.yaml."
+            )
+        terms[name] = term
+    if not any(term.weight for term in terms.values()):
+        weights = ", ".join(f"{prefix}.{n}.weight={t.weight}" for n, t in terms.items()) or "no terms at all"
+        raise ValueError(
+            f"No loss term is active ({weights}): the total loss would be 0 and nothing would train. "
+            f"Give at least one term a weight above 0, e.g. {prefix}.ce.weight=1."
+        )
+    return terms
 
 
 def check_number(term: object, name: str, value: object, *, minimum: float, inclusive: bool, why: str = "") -> float:

@@ -1,5 +1,6 @@
 """The one training loop both systems share: a net, weighted loss terms, metrics, optimiser binding."""
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,10 +12,12 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.config import plain
-from kdlab.losses import LossInputs, LossTerm
+from kdlab.losses import LossInputs, build_terms
+from kdlab.modules.guards import NonFiniteWatch
 from kdlab.modules.schedulers import bind_scheduler
 
 STAGES = ("train", "val", "test")
+CHECK_EVERY = 50  # steps between checks for a non-finite loss (each check is one host sync)
 
 
 class ClassifierSystem(LightningModule):
@@ -46,14 +49,9 @@ class ClassifierSystem(LightningModule):
             logger=False,  # run.py logs hparams once, with the final metrics, for TensorBoard's hparams tab
         )
         self.net: nn.Module = instantiate(self.hparams.net)
-        self.losses = nn.ModuleDict(
-            {name: instantiate(term) for name, term in self.hparams.losses.items() if term is not None}
-        )
-        if not self.losses:
-            raise ValueError("No loss terms configured: give at least one, e.g. distill.losses.ce.")
-        for name, term in self.losses.items():
-            if not isinstance(term, LossTerm):
-                raise TypeError(f"Loss term {name!r} is a {type(term).__name__}, not a kdlab.losses.LossTerm.")
+        self.losses = nn.ModuleDict(build_terms(self.hparams.losses))
+        # Terms with weight 0 are switched off: never computed, tapped or logged.
+        self.active_terms = [name for name, term in self.losses.items() if term.weight]
         # One set of epoch metrics per stage. Steps only update them (~50 us each); they are logged
         # once per epoch, because every `self.log` call costs ~0.8 ms of Lightning bookkeeping, which
         # was 40% of an MLP step on CPU. Under DDP each metric syncs exactly (sums and counts).
@@ -61,12 +59,19 @@ class ClassifierSystem(LightningModule):
             nn.ModuleDict(self.stage_metrics(stage, num_classes)) for stage in STAGES
         )
         self.metrics_of = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
+        # The best validation accuracy so far is part of the run, not of one process: persistent, so
+        # a resumed run keeps it (it is the value Optuna optimises and the record reports).
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+        self.watch = NonFiniteWatch(["total", *self.active_terms])
 
     # -- what subclasses provide ------------------------------------------------------------------
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         """The metrics logged as `<stage>/<name>` at the end of each epoch of that stage."""
-        means = {name: MeanMetric() for name in ("loss", *(f"loss_{term}" for term in self.losses))}
+        # nan_strategy="disable": the default "warn" checks every update for NaN with a host sync; a
+        # non-finite loss is caught by the divergence watch instead.
+        names = ("loss", *(f"loss_{term}" for term in self.active_terms))
+        means = {name: MeanMetric(nan_strategy="disable") for name in names}
         return {**means, "acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
 
     def views(self, x: torch.Tensor, y: torch.Tensor) -> LossInputs:
@@ -80,49 +85,76 @@ class ClassifierSystem(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
+        x, y = batch[0], batch[1]  # a kdlab.data.Batch (x, y, index, shift) or a plain (x, y)
         inputs = self.views(x, y)
-        terms = {name: term(inputs) for name, term in self.losses.items() if term.weight}
-        loss = sum(self.losses[name].weight * value for name, value in terms.items())
+        terms = [self.losses[name](inputs) for name in self.active_terms]
+        loss = sum(self.losses[name].weight * value for name, value in zip(self.active_terms, terms, strict=True))
+        if stage == "train":
+            self.watch.update(self.global_step, [loss, *terms])
         metrics = self.metrics_of[stage]
         metrics["loss"].update(loss.detach(), len(y))
-        for name, value in terms.items():
+        for name, value in zip(self.active_terms, terms, strict=True):
             metrics[f"loss_{name}"].update(value.detach(), len(y))
         metrics["acc"].update(inputs.student_logits.detach(), y)
         self.update_stage_metrics(inputs, metrics, stage)
-        return loss
+        return loss, inputs
 
     def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
+        return self.shared_step(batch, "train")[0]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # A host sync every CHECK_EVERY steps and before each validation, never per step.
+        if (batch_idx + 1) % CHECK_EVERY == 0 or batch_idx + 1 >= self.trainer.num_training_batches:
+            self.watch.check(self.divergence_hint())
 
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
+        """Returns the batch's predictions for test-time analysis callbacks (kdlab.analysis)."""
+        _, inputs = self.shared_step(batch, "test")
+        outputs = {"student_logits": inputs.student_logits.detach(), "target": inputs.target}
+        if len(batch) > 2:
+            outputs["index"] = batch[2]
+        if inputs.teacher_logits is not None:
+            outputs["teacher_logits"] = inputs.teacher_logits.detach()
+        return outputs
+
+    def divergence_hint(self) -> str:
+        """What to try when the loss went non-finite, with this run's values."""
+        lr = self.hparams.optimizer.get("lr")
+        temperatures = sorted({t.temperature for t in self.losses.values() if hasattr(t, "temperature")})
+        hints = [f"lower the learning rate (optimizer.lr={lr})"] if lr is not None else []
+        if temperatures:
+            hints.append(f"use a temperature around 1-8 (distill.temperature={', '.join(map(str, temperatures))})")
+        hints.append("or clip gradients (trainer.gradient_clip_val=1.0)")
+        return "Try to " + ", ".join(hints) + "."
 
     def log_stage(self, stage: str) -> dict[str, torch.Tensor]:
-        """Compute, log and reset the stage's metrics; terms that never ran (weight 0) are skipped."""
+        """Compute, log and reset the stage's metrics.
+
+        Every rank computes the same fixed set of metrics, also a rank that saw no batch, because
+        computing syncs across ranks: a rank that skipped one would leave the others waiting.
+        """
         values = {}
-        for name, metric in self.metrics_of[stage].items():
-            if metric.update_count:
+        with warnings.catch_warnings():  # "compute called before update" on a rank with no batch
+            warnings.filterwarnings("ignore", message=".*compute.* called before.*update", category=UserWarning)
+            for name, metric in self.metrics_of[stage].items():
                 values[name] = metric.compute()
                 # already synced by torchmetrics; sync_dist only averages equal values (and stops a warning)
                 self.log(f"{stage}/{name}", values[name], prog_bar=name in ("loss", "acc"), sync_dist=True)
-            metric.reset()
+                metric.reset()
         return values
-
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity-check batches
 
     def on_train_epoch_end(self) -> None:
         self.log_stage("train")
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_stage("val")
-        if "acc" in values:
+        if not self.trainer.sanity_checking:  # the sanity batches are no epoch of this run
             self.val_acc_best(values["acc"])
+        if self.val_acc_best.update_count or self.val_acc_best.max_value.isfinite():
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:

@@ -1,6 +1,7 @@
 """A frozen teacher, a trainable student and a weighted sum of loss terms."""
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from kdlab.checkpoints import load_weights
+from kdlab.checkpoints import CheckpointError, load_weights, sha256_file
 from kdlab.losses import LossInputs
 from kdlab.modules.base import ClassifierSystem
 from kdlab.modules.taps import FeatureTap
@@ -36,6 +37,7 @@ class DistillationModule(ClassifierSystem):
         scheduler: Mapping | None = None,
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 28, 28),
+        teacher_sha256: str | None = None,
     ) -> None:
         super().__init__(
             net=net,
@@ -45,6 +47,7 @@ class DistillationModule(ClassifierSystem):
             num_classes=num_classes,
             teacher_net=teacher_net,
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
+            teacher_sha256=teacher_sha256,
             input_shape=tuple(input_shape),
         )
         if not teacher_ckpt:
@@ -52,11 +55,19 @@ class DistillationModule(ClassifierSystem):
                 "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
                 "train.py so the teacher is found in the cache or trained first."
             )
+        exists = Path(teacher_ckpt).is_file()
+        if teacher_sha256 is not None and exists and (found := sha256_file(teacher_ckpt)) != teacher_sha256:
+            raise CheckpointError(
+                f"The teacher file {teacher_ckpt} has changed since this student was distilled from it "
+                f"(sha256 {found[:12]}... now, {teacher_sha256[:12]}... then). A student resumed or reloaded "
+                "against another teacher would silently mix two experiments. Restore the original teacher "
+                "file, or start a new run with the new teacher."
+            )
         self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
-        terms = [t for t in self.losses.values() if t.weight]
+        terms = [self.losses[name] for name in self.active_terms]
         self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
         self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
         self._build_terms(terms, input_shape)

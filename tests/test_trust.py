@@ -1,0 +1,282 @@
+"""Hostile and careless inputs: every one is refused early and loudly, or yields a result that is right.
+
+Each test here failed on the code before the trust work: a wrong number is worse than a crash, and
+a crash after minutes of work is worse than a refusal at start.
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import kdlab.run
+import kdlab.teachers
+from kdlab.checkpoints import CheckpointError
+from kdlab.modules.guards import DivergenceError
+from kdlab.record import RunRecord
+from kdlab.run import train
+from kdlab.summary import scratch_baseline
+
+TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
+
+
+class CrashAtEpoch(L.Callback):
+    """Stands in for kill -9: the run dies as epoch `epoch` (0-based) starts; last.ckpt is what it leaves."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+# -- refused before any work ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.batch_size=0"], "batch_size must be an integer >= 1"),
+        (["trainer.max_epochs=-3"], "max_epochs"),
+        (["+distill.losses.bogus.weight=1"], r"distill\.losses\.bogus is not a loss term.*_target_"),
+        (["distill.losses.kd.weight=0", "distill.losses.ce.weight=0"], "No loss term is active"),
+        (["distill.losses.kd.weight=-1"], r"(?s)weight must be .* >= 0.*distill\.losses\.kd"),
+        (["distill.temperature=0"], "temperature must be .* > 0"),
+        (["+loss@distill.losses.hint=hint", "distill.losses.hint.teacher_layer=nope"], r"distill\.losses\.hint.*nope"),
+        (["teacher.ckpt_path=/no/such/teacher.ckpt"], "teacher.ckpt_path"),
+        (["ckpt_path=/no/such/last.ckpt"], "resume"),
+        (["model.activation=sigmoidish"], "Unknown activation 'sigmoidish'"),
+        (["trainer.accelerator=gpu"], "trainer"),
+        (["trainer.max_epochs=0"], "trains nothing"),
+    ],
+)
+def test_bad_values_fail_before_any_teacher_is_trained(make_cfg, overrides, match):
+    cfg = make_cfg("experiment=distill_mlp", *overrides)
+    started = time.perf_counter()
+    with pytest.raises(Exception, match=match):
+        train(cfg)
+    assert not Path(cfg.paths.teacher_dir).exists()  # no teacher was trained (or even looked up) first
+    assert time.perf_counter() - started < 30
+
+
+@pytest.mark.slow
+def test_a_name_with_a_path_is_refused_before_any_folder_exists(tmp_path, tiny_cli, mnist_dir, run_script):
+    root = tmp_path / "root"
+    done = run_script("train.py", *tiny_cli(root, mnist_dir), "experiment=student_scratch_mlp", "name=../../x", check=False)
+    assert done.returncode != 0 and "cannot name a run folder" in done.stderr + done.stdout
+    assert not (tmp_path / "x").exists() and not (root / "x").exists()
+
+
+# -- divergence -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "term"),
+    [
+        (["experiment=student_scratch_mlp", "optimizer.lr=1e6"], "ce"),
+        (["experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1e-300"], "kd"),
+    ],
+)
+def test_divergence_stops_the_run_and_is_recorded(make_cfg, overrides, term):
+    cfg = make_cfg(*overrides, "trainer.max_epochs=2")
+    with pytest.raises(DivergenceError, match=rf"non-finite .* step \d+, first in the term\(s\) .*{term}"):
+        train(cfg)
+    text = (Path(cfg.paths.output_dir) / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in the record"))
+    record = RunRecord.read(cfg.paths.output_dir)
+    assert record.status == "diverged" and "non-finite" in record.message
+    assert not (Path(cfg.paths.output_dir) / "student.pt").exists()  # no student from a broken run
+    assert not record.counts_as_baseline()
+
+
+# -- baselines --------------------------------------------------------------------------------------
+
+
+def test_baseline_counts_each_healthy_seed_once_and_ignores_smoke_and_evaluations(make_cfg):
+    first, _ = train(make_cfg("experiment=student_scratch_mlp"))
+    again, _ = train(make_cfg("experiment=student_scratch_mlp"))  # the same seed twice
+    train(make_cfg("experiment=student_scratch_mlp", "seed=1", "trainer.fast_dev_run=true"))  # smoke
+    train(make_cfg("experiment=student_scratch_mlp", "seed=2", "trainer.limit_train_batches=2"))  # smoke
+    ckpt = Path(first.files["best_checkpoint"])
+    evaluated, _ = train(make_cfg("experiment=student_scratch_mlp", "train=false", f"ckpt_path={ckpt}"))
+    assert evaluated.mode == "evaluate" and evaluated.status == "ok"
+    log_dir = make_cfg("experiment=student_scratch_mlp").paths.log_dir
+    baseline = scratch_baseline(log_dir, first.identity["student"])
+    assert baseline["runs"] == 1 and baseline["seeds"] == [0]
+    assert baseline["mean"] == again.metrics["test/acc"]
+
+
+# -- the teacher cache --------------------------------------------------------------------------------
+
+
+def test_other_data_content_gets_its_own_teacher(make_cfg, tmp_path, mnist_dir):
+    """Label-shuffled files in another folder (verify=false) must never be served as the normal teacher."""
+    from kdlab.data import read_idx, write_idx
+
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (shuffled / name).write_bytes((mnist_dir / name).read_bytes())
+    labels = read_idx(mnist_dir / "train-labels-idx1-ubyte")
+    write_idx(shuffled / "train-labels-idx1-ubyte", labels[torch.randperm(len(labels)).numpy()])
+
+    poisoned, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, f"paths.data_dir={shuffled}"))
+    clean, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))
+    assert poisoned.teacher.key != clean.teacher.key
+    assert poisoned.teacher.sha256 != clean.teacher.sha256
+
+
+def test_a_damaged_cached_teacher_is_moved_aside_and_retrained(make_cfg, caplog):
+    first, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.fast_dev_run=true"))
+    weights = Path(first.teacher.checkpoint)
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    second, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.fast_dev_run=true"))
+    assert "damaged" in caplog.text and "training it first" in caplog.text
+    assert second.teacher.checkpoint == first.teacher.checkpoint  # the same key, trained again
+    assert second.teacher.sha256 == first.teacher.sha256  # and the same seed gives the same teacher
+    assert list(weights.parent.parent.glob(f".{weights.parent.name}.bad-*"))
+
+
+def test_staging_folders_of_dead_trainings_are_cleaned(make_cfg):
+    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.fast_dev_run=true")
+    root = Path(cfg.paths.teacher_dir)
+    dead = root / f".abc.tmp-{socket.gethostname()}-999999999"
+    alive = root / f".abc.tmp-{socket.gethostname()}-{os.getpid()}"
+    dead.mkdir(parents=True)
+    alive.mkdir()
+    train(cfg)
+    assert not dead.exists() and alive.exists()
+
+
+def test_only_global_rank_zero_trains_the_teacher(make_cfg, monkeypatch):
+    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(kdlab.teachers, "POLL_SECONDS", 0.05)
+
+    def must_not_train(tcfg, announce=True):
+        raise AssertionError("a non-zero rank trained the teacher")
+
+    holder = {}
+
+    def rank_zero_elsewhere():  # what rank 0 does meanwhile, in its own process
+        time.sleep(0.5)
+        zero_cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER)
+        with monkeypatch.context() as m:
+            m.setenv("RANK", "0")
+            holder["ref"] = kdlab.teachers.provision_teacher(zero_cfg, {"x": "1"}, train)
+
+    worker = threading.Thread(target=rank_zero_elsewhere)
+    worker.start()
+    ref = kdlab.teachers.provision_teacher(cfg, {"x": "1"}, must_not_train)
+    worker.join()
+    assert ref == holder["ref"]
+
+
+def test_rank_zero_of_a_torchrun_job_trains_the_teacher_alone(make_cfg, monkeypatch):
+    for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    ref = kdlab.teachers.provision_teacher(make_cfg("experiment=distill_mlp", TINY_TEACHER), {"x": "1"}, train)
+    assert Path(ref.checkpoint).is_file()
+    assert os.environ["WORLD_SIZE"] == "2"  # restored for the student's own DDP
+
+
+# -- resume -----------------------------------------------------------------------------------------
+
+
+def test_last_checkpoint_is_the_last_epoch_even_without_improvement(make_cfg):
+    cfg = make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=3")
+    train(cfg)  # the easy data gives 100% val accuracy from the first epoch on: no later epoch improves
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+
+
+def _hard(make_cfg, *overrides):
+    """Short epochs of small batches on easy data: metrics still move from epoch to epoch."""
+    return make_cfg(
+        "experiment=distill_mlp",
+        TINY_TEACHER,
+        "trainer.max_epochs=4",
+        "data.batch_size=32",
+        "trainer.limit_train_batches=6",
+        "optimizer.lr=1e-4",
+        *overrides,
+    )
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(make_cfg, monkeypatch):
+    whole, _ = train(_hard(make_cfg))
+    crashed = _hard(make_cfg)
+    build = kdlab.run.build_callbacks
+    with monkeypatch.context() as m:  # not in the config: the resumed run must be the same run
+        m.setattr(kdlab.run, "build_callbacks", lambda cfg: [*build(cfg), CrashAtEpoch(2)])
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(crashed)
+    last = Path(crashed.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed, _ = train(_hard(make_cfg, f"ckpt_path={last}"))
+    assert resumed.output_dir == crashed.paths.output_dir
+    for key in ("test/acc", "test/loss", "val/acc_best", "test/kl"):
+        assert resumed.metrics[key] == whole.metrics[key], key
+    assert Path(resumed.files["best_checkpoint"]).name == Path(whole.files["best_checkpoint"]).name
+
+
+def test_resume_with_more_epochs_is_refused_before_training(make_cfg):
+    cfg = make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=2")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"trainer\.max_epochs: 2 -> 5"):
+        train(make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=5", f"ckpt_path={last}"))
+
+
+def test_a_checkpoint_of_another_experiment_or_teacher_is_refused(make_cfg, tmp_path):
+    scratch = make_cfg("experiment=student_scratch_mlp")
+    train(scratch)
+    other = Path(scratch.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        train(make_cfg("experiment=distill_mlp", TINY_TEACHER, f"ckpt_path={other}"))
+
+    distill = make_cfg("experiment=distill_mlp", TINY_TEACHER)
+    record, _ = train(distill)
+    last = Path(distill.paths.output_dir) / "checkpoints" / "last.ckpt"
+    swapped = tmp_path / "other_teacher.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(record.teacher.checkpoint)
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, str(swapped))
+    with pytest.raises(CheckpointError, match="teacher"):
+        train(make_cfg("experiment=distill_mlp", TINY_TEACHER, f"teacher.ckpt_path={swapped}", f"ckpt_path={last}"))
+
+
+class Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (Payload._boom, ())
+
+    @staticmethod
+    def _boom():
+        Payload.ran = True
+        return "boom"
+
+
+def test_a_pickled_payload_in_a_resume_checkpoint_never_runs(make_cfg, monkeypatch):
+    cfg = make_cfg("experiment=student_scratch_mlp")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["payload"] = Payload()
+    torch.save(checkpoint, last)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's documented override
+    with pytest.raises(CheckpointError, match="weights_only"):
+        train(make_cfg("experiment=student_scratch_mlp", f"ckpt_path={last}"))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        train(make_cfg("experiment=student_scratch_mlp", "train=false", f"ckpt_path={last}"))
+    assert not Payload.ran
