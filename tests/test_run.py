@@ -113,7 +113,9 @@ def test_scratch_baseline_shows_up_in_distillation_record(make_cfg):
 @pytest.mark.filterwarnings("error:The dirpath has changed")  # Lightning would drop the best-model state
 def test_resume_from_a_mid_run_checkpoint_continues_the_run(make_cfg):
     """Resume from the epoch-0 checkpoint of a 2-epoch run: the same schedule, carried to its end."""
-    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1")
+    cfg = make_cfg(
+        "experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"
+    )
     train(cfg)
     first = Path(cfg.paths.output_dir) / "checkpoints" / "epoch_000.ckpt"
     record, objects = train(

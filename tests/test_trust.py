@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+
 import kdlab.run
 import kdlab.teachers
 from kdlab.checkpoints import CheckpointError
@@ -68,7 +69,9 @@ def test_bad_values_fail_before_any_teacher_is_trained(make_cfg, overrides, matc
 @pytest.mark.slow
 def test_a_name_with_a_path_is_refused_before_any_folder_exists(tmp_path, tiny_cli, mnist_dir, run_script):
     root = tmp_path / "root"
-    done = run_script("train.py", *tiny_cli(root, mnist_dir), "experiment=student_scratch_mlp", "name=../../x", check=False)
+    done = run_script(
+        "train.py", *tiny_cli(root, mnist_dir), "experiment=student_scratch_mlp", "name=../../x", check=False
+    )
     assert done.returncode != 0 and "cannot name a run folder" in done.stderr + done.stdout
     assert not (tmp_path / "x").exists() and not (root / "x").exists()
 

@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdlab.analysis import TestAnalysis
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
 from kdlab.config import CONFIG_DIR, plain
 from kdlab.data import data_fingerprint
@@ -153,7 +154,8 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     if is_distillation(cfg):
         record.params["teacher"] = count_params(module.teacher)
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
-    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session]
+    analysis = TestAnalysis(output_dir=record.output_dir)  # confusion, calibration, disagreements
+    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]
     loggers = [instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
     show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     trainer: L.Trainer = instantiate(
@@ -173,6 +175,8 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
             tested = ("best" if record.files.get("best_checkpoint") else None) if cfg.train else cfg.ckpt_path
             trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
             record.metrics.update(_metrics(trainer, "test/"))
+            record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
+            record.files.update({Path(f).stem: f for f in analysis.results.get("files", [])})
 
 
 def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:

@@ -125,8 +125,9 @@ def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
             if term:
                 _flat(f"distill.losses.{name}", {k: v for k, v in term.items() if k != "temperature"}, hp)
         hp["teacher.model"] = _class_name(c["teacher"]["model"]) or "?"
-        hp["teacher.recipe"] = c["teacher"].get("recipe") if not c["teacher"].get("ckpt_path") else "(file)"
-        hp["teacher.seed"] = c["teacher"].get("seed")
+        cached = record.teacher is not None and record.teacher.key is not None
+        hp["teacher.recipe"] = c["teacher"].get("recipe") if cached else "(teacher.ckpt_path)"
+        hp["teacher.seed"] = c["teacher"].get("seed") if cached else None
         if record.teacher is not None:
             hp["teacher.sha256"] = record.teacher.sha256[:12]
         hp["params.teacher"] = record.params.get("teacher", 0)
