@@ -1,7 +1,8 @@
-"""Summarise a finished sweep: `python scripts/report.py outputs/<name>/multirun/<time> [--out DIR]`.
+"""Summarise a sweep: `python scripts/report.py outputs/<name>/multirun/<time> [--out DIR]`.
 
 Writes report.md, PNG plots and a tensorboard/ folder (plots + one hparams entry per job) and prints
-the table. The logic lives in kdlab.report; this file only parses arguments.
+the report: the settings every job shared, the table, and the jobs that diverged, failed or did not
+finish, by folder. The logic lives in kdlab.report; this file only parses arguments.
 """
 
 import argparse
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(report.table)
+    print(report.text)
     print("\nwrote " + ", ".join(str(path) for path in report.files))
     return 0
 

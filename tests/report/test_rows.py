@@ -1,0 +1,143 @@
+"""The sweep report on hand-made sweep folders: grouping, statistics, files. No training."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.image import imread
+from sweep_builders import COMMON, KL, TEST_ACC, VAL_ACC, distill_record
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdlab.report import load_jobs, swept_keys, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def table_line(report_md: str, first_cell: str) -> list[str]:
+    lines = [line for line in report_md.splitlines() if line.startswith(f"| {first_cell} ")]
+    assert len(lines) == 1, report_md
+    return [cell.strip() for cell in lines[0].strip("|").split("|")]
+
+
+def test_rows_average_the_seeds_of_each_temperature(grid_sweep):
+    report = write_report(grid_sweep)
+
+    assert report.keys == ["distill.temperature"]  # constant overrides and the seed are not swept
+    # job 6 (temperature 4) never finished: its setting gets a row of its own, with no numbers
+    assert [row.setting for row in report.rows] == [{"distill.temperature": t} for t in ("2", "4", "10")]
+    assert [len(row.jobs) for row in report.rows] == [3, 0, 3]
+    for row, jobs in zip((report.rows[0], report.rows[2]), ([3, 4, 5], [0, 1, 2]), strict=True):
+        assert sorted(int(job.name) for job in row.jobs) == jobs
+        for metric, values in (("test/acc", TEST_ACC), ("val/acc_best", VAL_ACC), ("test/kl", KL)):
+            mean, std = row.stats(metric)
+            picked = np.array(values)[jobs]
+            assert mean == pytest.approx(np.mean(picked))
+            assert std == pytest.approx(np.std(picked, ddof=1))  # the sample std over seeds
+
+    text = (grid_sweep / "report.md").read_text()
+    assert report.table in text
+    two = table_line(text, "2")
+    t2 = np.array(TEST_ACC[3:]) * 100
+    v2 = np.array(VAL_ACC[3:]) * 100
+    assert two[1] == "3"
+    assert two[2] == f"{t2.mean():.2f} ± {t2.std(ddof=1):.2f}"
+    assert two[3] == f"{v2.mean():.2f} ± {v2.std(ddof=1):.2f}"
+    assert two[4] == "98.10"  # teacher
+    assert two[6] == f"{np.mean(KL[3:]):.4f}"
+    assert two[7] == "235,146"
+    assert two[8] == "11.0"  # mean wall time of seeds 0, 1, 2
+    assert two[9] == ""  # notes: nothing left out of this row
+    assert table_line(text, "10")[2] == f"{np.mean(TEST_ACC[:3]) * 100:.2f} ± {np.std(TEST_ACC[:3], ddof=1) * 100:.2f}"
+    assert table_line(text, "4")[1:4] == ["0", "-", "-"]
+    assert table_line(text, "4")[9] == "unfinished: 6"
+    assert "Best by validation (val/acc_best; the test set only reports it): distill.temperature=2:" in text
+    assert "94.00 ± 0.40% test acc over 2 runs, seeds 0, 1" in text  # the baseline seen by the most runs
+    assert "- job folder `6` (distill.temperature=4, seed=0): **unfinished**: no metrics.json" in text
+
+
+def test_writes_valid_pngs_and_tensorboard(grid_sweep):
+    report = write_report(grid_sweep)
+
+    pngs = [grid_sweep / "acc_vs_distill.temperature.png", grid_sweep / "acc_vs_params.png"]
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        assert imread(png).shape[2] in (3, 4)  # decodes as an image
+        assert f"]({png.name})" in (grid_sweep / "report.md").read_text()
+        assert png in report.files
+
+    board = grid_sweep / "tensorboard"
+    assert list(board.glob("events.out.tfevents.*"))
+    images = EventAccumulator(str(board)).Reload().Tags()["images"]
+    assert set(images) == {"sweep/acc_vs_distill.temperature", "sweep/acc_vs_params"}
+    runs = sorted(p.name for p in board.iterdir() if p.is_dir())
+    assert runs == ["0", "1", "2", "3", "4", "5"]  # one hparams entry per finished job
+    job = EventAccumulator(str(board / "3")).Reload()
+    assert "_hparams_/session_start_info" in job.PluginTagToContent("hparams")
+    assert job.Scalars("hp/test_acc")[0].value == pytest.approx(TEST_ACC[3])
+
+    write_report(grid_sweep)  # a second report replaces the first, no duplicate entries
+    assert sorted(p.name for p in board.iterdir() if p.is_dir()) == runs
+    assert len(list(board.glob("events.out.tfevents.*"))) == 1
+
+
+def test_single_seed_has_zero_std_and_optuna_best_trial_is_named(tmp_path, make_job):
+    """An Optuna sweep: each trial its own setting (n=1), the best one from optimization_results.yaml."""
+    sweep = tmp_path / "optuna"
+    trials = [(2.5, 0.61, 0.93), (7.25, 0.83, 0.97), (5.0, 0.55, 0.95)]  # temperature, kd weight, val acc
+    for job, (temp, kd, val) in enumerate(trials):
+        overrides = [f"distill.temperature={temp}", f"distill.losses.kd.weight={kd}", *COMMON]
+        make_job(sweep / str(job), overrides, distill_record(overrides, 0, val - 0.01, val, 0.2, baseline={}))
+    best = {"distill.temperature": 7.25, "distill.losses.kd.weight": 0.83}
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"name": "optuna", "best_params": best, "best_value": 0.97})
+    )
+    out = tmp_path / "report"
+
+    report = write_report(sweep, out)
+
+    assert report.keys == ["distill.temperature", "distill.losses.kd.weight"]
+    assert [len(row.jobs) for row in report.rows] == [1, 1, 1]
+    assert [row.stats("val/acc_best") for row in report.rows] == [(0.93, 0.0), (0.95, 0.0), (0.97, 0.0)]
+    text = (out / "report.md").read_text()
+    assert table_line(text, "7.25")[4] == "97.00 ± 0.00"  # val acc best, n=1
+    assert "Optuna best trial (job folder 1)" in text
+    assert "value 0.9700" in text
+    for name in ("acc_vs_distill.temperature", "acc_vs_distill.losses.kd.weight", "acc_vs_params"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not (sweep / "report.md").exists()  # --out leaves the sweep folder alone
+    assert "Same student from scratch" not in text  # no job knew a scratch baseline
+    assert "No from-scratch baseline found for student recipe `1df3e6693a055c7c`" in text
+
+
+def test_missing_overrides_file_falls_back_to_the_records(tmp_path):
+    for job, temp in enumerate((1, 4)):
+        overrides = [f"distill.temperature={temp}"]
+        distill_record(overrides, 0, 0.9, 0.9, 0.1).write(tmp_path / str(job))  # no .hydra/
+    assert swept_keys(load_jobs(tmp_path)) == ["distill.temperature"]
+
+
+def test_records_overrides_win_over_hydras_file(tmp_path, make_job):
+    """The record is the job's own account; Hydra's file is read only where the record has none."""
+    overrides = ["distill.temperature=4", "seed=0"]
+    make_job(tmp_path / "0", ["distill.temperature=1", "seed=0"], distill_record(overrides, 0, 0.9, 0.9, 0.1))
+    (job,) = load_jobs(tmp_path)
+    assert job.overrides == {"distill.temperature": "4", "seed": "0"}
+
+
+def test_no_record_is_a_clear_error(tmp_path, make_job):
+    make_job(tmp_path / "sweep" / "0", [*COMMON, "distill.temperature=1"], None)
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)No metrics.json under .*sweep.*started 1 job folder there.*may still be running"
+    ):
+        write_report(tmp_path / "sweep")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "no_such_sweep")
+    assert not (tmp_path / "no_such_sweep").exists()
+
+
+def test_jobs_come_in_job_number_order(tmp_path, make_job):
+    for job in (10, 2, 1):
+        overrides = [f"distill.temperature={job}"]
+        make_job(tmp_path / str(job), overrides, distill_record(overrides, 0, 0.9, 0.9, 0.1))
+    assert [job.name for job in load_jobs(Path(tmp_path))] == ["1", "2", "10"]
