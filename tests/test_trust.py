@@ -6,7 +6,11 @@ a crash after minutes of work is worse than a refusal at start.
 
 import json
 import os
+import shlex
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ from kdlab.run import train
 from kdlab.summary import scratch_baseline
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CrashAtEpoch(L.Callback):
@@ -283,3 +288,71 @@ def test_a_pickled_payload_in_a_resume_checkpoint_never_runs(make_cfg, monkeypat
     with pytest.raises(CheckpointError, match="weights_only"):
         train(make_cfg("experiment=student_scratch_mlp", "train=false", f"ckpt_path={last}"))
     assert not Payload.ran
+
+
+# -- interruptions, as a scheduler delivers them ----------------------------------------------------
+
+
+def _start(args: list[str], root: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    log = open(root / "console.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _wait_for_epoch(root: Path, name: str, epoch: int, process: subprocess.Popen, timeout: float = 300) -> Path:
+    """Poll the run's log until `epoch` epochs are done (last.ckpt is written before the epoch line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for log in (root / "outputs" / name / "runs").glob("*/run.log"):
+            if f"[{name}] epoch {epoch}/" in log.read_text():
+                return log.parent
+        assert process.poll() is None, (root / "console.log").read_text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"epoch {epoch} never finished")
+
+
+SLOW_EPOCHS = ["data.batch_size=16", "trainer.max_epochs=5", "optimizer.lr=1e-4"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_readme_resume_command_gives_the_uninterrupted_result(
+    tmp_path, mnist_dir, tiny_cli, run_script
+):
+    args = [*tiny_cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, *SLOW_EPOCHS]
+    run_script(
+        "train.py", *tiny_cli(tmp_path / "whole", mnist_dir), "experiment=distill_mlp", TINY_TEACHER, *SLOW_EPOCHS
+    )
+    (whole,) = (tmp_path / "whole" / "outputs" / "distill_mlp" / "runs").iterdir()
+
+    process = _start(args, tmp_path)
+    folder = _wait_for_epoch(tmp_path, "distill_mlp", 2, process)
+    process.kill()  # SIGKILL: no handler runs, nothing is saved at the interrupt
+    process.wait()
+    # the README's command: the same overrides, the run's folder and its last.ckpt
+    run_script("train.py", *args, f"hydra.run.dir={folder}", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")
+    resumed, uninterrupted = RunRecord.read(folder), RunRecord.read(whole)
+    assert resumed.status == "ok" and resumed.epochs == 5
+    for key in ("test/acc", "val/acc_best", "test/loss", "test/agreement"):
+        assert resumed.metrics[key] == uninterrupted.metrics[key], key
+    assert Path(resumed.files["best_checkpoint"]).name == Path(uninterrupted.files["best_checkpoint"]).name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_exits_non_zero_and_prints_the_resume_command(
+    tmp_path, mnist_dir, tiny_cli, run_script, signum, code
+):
+    args = [*tiny_cli(tmp_path, mnist_dir), "experiment=student_scratch_mlp", *SLOW_EPOCHS]
+    process = _start(args, tmp_path)
+    folder = _wait_for_epoch(tmp_path, "student_scratch_mlp", 1, process)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == code
+    record = RunRecord.read(folder)
+    assert record.status == "interrupted" and (folder / "checkpoints" / "interrupted.ckpt").is_file()
+    command = record.message.split("To resume: ", 1)[1]
+    assert f"To resume: {command}\n" in (tmp_path / "console.log").read_text()
+    resume_args = shlex.split(command)[2:]  # drop "python train.py"
+    run_script("train.py", *resume_args)
+    assert RunRecord.read(folder).status == "ok" and RunRecord.read(folder).epochs == 5

@@ -118,7 +118,8 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
             record.status = "interrupted"
             record.message = f"Stopped by {stopped}."
             if stopped.checkpoint is not None:
-                record.message += f" To resume: {resume_command(cfg, output_dir, stopped.checkpoint)}"
+                stopped.resume = resume_command(cfg, output_dir, stopped.checkpoint)
+                record.message += f" To resume: {stopped.resume}"
             raise stopped from None
         record.status, record.message = "failed", f"{type(err).__name__}: {err}"
         raise
@@ -229,4 +230,6 @@ def main() -> None:
         hydra_main()
     except Interrupted as stopped:
         print(f"kdlab: {stopped}; the run's record and checkpoints are in its folder.", file=sys.stderr)
+        if stopped.resume:
+            print(f"To resume: {stopped.resume}", file=sys.stderr)
         sys.exit(stopped.exit_code)

@@ -108,9 +108,16 @@ def test_gradients_reach_student_and_regressor_never_teacher(teacher_file):
 
 
 def test_weight_zero_terms_are_not_tapped_or_built(teacher_file):
-    losses = {**LOSSES, "hint": {**LOSSES["hint"], "weight": 0.0, "teacher_layer": "no.such.layer"}}
-    module = make_module(teacher_file, losses)  # an unknown layer on a disabled term is harmless
-    assert module.teacher_tap.features == {}
+    losses = {**LOSSES, "hint": {**LOSSES["hint"], "weight": 0.0}}
+    module = make_module(teacher_file, losses)
+    assert module.active_terms == ["ce", "kd"]
+    assert module.losses["hint"].regressor is None  # not built: no parameters to train
+    assert not [name for name, m in module.teacher.named_modules() if m._forward_hooks]  # nothing tapped
+    assert not [name for name, m in module.net.named_modules() if m._forward_hooks]
+    assert "loss_hint" not in module.train_metrics  # not computed, so not logged
+    enabled = make_module(teacher_file)  # the same term with a weight is tapped and built
+    assert enabled.losses["hint"].regressor is not None
+    assert [name for name, m in enabled.teacher.named_modules() if m._forward_hooks] == ["neck"]
 
 
 def test_unknown_layer_names_the_available_ones(teacher_file):
@@ -171,3 +178,16 @@ def test_checkpoint_leaves_teacher_out_and_reloads(teacher_file, mnist_dir, tmp_
     reloaded = DistillationModule.load_from_checkpoint(tmp_path / "distill.ckpt", weights_only=True)
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_every_rank_computes_every_metric_even_without_batches(teacher_file, monkeypatch):
+    """Computing syncs across DDP ranks: a rank with no val/test batch must still take part."""
+    module = make_module(teacher_file)
+    computed = []
+    for name, metric in module.val_metrics.items():
+        monkeypatch.setattr(metric, "compute", lambda name=name: computed.append(name) or torch.tensor(0.0))
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    module.log_stage("val")  # this rank saw no batch at all
+    assert sorted(computed) == sorted(module.val_metrics) == sorted(
+        ["loss", "loss_ce", "loss_kd", "loss_hint", "acc", "agreement", "kl"]
+    )

@@ -26,6 +26,7 @@ class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: not ca
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
         self.checkpoint = checkpoint
+        self.resume: str | None = None  # the command that continues the run, when there is a checkpoint
 
     @property
     def exit_code(self) -> int:
