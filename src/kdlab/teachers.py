@@ -10,6 +10,7 @@ never served as the full recipe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdlab.checkpoints import sha256_file
 from kdlab.config import compose_config, plain
 from kdlab.identity import run_key
+from kdlab.listing import LAST_USED_FILE
 from kdlab.locks import file_lock
 from kdlab.record import RECORD_FILE, RecordError, RunRecord, TeacherRef
 from kdlab.summary import print_summary
@@ -201,6 +203,8 @@ def provision_teacher(cfg: DictConfig, data: Mapping[str, str], train: Callable)
     def found(entry: tuple[Path, RunRecord], how: str) -> TeacherRef:
         weights, record = entry
         log.info("%s teacher %s (recipe %s, seed %s)", how, weights, spec.recipe, spec.seed)
+        with contextlib.suppress(OSError):  # a read-only cache still serves teachers
+            (weights.parent / LAST_USED_FILE).touch()
         return TeacherRef(str(weights), record.files["sha256"], key=key, recipe=spec.recipe, seed=spec.seed)
 
     if (entry := read_entry(final)) is not None:
