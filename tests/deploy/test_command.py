@@ -97,10 +97,11 @@ def test_check_refuses_a_truncated_export(shipped_run: Path, tmp_path: Path, cap
 
 def test_check_accepts_the_genuine_exports(shipped_run: Path, tmp_path: Path, capsys):
     run = copy_run(shipped_run, tmp_path)
-    before = {p.name: p.read_bytes() for p in (run / "export").iterdir()}
+    files = [*(run / "export").iterdir(), run / "deploy.json", run / "deploy.md"]
+    before = {p: p.read_bytes() for p in files}
     assert main([str(run), "--check", "--no-bench"]) == 0
     assert capsys.readouterr().out.count(": ok: max |logit diff|") == 4
-    assert {p.name: p.read_bytes() for p in (run / "export").iterdir()} == before
+    assert {p: p.read_bytes() for p in files} == before  # --check writes nothing, not even the report
 
 
 def test_without_onnx_packages_onnx_says_how_to_install_and_torchscript_still_works(

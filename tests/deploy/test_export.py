@@ -12,13 +12,14 @@ from omegaconf import OmegaConf
 
 from kdlab.data import normalize
 from kdlab.deploy import ExportError, RawPixelClassifier, load_bundle, open_export, verify_export
-from kdlab.deploy.bundle import BundleError
-from kdlab.deploy.export import EXAMPLE_BATCH, export_path, probe_batch
+from kdlab.deploy.bundle import BundleError, DeployNet, build_net
+from kdlab.deploy.export import EXAMPLE_BATCH, export_path, probe_batch, write_export
 from kdlab.deploy.parity import parity_limit
 from kdlab.models import MLP
 from kdlab.record import RunRecord
 
 FORMATS = ["torchscript", "onnx"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def raw_batch(n: int, seed: int = 3) -> torch.Tensor:
@@ -71,6 +72,25 @@ def test_onnx_graph_declares_uint8_pixels_and_a_symbolic_batch(shipped_run: Path
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_the_cnn_teacher_exports_too(tmp_path: Path, fmt: str):
+    """conf/model/cnn_small.yaml: convolutions, batch norm (its running statistics) and max-pool survive."""
+    cfg = OmegaConf.load(REPO / "conf" / "model" / "cnn_small.yaml")
+    net = build_net(cfg, "cnn_small.yaml")
+    torch.manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # not the identity statistics of a fresh layer
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model = RawPixelClassifier(net, MEAN, STD).eval()
+    deploy_net = DeployNet("teacher", model, tmp_path / "teacher.pt", OmegaConf.to_container(cfg))
+    runner = verify_export(write_export(deploy_net, fmt, export_path(tmp_path, "teacher", fmt)), fmt, deploy_net)
+    x = raw_batch(3)
+    with torch.inference_mode():
+        expected = model(x)
+    assert (runner.logits(x) - expected).abs().max() <= parity_limit(expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_verify_accepts_the_genuine_export(shipped_run: Path, fmt: str):
     net = load_bundle(shipped_run).net("student")
     runner = verify_export(export_path(shipped_run / "export", "student", fmt), fmt, net)
@@ -95,6 +115,7 @@ def test_verify_refuses_another_nets_export(shipped_run: Path, tmp_path: Path, f
         verify_export(swapped, fmt, load_bundle(shipped_run).net("student"))
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_verify_refuses_a_file_altered_after_export(shipped_run: Path, tmp_path: Path, fmt: str):
     src = export_path(shipped_run / "export", "student", fmt)
@@ -105,6 +126,7 @@ def test_verify_refuses_a_file_altered_after_export(shipped_run: Path, tmp_path:
     assert "max |logit diff| 0.5" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 def test_verify_refuses_a_file_without_manifest(shipped_run: Path, tmp_path: Path):
     bundle = load_bundle(shipped_run)
     plain = tmp_path / "student.torchscript.pt"

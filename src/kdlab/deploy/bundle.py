@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class DeployNet:
     def params(self) -> int:
         return sum(p.numel() for p in self.model.net.parameters())
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """sha256 over the weights and the normalisation: what an export must have been made from."""
         h = hashlib.sha256(f"mean={self.model.mean!r};std={self.model.std!r}".encode())

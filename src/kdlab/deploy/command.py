@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from kdlab.deploy.bundle import Bundle, BundleError, load_bundle
+from kdlab.deploy.bundle import Bundle, BundleError, DeployNet, load_bundle
 from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
 from kdlab.deploy.extras import MissingDependencyError, require_formats
 from kdlab.deploy.parity import Parity, ParityError, batched_logits, compare
@@ -39,7 +41,8 @@ def parse_threads(text: str) -> tuple[int, ...]:
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
+    """Where a fresh export waits for its checks; the pid keeps two concurrent exports apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
 def _parity(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_only: bool) -> tuple[list, dict, dict]:
@@ -79,9 +82,10 @@ def export_run(
 ) -> DeployResult:
     """Export the run's net(s) to `out/export/`, check parity, time them, write deploy.json + deploy.md.
 
-    check_only: write nothing new; verify the files already in `out/export/` against the run.
+    check_only: export nothing and write no report; verify the files already in `out/export/` against the
+    run (and time them, with bench), for a file that was copied, archived or is about to be shipped.
     Raises BundleError (bad folder), MissingDependencyError, ExportError (a file that does not load or
-    is another net's) and ParityError (numbers inside; the report is written with status "failed").
+    is another net's) and ParityError (numbers inside; the report is written with status "parity failed").
     """
     formats = tuple(dict.fromkeys(formats))
     if unknown := [f for f in formats if f not in FORMATS]:
@@ -90,73 +94,88 @@ def export_run(
     bundle = load_bundle(folder, data_dir)
     out = Path(out) if out is not None else bundle.folder
     export_dir = out / EXPORT_DIR
-
-    parity, written, accuracy = _parity(bundle, formats, export_dir, check_only)
-    failed = [p for p in parity if not p.passed]
-    if failed and not check_only:
-        for path in written.values():
-            path.unlink(missing_ok=True)
-    elif not check_only:
-        for (role, fmt), path in written.items():
-            os.replace(path, export_path(export_dir, role, fmt))
-
-    nets = []
-    for net in bundle.nets:
-        files = {"weights": {"path": str(net.weights), "bytes": net.weights.stat().st_size}}
-        for fmt in formats:
-            final = export_path(export_dir, net.role, fmt)
-            if not failed and final.is_file():
-                files[fmt] = {"path": str(final), "bytes": final.stat().st_size}
-        nets.append(
-            {
-                "role": net.role,
-                "net": net.model_config.get("_target_"),
-                "model": net.model_config,
-                "params": net.params,
-                "flops_per_image": count_flops(net.model),
-                "accuracy": accuracy[net.role],
-                "files": files,
-            }
+    saved_threads = torch.get_num_threads()  # parity and timing set torch's global thread count
+    try:
+        parity, written, accuracy = _parity(bundle, formats, export_dir, check_only)
+        failed = [p for p in parity if not p.passed]
+        if not check_only:  # keep what passed under its final name, nothing of a failed export
+            for (role, fmt), path in written.items():
+                if failed:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.replace(path, export_path(export_dir, role, fmt))
+        result = DeployResult(
+            run={
+                "folder": str(bundle.folder),
+                "name": bundle.record.name,
+                "kind": bundle.record.kind,
+                "status": bundle.record.status,
+            },
+            test={"images": len(bundle.test.labels), "source": bundle.test.source},
+            nets=[_describe(net, accuracy[net.role], formats, export_dir, shipped=not failed) for net in bundle.nets],
+            parity=[p.to_dict() for p in parity],
+            formats=list(formats),
+            notes=list(bundle.notes),
+            status="parity failed" if failed else "ok",
         )
-    result = DeployResult(
-        run={
-            "folder": str(bundle.folder),
-            "name": bundle.record.name,
-            "kind": bundle.record.kind,
-            "status": bundle.record.status,
-        },
-        test={"images": len(bundle.test.labels), "source": bundle.test.source},
-        nets=nets,
-        parity=[p.to_dict() for p in parity],
-        formats=list(formats),
-        notes=list(bundle.notes),
-        status="parity failed" if failed else "ok",
-    )
-    if failed:
+        if failed:
+            if not check_only:
+                write_report(result, out)
+            kept = (
+                "The files were left as they are (--check)."
+                if check_only
+                else (f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")
+            )
+            raise ParityError(
+                f"Export refused: parity failed for {', '.join(f'{p.role} {p.format}' for p in failed)}.\n  "
+                + "\n  ".join(p.describe() for p in failed)
+                + f"\n{kept}"
+            )
+        if bench:
+            result.speed = _time(bundle, formats, export_dir, threads or (1, available_threads()), settings)
+    finally:
+        torch.set_num_threads(saved_threads)
+    if not check_only:
         write_report(result, out)
-        raise ParityError(
-            "Export refused: parity failed for "
-            + ", ".join(f"{p.role} {p.format}" for p in failed)
-            + ".\n  "
-            + "\n  ".join(p.describe() for p in failed)
-            + f"\nThe numbers are in {out / 'deploy.md'}; no file was kept under its final name."
-        )
-    if bench:
-        threads = threads or (1, available_threads())
-        runners = []
-        for net in bundle.nets:
-            for n in threads:
-                runners.append((net.role, TorchRunner(net.model, "eager", n)))
-                for fmt in formats:
-                    runners.append((net.role, open_export(export_path(export_dir, net.role, fmt), fmt, n)))
-        rows = measure(runners, bundle.test.images, settings)
-        result.speed = {
-            "settings": {**settings.__dict__, "threads": list(threads), "cores": available_threads()},
-            "torch": torch.__version__,
-            "rows": [r.to_dict() for r in rows],
-        }
-    write_report(result, out)
     return result
+
+
+def _describe(net: DeployNet, accuracy: float, formats: tuple[str, ...], export_dir: Path, shipped: bool) -> dict:
+    """One net's row of the report: size, cost, accuracy and its files."""
+    files = {"weights": {"path": str(net.weights), "bytes": net.weights.stat().st_size}}
+    for fmt in formats:
+        final = export_path(export_dir, net.role, fmt)
+        if shipped and final.is_file():
+            files[fmt] = {"path": str(final), "bytes": final.stat().st_size}
+    return {
+        "role": net.role,
+        "net": net.model_config.get("_target_"),
+        "model": net.model_config,
+        "params": net.params,
+        "flops_per_image": count_flops(net.model),
+        "accuracy": accuracy,
+        "files": files,
+    }
+
+
+def _time(
+    bundle: Bundle, formats: tuple[str, ...], export_dir: Path, threads: tuple[int, ...], settings: SpeedSettings
+) -> dict:
+    """Every net x (eager + each format) x thread count, measured together; see kdlab.deploy.speed."""
+    runners = []
+    for net in bundle.nets:
+        for n in threads:
+            runners.append((net.role, TorchRunner(net.model, "eager", n)))
+            for fmt in formats:
+                runners.append((net.role, open_export(export_path(export_dir, net.role, fmt), fmt, n)))
+    start = time.perf_counter()
+    rows = measure(runners, bundle.test.images, settings)
+    return {
+        "settings": {**asdict(settings), "threads": list(threads), "cores": available_threads()},
+        "wall_s": round(time.perf_counter() - start, 2),
+        "torch": torch.__version__,
+        "rows": [r.to_dict() for r in rows],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="a few timed calls only (tests, smoke checks)")
     parser.add_argument("--threads", default="1,all", help="thread counts to time, e.g. 1,all or 1,2,4 (default 1,all)")
-    parser.add_argument("--check", action="store_true", help="write nothing: verify the files already in export/")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing: verify (and time) the files already in export/"
+    )
     parser.add_argument(
         "--data-dir", default=None, help="folder of the MNIST IDX files, if not the run's data.data_dir"
     )
@@ -210,5 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.speed:
         print("\n".join(speed_table(result)))
     out = Path(args.out) if args.out else Path(args.run_dir)
-    print(f"wrote {out / 'deploy.md'}, {out / 'deploy.json'} and {out / EXPORT_DIR}/")
+    if args.check:
+        print(f"checked the files in {out / EXPORT_DIR}/: they are this run's nets")
+    else:
+        print(f"wrote {out / 'deploy.md'}, {out / 'deploy.json'} and {out / EXPORT_DIR}/")
     return 0
