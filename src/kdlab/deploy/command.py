@@ -20,7 +20,7 @@ from kdlab.deploy.bundle import Bundle, BundleError, DeployNet, load_bundle
 from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
 from kdlab.deploy.extras import MissingDependencyError, require_formats
 from kdlab.deploy.parity import Parity, ParityError, batched_logits, compare
-from kdlab.deploy.report import DeployResult, speed_table, write_report
+from kdlab.deploy.report import DeployResult, busy_note, speed_table, write_report
 from kdlab.deploy.runtimes import TorchRunner
 from kdlab.deploy.speed import DEFAULT, QUICK, SpeedSettings, available_threads, count_flops, measure
 
@@ -173,6 +173,7 @@ def _time(
     return {
         "settings": {**asdict(settings), "threads": list(threads), "cores": available_threads()},
         "wall_s": round(time.perf_counter() - start, 2),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # 1-min, at the end
         "torch": torch.__version__,
         "rows": [r.to_dict() for r in rows],
     }
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     if result.speed:
         print("\n".join(speed_table(result)))
+        if note := busy_note(result):
+            print(f"warning: {note}")
     out = Path(args.out) if args.out else Path(args.run_dir)
     if args.check:
         print(f"checked the files in {out / EXPORT_DIR}/: they are this run's nets")

@@ -97,6 +97,18 @@ def speed_table(result: DeployResult) -> list[str]:
     return _table(header, "lllrrrr", body)
 
 
+def busy_note(result: DeployResult) -> str | None:
+    """A warning when other processes competed for the cores while timing (1-minute load > cores)."""
+    load, cores = result.speed.get("load_average"), result.speed["settings"]["cores"]
+    if load is None or load <= cores:
+        return None
+    return (
+        f"The machine was busy (load average {load:.1f} on {cores} cores): other processes took CPU time, which "
+        "hurts multi-thread rows most (a thread waiting for a core stalls the others). Re-run on a quiet machine "
+        "before quoting these numbers."
+    )
+
+
 def render_markdown(result: DeployResult) -> str:
     run, test = result.run, result.test
     lines = [
@@ -177,6 +189,8 @@ def render_markdown(result: DeployResult) -> str:
             "torch.set_num_threads for eager/TorchScript, intra_op_num_threads for onnxruntime. Speed-up: the "
             "teacher's time over the student's in the same runtime and threads.",
         ]
+        if note := busy_note(result):
+            lines += ["", f"**{note}**"]
     result_notes = [*result.notes, *([TORCHSCRIPT_NOTE] if "torchscript" in formats else [])]
     if result_notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in result_notes)]
