@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from deploy_runs import MEAN, STD, perturb_export
+from deploy_runs import STUDENT as STUDENT_CFG
 from omegaconf import OmegaConf
 
 from kdlab.data import normalize
@@ -133,6 +134,13 @@ def test_verify_refuses_a_file_without_manifest(shipped_run: Path, tmp_path: Pat
     torch.jit.script(bundle.net("student").model).save(str(plain))
     with pytest.raises(ExportError, match="no kdlab manifest"):
         verify_export(plain, "torchscript", bundle.net("student"))
+
+
+def test_nested_targets_in_a_model_yaml_are_not_called(tmp_path: Path):
+    cfg = {**STUDENT_CFG, "activation": {"_target_": "os.makedirs", "name": str(tmp_path / "pwned")}}
+    with pytest.raises(BundleError, match="cannot build kdlab.models.MLP"):  # handed to MLP as data, not called
+        build_net(cfg, "student_model.yaml")
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_bundle_refuses_a_model_yaml_that_is_not_a_kdlab_net(distill_run: Path):

@@ -129,7 +129,8 @@ def build_net(model_cfg: DictConfig | dict, source: str) -> nn.Module:
     """Instantiate a kdlab net from its `_target_` config; any other target is refused.
 
     A run folder may come from someone else, and `instantiate` calls whatever `_target_` names:
-    only classes under `kdlab.models` are built.
+    only classes under `kdlab.models` are built, and nested `_target_`s are not followed
+    (`_recursive_=False`; kdlab's nets take plain values).
     """
     from hydra.utils import instantiate
 
@@ -140,7 +141,10 @@ def build_net(model_cfg: DictConfig | dict, source: str) -> nn.Module:
             f"{source} names _target_ {target!r}; export builds kdlab's own nets only ({MODEL_TARGET_PREFIX}*). "
             "Check that the folder is a kdlab run folder and that its model YAML was not edited."
         )
-    return instantiate(cfg)
+    try:
+        return instantiate(cfg, _recursive_=False, _convert_="all")
+    except Exception as err:  # hydra wraps the net's own ValueError/TypeError
+        raise BundleError(f"{source}: cannot build {target} from it: {err}") from err
 
 
 def _load_net(role: str, model_cfg: DictConfig, weights: Path, source: str, mean: float, std: float) -> DeployNet:
@@ -162,7 +166,7 @@ def _sha256(path: Path) -> str:
 
 
 def read_test_set(data_dir: Path) -> TestSet:
-    """The raw uint8 test images and labels, read straight from the IDX files (no Lightning needed)."""
+    """The raw uint8 test images and labels, read straight from the IDX files (no DataModule to build)."""
     from kdlab.data.idx import read_idx
 
     paths = [data_dir / name for name in TEST_FILES]

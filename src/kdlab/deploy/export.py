@@ -5,8 +5,8 @@ shape seen while tracing is baked in. (torch 2.13 marks TorchScript deprecated; 
 C++ libtorch without Python, which is why it is offered, but ONNX is the long-lived format.)
 ONNX comes from torch's torch.export-based exporter (`dynamo=True`, the default since torch 2.9; it
 needs onnxscript). The older TorchScript-based exporter (`dynamo=False`) still works in torch 2.13
-and exports faster (a fraction of a second against seconds per net), but it warns that it is deprecated and rides on
-TorchScript, itself deprecated: building on it would break on a routine torch upgrade.
+and exports faster (a fraction of a second against seconds per net), but it warns that it is
+deprecated and rides on TorchScript, itself deprecated: it would break on a routine torch upgrade.
 The batch axis is declared dynamic (`Dim("batch")`) and the example batch has 2 images, because
 torch.export specialises a size-1 dimension to a constant. Weights are stored inside the .onnx
 (`external_data=False`): one self-contained file to copy and to checksum.
