@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdlab.analysis import TestAnalysis
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
 from kdlab.config import CONFIG_DIR, plain
+from kdlab.console import quiet_libraries
 from kdlab.data import data_fingerprint
 from kdlab.identity import code_versions, config_identity, run_key, student_key
 from kdlab.modules.guards import DivergenceError
@@ -97,6 +98,7 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
     `announce=False` leaves the summary to the caller (the teacher cache prints it from its final place).
     """
     started = time.perf_counter()
+    quiet_libraries()
     torch.set_flush_denormal(True)  # Adam's state decays into denormals on CPU: +50-70% steps/s
     validate_config(cfg)
     output_dir = resumed_run_folder(cfg) or Path(cfg.paths.output_dir)
@@ -173,7 +175,7 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
             record.files["best_checkpoint"] = best or ""
         record.metrics.update(_metrics(trainer, "val/"))
         if cfg.test:
-            tested = ("best" if record.files.get("best_checkpoint") else None) if cfg.train else cfg.ckpt_path
+            tested = (record.files.get("best_checkpoint") or None) if cfg.train else cfg.ckpt_path
             trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
             record.metrics.update(_metrics(trainer, "test/"))
             record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
