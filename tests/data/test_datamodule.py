@@ -1,6 +1,5 @@
 """MNISTDataModule on synthetic data: shapes, split, batching, and the on-device batch hook."""
 
-import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,11 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities.combined_loader import _shutdown_workers_and_reset_iterator
 from omegaconf import OmegaConf
 
-from kdlab.data import MNISTDataModule, normalize
+from kdlab.data import Batch, MNISTDataModule, ShuffledBatches, normalize, shift_images
 from kdlab.data import datamodule as datamodule_module
 
 CONF = Path(__file__).parents[2] / "conf" / "data" / "mnist.yaml"
@@ -68,37 +65,30 @@ def test_setup_is_idempotent(dm):
     assert dm.data_train is before
 
 
-def test_loaders_yield_whole_uint8_batches(dm):
+def test_loaders_yield_whole_uint8_batches_with_their_positions(dm):
     loader = dm.train_dataloader()
+    assert isinstance(loader, ShuffledBatches) and loader.seed == dm.seed
     batches = list(loader)
     assert [len(b[0]) for b in batches] == [64] * 15 + [40]  # 1000 = 15 * 64 + 40, last batch kept
-    x, y = batches[0]
+    x, y, index = batches[0]
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
-    seen = torch.cat([b[1] for b in batches])
-    assert sorted(seen.tolist()) == sorted(dm.data_train.y.tolist())  # each image once per epoch
+    assert torch.equal(x, dm.data_train.x[index]) and torch.equal(y, dm.data_train.y[index])
+    seen = torch.cat([b[2] for b in batches])
+    assert sorted(seen.tolist()) == list(range(1000))  # each image once per epoch
     val = list(dm.val_dataloader())
     assert torch.equal(torch.cat([b[0] for b in val]), dm.data_val.x)  # sequential, nothing dropped
+    assert torch.equal(torch.cat([b[2] for b in val]), torch.arange(200))
 
 
-def test_loader_works_with_worker_processes(mnist_dir):
-    dm = make_dm(mnist_dir, num_workers=1)
-    dm.setup()
-    loader = dm.test_dataloader()
-    assert pickle.loads(pickle.dumps(loader.collate_fn)) is datamodule_module.collate_batch
-    assert loader.persistent_workers and dm.train_dataloader().persistent_workers  # no respawn per epoch
-    assert torch.equal(torch.cat([x for x, _ in loader]), dm.data_test.x)
-    # What the Trainer does at teardown; left to the garbage collector, shutdown can stall ~5 s.
-    _shutdown_workers_and_reset_iterator(loader)
-
-
-def test_distributed_eval_uses_unrepeated_sampler(dm):
-    counted = []
+def test_distributed_loaders_split_train_evenly_and_eval_exactly(dm):
+    counted, train = [], []
     for rank in range(3):
         dm.trainer = SimpleNamespace(world_size=3, global_rank=rank, training=False)
-        loader = dm.val_dataloader()
-        assert isinstance(loader.sampler, UnrepeatedDistributedSampler)
-        counted += list(loader.sampler)
+        counted += [i for _, _, index in dm.val_dataloader() for i in index.tolist()]
+        train.append([i for _, _, index in dm.train_dataloader() for i in index.tolist()])
     assert sorted(counted) == list(range(200))  # 200 images over 3 ranks: each exactly once
+    assert [len(shard) for shard in train] == [334] * 3  # 1000 over 3 ranks, padded: equal steps
+    assert set(sum(train, [])) == set(range(1000))
 
 
 def test_normalisation_uses_given_stats(dm):
@@ -106,36 +96,101 @@ def test_normalisation_uses_given_stats(dm):
     mean, std = raw.mean().item(), raw.std().item()
     tuned = make_dm(dm.data_dir, mean=mean, std=std)
     tuned.setup()
-    x, _ = tuned.on_after_batch_transfer((tuned.data_train.x, tuned.data_train.y), 0)
+    batch = tuned.on_after_batch_transfer((tuned.data_train.x, tuned.data_train.y, torch.arange(1000)), 0)
+    assert isinstance(batch, Batch) and batch.shift is None
+    x = batch.x
     assert x.dtype == torch.float32
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-4
 
 
 def test_augmentation_only_for_training_batches(mnist_dir):
-    dm = make_dm(mnist_dir, augment_shift=3)
+    dm = make_dm(mnist_dir, augment_shift=3, seed=0)
     dm.setup()
-    batch = (dm.data_train.x[:200], dm.data_train.y[:200])
+    batch = (dm.data_train.x[:200], dm.data_train.y[:200], torch.arange(200))
     plain = normalize(batch[0])
-    for trainer in (None, SimpleNamespace(training=False)):
+    for trainer in (None, SimpleNamespace(training=False, global_rank=0, world_size=1)):
         dm.trainer = trainer
-        x, y = dm.on_after_batch_transfer(batch, 0)
-        assert torch.equal(x, plain) and y is batch[1]
-    dm.trainer = SimpleNamespace(training=True)
-    torch.manual_seed(0)
-    x, _ = dm.on_after_batch_transfer(batch, 0)
-    torch.manual_seed(0)
-    again, _ = dm.on_after_batch_transfer(batch, 0)
-    assert torch.equal(x, again)  # global RNG: seed_everything makes it repeatable
-    moved = (x != plain).flatten(1).any(1)
-    assert moved.float().mean() > 0.9  # 1 - 1/49 of images get a non-zero offset
+        out = dm.on_after_batch_transfer(batch, 0)
+        assert torch.equal(out.x, plain) and out.y is batch[1] and out.index is batch[2] and out.shift is None
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out.shift.dtype == torch.int64 and out.shift.shape == (200, 2)
+    assert int(out.shift.abs().max()) <= 3
+    assert torch.equal(out.x, normalize(shift_images(batch[0], out.shift)))  # shift is what was applied
+    moved = (out.x != plain).flatten(1).any(1)
+    assert torch.equal(moved, out.shift.ne(0).any(1))  # 1 - 1/49 of images get a non-zero offset
     background = normalize(torch.zeros((), dtype=torch.uint8))
-    assert x.min() >= background  # uncovered border is black, i.e. filled before normalising
+    assert out.x.min() >= background  # uncovered border is black, i.e. filled before normalising
+
+
+def _shifts(dm, rank, batches=3, world_size=2):
+    dm.trainer = SimpleNamespace(training=True, global_rank=rank, world_size=world_size)
+    batch = (dm.data_train.x[:64], dm.data_train.y[:64], torch.arange(64))
+    return [dm.preprocess_batch(batch, training=True).shift for _ in range(batches)]
+
+
+def test_each_rank_draws_its_own_shifts_from_the_seed_alone(mnist_dir):
+    def fresh(seed=0):
+        dm = make_dm(mnist_dir, augment_shift=2, seed=seed)
+        dm.setup()
+        return dm
+
+    torch.manual_seed(0)
+    rank0 = _shifts(fresh(), rank=0)
+    torch.manual_seed(99)  # the global RNG plays no part
+    assert all(torch.equal(a, b) for a, b in zip(rank0, _shifts(fresh(), rank=0), strict=True))
+    rank1 = _shifts(fresh(), rank=1)
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
+    other_seed = _shifts(fresh(seed=1), rank=0)
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, other_seed, strict=True))
+    assert not torch.equal(rank0[0], rank0[1])  # a stream, not one draw repeated
+
+
+def test_state_dict_continues_the_augmentation_stream(mnist_dir):
+    dm = make_dm(mnist_dir, augment_shift=2, seed=4)
+    dm.setup()
+    _shifts(dm, rank=1, batches=3)
+    state = dm.state_dict()
+    assert state["seed"] == 4 and state["augment_rng"]["device"] == "cpu"
+    expected = _shifts(dm, rank=1, batches=2)
+
+    resumed = make_dm(mnist_dir, augment_shift=2, seed=123)  # the checkpoint's seed wins
+    resumed.setup()
+    resumed.load_state_dict(state)
+    assert resumed.seed == 4
+    assert all(torch.equal(a, b) for a, b in zip(_shifts(resumed, rank=1, batches=2), expected, strict=True))
+
+
+def test_seed_defaults_to_torchs_initial_seed_at_setup(mnist_dir):
+    torch.manual_seed(77)
+    dm = make_dm(mnist_dir)
+    dm.setup()
+    torch.manual_seed(78)  # later reseeding does not move the data order of a set-up module
+    assert dm.seed == 77 and dm.train_dataloader().seed == 77
+    assert make_dm(mnist_dir, seed=5).seed == 5
+    assert make_dm(mnist_dir).state_dict() == {"seed": 78}
+
+
+def test_exclude_classes_empties_them_from_training_only(mnist_dir, dm):
+    held_out = make_dm(mnist_dir, exclude_classes=[3, 7])
+    held_out.setup()
+    assert set(held_out.data_train.y.tolist()) == set(range(10)) - {3, 7}
+    keep = ~torch.isin(dm.data_train.y, torch.tensor([3, 7]))
+    assert torch.equal(held_out.train_indices, dm.train_indices[keep])  # the same images, minus 3s and 7s
+    assert torch.equal(held_out.data_train.x, dm.data_train.x[keep])
+    assert torch.equal(held_out.val_indices, dm.val_indices)  # val carved before the exclusion
+    assert torch.equal(held_out.data_val.y, dm.data_val.y) and torch.equal(held_out.data_test.y, dm.data_test.y)
+    assert {3, 7} <= set(held_out.data_val.y.tolist()) and {3, 7} <= set(held_out.data_test.y.tolist())
+    indices = torch.cat([index for _, _, index in held_out.train_dataloader()])
+    assert sorted(indices.tolist()) == list(range(len(held_out.data_train)))  # positions in the reduced split
 
 
 def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypatch):
     shifts = []
     real_shift = datamodule_module.random_shift
-    monkeypatch.setattr(datamodule_module, "random_shift", lambda x, m: shifts.append(m) or real_shift(x, m))
+    monkeypatch.setattr(
+        datamodule_module, "random_shift", lambda x, m, generator: shifts.append(m) or real_shift(x, m, generator)
+    )
 
     class Probe(LightningModule):
         def __init__(self):
@@ -144,9 +199,9 @@ def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypat
             self.seen = []
 
         def _step(self, batch, stage):
-            x, y = batch
-            self.seen.append((stage, x.dtype))
-            return torch.nn.functional.cross_entropy(self.net(x.flatten(1)), y)
+            assert isinstance(batch, Batch)
+            self.seen.append((stage, batch.x.dtype, batch.shift is None))
+            return torch.nn.functional.cross_entropy(self.net(batch.x.flatten(1)), batch.y)
 
         def training_step(self, batch, batch_idx):
             return self._step(batch, "train")
@@ -167,8 +222,9 @@ def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypat
     )
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
-    assert [s for s, _ in model.seen] == ["train", "train", "val", "val", "test", "test"]
-    assert all(dtype == torch.float32 for _, dtype in model.seen)
+    assert [s for s, _, _ in model.seen] == ["train", "train", "val", "val", "test", "test"]
+    assert all(dtype == torch.float32 for _, dtype, _ in model.seen)
+    assert [none for _, _, none in model.seen] == [False, False, True, True, True, True]
     assert shifts == [2, 2]  # once per training batch, never for val/test
 
 
@@ -180,7 +236,12 @@ def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypat
         (dict(eval_batch_size=2.5), "eval_batch_size must be an integer"),
         (dict(augment_shift=-1), "augment_shift must be an integer >= 0"),
         (dict(augment_shift=28), "out of view"),
-        (dict(num_workers=-1), "num_workers"),
+        (dict(seed=-1), "seed must be an integer >= 0 or None"),
+        (dict(seed=1.5), "seed must be an integer"),
+        (dict(exclude_classes=[10]), r"exclude_classes must list digits 0\.\.9"),
+        (dict(exclude_classes="3"), "exclude_classes must list digits"),
+        (dict(exclude_classes=[True]), "exclude_classes must list digits"),
+        (dict(exclude_classes=list(range(10))), "leaves nothing to train on"),
         (dict(std=0.0), "std must be > 0"),
     ],
 )
@@ -220,10 +281,25 @@ def test_synthetic_fixture_is_learnable_in_two_epochs(dm):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(2):
         for batch in dm.train_dataloader():
-            x, y = dm.preprocess_batch(batch, training=True)
+            batch = dm.preprocess_batch(batch, training=True)
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
+            torch.nn.functional.cross_entropy(net(batch.x), batch.y).backward()
             optimizer.step()
     with torch.no_grad():
-        correct = sum((net(x).argmax(1) == y).sum().item() for x, y in map(dm.preprocess_batch, dm.test_dataloader()))
+        correct = sum((net(b.x).argmax(1) == b.y).sum().item() for b in map(dm.preprocess_batch, dm.test_dataloader()))
     assert correct / len(dm.data_test) > 0.95
+
+
+def test_a_stream_the_checkpoint_lacks_restarts_from_the_seed_with_a_warning(mnist_dir, caplog):
+    dm = make_dm(mnist_dir, augment_shift=2, seed=4)
+    dm.setup()
+    _shifts(dm, rank=0, batches=2)
+    state = dm.state_dict()
+    assert list(state["augment_rng"]["states"]) == [0]  # one process: its own stream only
+    resumed = make_dm(mnist_dir, augment_shift=2, seed=4)
+    resumed.setup()
+    resumed.load_state_dict(state)
+    fresh = make_dm(mnist_dir, augment_shift=2, seed=4)
+    fresh.setup()
+    assert all(torch.equal(a, b) for a, b in zip(_shifts(resumed, rank=1), _shifts(fresh, rank=1), strict=True))
+    assert "holds augmentation streams of ranks [0] on cpu; rank 1 on cpu cannot continue one" in caplog.text

@@ -2,11 +2,14 @@
 
 import gzip
 import hashlib
+import struct
+import time
 
 import numpy as np
 import pytest
 
 from kdlab.data import IDXFormatError, md5_uncompressed, read_idx, write_idx
+from kdlab.data.idx import MAX_IDX_BYTES, MAX_PAYLOAD_BYTES
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
@@ -71,3 +74,35 @@ def test_truncated_gz_is_rejected(tmp_path):
     assert str(path) in str(err.value)
     with pytest.raises(IDXFormatError, match="gzip stream"):
         md5_uncompressed(path)
+
+
+def test_gzip_bomb_is_refused_quickly_in_bounded_memory(tmp_path, gzip_bomb, measure_peak):
+    """A header claiming 47 MB followed by 1 GiB of zeros (a ~1 MB file): never inflate it all."""
+    path = gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz")
+    assert path.stat().st_size < 2 * 2**20
+    started = time.perf_counter()
+    with measure_peak() as peak:
+        with pytest.raises(IDXFormatError, match="longer than its header says") as err:
+            read_idx(path)
+        with pytest.raises(IDXFormatError, match=f"content exceeds {MAX_IDX_BYTES} bytes"):
+            md5_uncompressed(path)
+    assert str(path) in str(err.value)
+    # read_idx holds the 47 MB it was promised plus one byte; md5 streams 1 MiB chunks
+    assert peak[0] < 100 * 2**20, f"peak {peak[0] / 2**20:.0f} MiB"
+    assert time.perf_counter() - started < 30  # ~1.5 s here; the unbounded reader took minutes and 4+ GB
+
+
+def test_absurd_declared_shape_is_refused_before_reading(tmp_path, measure_peak):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">HBB3I", 0, 0x08, 3, 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(100))
+    with measure_peak() as peak, pytest.raises(IDXFormatError, match=f"more than the {MAX_PAYLOAD_BYTES}"):
+        read_idx(path)
+    assert peak[0] < 2**20
+
+
+def test_md5_stops_at_its_bound(tmp_path):
+    path = tmp_path / "labels"
+    write_idx(path, np.arange(100, dtype=np.uint8))  # 108 bytes with the header
+    assert md5_uncompressed(path, max_bytes=108) == hashlib.md5(path.read_bytes()).hexdigest()
+    with pytest.raises(IDXFormatError, match="exceeds 107 bytes"):
+        md5_uncompressed(path, max_bytes=107)

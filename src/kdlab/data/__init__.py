@@ -1,6 +1,8 @@
-"""MNIST for kdlab: fetching and checking the IDX files, batch transforms, the DataModule."""
+"""MNIST for kdlab: fetching and checking the IDX files, batches, batch transforms, the DataModule."""
 
-from kdlab.data.datamodule import MNISTDataModule
+from kdlab.data.batch import Batch
+from kdlab.data.batches import ShuffledBatches, derive_seed
+from kdlab.data.datamodule import MNISTDataModule, Split
 from kdlab.data.fingerprint import data_fingerprint
 from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
 from kdlab.data.sources import (
@@ -17,9 +19,13 @@ __all__ = [
     "IDXFormatError",
     "MNIST_FILES",
     "MNIST_MD5",
+    "Batch",
     "MNISTDataModule",
     "MNISTUnavailableError",
+    "ShuffledBatches",
+    "Split",
     "data_fingerprint",
+    "derive_seed",
     "ensure_mnist",
     "md5_uncompressed",
     "normalize",

