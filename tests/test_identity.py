@@ -25,7 +25,6 @@ def key(*overrides: str, data=DATA) -> str:
     "override",
     [
         "paths.data_dir=/elsewhere",
-        "data.num_workers=2",
         "data.verify=false",
         "data.pypi_package=null",
         "trainer.enable_progress_bar=false",

@@ -55,7 +55,8 @@ def test_teacher_run_writes_record_events_and_student(make_cfg):
     net = MLP(hidden=(256, 128))
     net.load_state_dict(torch.load(out / record.files["weights"], weights_only=True))
     dm = objects["datamodule"]
-    batch = dm.preprocess_batch((dm.data_test.x, dm.data_test.y))  # the whole test set, as tested
+    test_set = (dm.data_test.x, dm.data_test.y, torch.arange(len(dm.data_test)))
+    batch = dm.preprocess_batch(test_set)  # the whole test set, as tested
     with torch.no_grad():
         acc = (net.eval()(batch[0]).argmax(1) == batch[1]).float().mean().item()
     assert acc == pytest.approx(record.metrics["test/acc"], abs=1e-6)
@@ -78,6 +79,7 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
     (entry,) = [p for p in Path(cfg.paths.teacher_dir).iterdir() if p.is_dir()]
     assert sorted(p.name for p in entry.iterdir() if p.is_file()) == [
         "config.yaml",
+        "last_used",
         "metrics.json",
         "teacher.safetensors",
         "teacher_model.yaml",

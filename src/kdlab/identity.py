@@ -36,7 +36,6 @@ IGNORED_KEYS = (
     "data.mirrors",
     "data.pypi_package",
     "data.verify",  # whether files were checked; the checksums of what was read are hashed regardless
-    "data.num_workers",
     "teacher.ckpt_path",  # location; the teacher's weight checksum stands in for it
     "module.teacher_ckpt",
     "trainer.default_root_dir",

@@ -36,7 +36,7 @@ WEIGHTS_FILE = "teacher.safetensors"
 MODEL_FILE = "teacher_model.yaml"
 # The student run's data keys a teacher must share: where data is, and the train/val split, so the
 # teacher never trained on the images that select the student.
-SHARED_DATA_KEYS = ("data_dir", "num_workers", "mirrors", "pypi_package", "verify", "val_size", "split_seed")
+SHARED_DATA_KEYS = ("data_dir", "mirrors", "pypi_package", "verify", "val_size", "split_seed")
 # What torchrun / SLURM / Lightning put in the environment of one rank of a multi-process job. The
 # teacher is trained by one process with devices=1, which must not see them.
 DISTRIBUTED_ENV = (

@@ -86,7 +86,7 @@ class ClassifierSystem(LightningModule):
         return self.net(x)
 
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
-        x, y = batch[0], batch[1]  # a kdlab.data.Batch (x, y, index, shift) or a plain (x, y)
+        x, y = batch[0], batch[1]  # a kdlab.data.Batch (x, y, index, shift)
         inputs = self.views(x, y)
         terms = [self.losses[name](inputs) for name in self.active_terms]
         loss = sum(self.losses[name].weight * value for name, value in zip(self.active_terms, terms, strict=True))
