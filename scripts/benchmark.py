@@ -1,175 +1,641 @@
-"""Speed of kdlab's training steps, as ratios measured side by side in one process.
+"""Speed of kdlab's training loop against hand-written PyTorch loops of the same math, side by side.
 
-    python scripts/benchmark.py                      # CPU, batch 128, 300 steps x 3 repeats
-    python scripts/benchmark.py --device cuda --precision bf16-mixed --batch-size 1024
+    make bench                                        # = python scripts/benchmark.py --json outputs/bench.json
+    python scripts/benchmark.py --batch-sizes 128 --rows 'distill/*' --repeats 5
+    python scripts/benchmark.py --quick --data-dir /tmp/mnist   # a smoke run: tiny epochs, one repeat
 
-Prints the median steady-state steps/s of each variant (the first steps and Lightning's setup are
-not timed) and its ratio to a plain PyTorch loop training the teacher MLP (AdamW + one-cycle, 2-px
-shifts, in-memory batches); a plain loop over the student MLP is the reference for the student rows.
-Absolute numbers depend on the machine and its load: compare ratios, measured in one run.
+Each row trains for `--epochs` epochs and is timed in its steady state only: from training step
+`--warmup` on to the end of training (validation and checkpoints of every epoch included where the
+row has them). Process start, config composition, Trainer setup, the sanity check and the warm-up
+steps are timed apart (`setup_s`, `warmup_s`). Rows run interleaved (every row once, then every row
+again, `--repeats` times), so a change of machine load hits them alike; medians are reported.
+
+Rows, per family (`distill` = distill_mlp, `scratch` = student_scratch_mlp, `teacher` = train_teacher_mlp):
+    plain        a hand-written loop of the same math: in-memory uint8 batches, kdlab's own
+                 random_shift/normalize, the same nets, loss terms, AdamW + one-cycle
+    bare         kdlab's LightningModule through a bare Trainer (no logger, bar, checkpoints, validation)
+    plain+val    the plain loop plus a plain validation pass per epoch
+    kdlab        kdlab as train.py runs it (kdlab.run.train): the experiment's callbacks with the Rich bar
+                 rendering as in a terminal, TensorBoard, checkpoints, validation every epoch
+The `distill-cached` family reads the teacher's logits from the teacher-output cache instead of running
+the teacher (kdlab.teacher_outputs); `distill` rows run it live. `bare bf16-mixed` and `bare compile`
+rows measure CPU mixed precision and a compiled student.
+
+Absolute numbers depend on the machine and its load: read the ratios, measured in one process.
 """
 
+from __future__ import annotations
+
+import kdlab.threads  # first, before torch: OpenMP's wait policy is read once, when torch loads it
+
+# isort: split
 import argparse
+import contextlib
+import fnmatch
+import gc
+import io
+import json
+import os
+import platform
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig, open_dict
 
+from kdlab.checkpoints import load_weights
 from kdlab.config import compose_config
-from kdlab.data import MNISTDataModule, normalize, random_shift
-from kdlab.run import count_params
+from kdlab.console import quiet_libraries
+from kdlab.data import normalize, random_shift
+from kdlab.modules.schedulers import bind_scheduler
+from kdlab.run import count_params, train
+
+FAMILIES = {"distill": "distill_mlp", "distill-cached": "distill_mlp", "scratch": "student_scratch_mlp",
+            "teacher": "train_teacher_mlp"}  # fmt: skip
+KINDS = ("plain", "bare", "plain+val", "kdlab")
+EXTRA_KINDS = ("bare bf16-mixed", "bare compile")
+QUICK_ROWS = "distill/*,distill-cached/*,scratch/kdlab"
+TARGETS = {  # (numerator row, denominator row, batch size): the ratio kdlab must reach (issue 9)
+    "kdlab as users run it / plain+val, live teacher, 128": ("distill/kdlab", "distill/plain+val", 128, 0.85),
+    "kdlab as users run it / plain+val, live teacher, 512": ("distill/kdlab", "distill/plain+val", 512, 0.92),
+    "bare Trainer / plain, live teacher, 128": ("distill/bare", "distill/plain", 128, 0.90),
+}
 
 
-class PerSampleMNIST(Dataset):
-    """The reference article's pipeline shape: one image at a time, normalised in Python."""
+# -- timing ---------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    """One run of one row: images trained in the timed window and its seconds."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
+    images: int
+    seconds: float
+    cpu_s: float  # CPU time of this process (all its threads) in the same window: robust to other load
+    setup_s: float  # from the row's start to its first training step (Trainer setup, sanity check, ...)
+    warmup_s: float  # the first `warmup` steps, not in `seconds`
 
-    def __len__(self) -> int:
-        return len(self.x)
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
 
-    def __getitem__(self, i: int):
-        return (self.x[i].float() / 255 - 0.5) / 0.5, self.y[i]
-
-
-WARMUP = 20  # steps excluded from every timing: allocator, caches and Lightning's setup
-
-
-class StepTimer(L.Callback):
-    """Steady-state steps/s of a Lightning fit, from step WARMUP on (setup time excluded)."""
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == WARMUP:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx < WARMUP:
-            return
-        if module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.rate = (batch_idx + 1 - WARMUP) / (time.perf_counter() - self.start)
+    @property
+    def cpu_rate(self) -> float:
+        """Images per CPU-second: on a shared machine, where wall time is noise, the cost that remains."""
+        return self.images / self.cpu_s
 
 
-def batches(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-def plain_loop(dm: MNISTDataModule, cfg, device: str, steps: int, per_sample: bool = False) -> float:
-    net = instantiate(cfg.model).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optimizer.lr, total_steps=steps + 1)
-    if per_sample:
-        data = PerSampleMNIST(dm.data_train.x, dm.data_train.y)
-        loader = DataLoader(data, batch_size=dm.hparams.batch_size, shuffle=True, drop_last=True)
-    else:
-        loader = dm.train_dataloader()
-    it = batches(loader)
-    for step in range(steps):
-        if step == WARMUP:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if not per_sample:
-            x = normalize(random_shift(x, dm.hparams.augment_shift))
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    if device == "cuda":
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    return (steps - WARMUP) / (time.perf_counter() - start)
 
 
-def lightning_loop(dm: MNISTDataModule, cfg, accelerator: str, precision: str, steps: int) -> float:
-    module = instantiate(cfg.module)
+class Clock(L.Callback):
+    """Times a fit: setup until the first step, `warmup` steps, then the steady state to the end of training.
+
+    The steady state ends at `on_train_end`, after the last epoch's validation and checkpoints.
+    """
+
+    def __init__(self, warmup: int = 20, started: float | None = None) -> None:
+        self.warmup = warmup
+        self.started = time.perf_counter() if started is None else started
+        self.steps, self.images = 0, 0
+        self.first = self.start = self.end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        if self.steps == self.warmup:
+            _sync(pl_module.device)
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        if self.steps >= self.warmup:
+            self.images += len(batch[1])
+        self.steps += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.end, self.cpu_end = time.perf_counter(), time.process_time()
+
+    def timing(self) -> Timing:
+        if self.start is None or self.end is None:
+            raise RuntimeError(f"the fit ran {self.steps} steps, fewer than the {self.warmup} warm-up steps")
+        return Timing(
+            self.images,
+            self.end - self.start,
+            self.cpu_end - self.cpu_start,
+            self.first - self.started,
+            self.start - self.first,
+        )
+
+
+# -- the plain loops --------------------------------------------------------------------------------------
+@dataclass
+class Bench:
+    """What every row shares: settings, configs, data, the teacher file and the teacher-output cache."""
+
+    args: argparse.Namespace
+    root: Path
+    device: torch.device
+    teacher_ckpt: str
+    configs: dict[tuple[str, int], DictConfig] = field(default_factory=dict)
+    data: Any = None  # a set-up MNISTDataModule, for the plain loops
+    outputs: dict[str, Any] = field(default_factory=dict)  # the cached teacher logits, once built
+
+    def config(self, family: str, batch_size: int) -> DictConfig:
+        if (family, batch_size) not in self.configs:
+            self.configs[family, batch_size] = compose(self, family, batch_size)
+        return self.configs[family, batch_size]
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return self.args.steps_per_epoch
+
+
+def compose(bench: Bench, family: str, batch_size: int, extra: tuple[str, ...] = ()) -> DictConfig:
+    args = bench.args
+    overrides = [
+        f"experiment={FAMILIES[family]}",
+        f"paths.root_dir={bench.root}",
+        f"paths.data_dir={args.data_dir}",
+        f"data.batch_size={batch_size}",
+        f"trainer.max_epochs={args.epochs}",
+        "test=false",
+        *args.override,
+        *extra,
+    ]
+    if family.startswith("distill"):
+        overrides.append(f"teacher.ckpt_path={bench.teacher_ckpt}")
+    if args.device == "cuda":
+        overrides.append("trainer=gpu")
+    if bench.steps_per_epoch:
+        overrides.append(f"trainer.limit_train_batches={bench.steps_per_epoch}")
+        overrides.append(f"trainer.limit_val_batches={val_batches(bench, batch_size)}")
+    cfg = compose_config(overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(bench.root / "runs" / f"{family}-{batch_size}")
+        cfg.hydra.runtime.output_dir = cfg.paths.output_dir
+    return cfg
+
+
+def val_batches(bench: Bench, batch_size: int) -> int:
+    """With shortened epochs, validation shrinks in proportion, so its share of an epoch stays the real one."""
+    dm = bench.data
+    full_steps = -(-len(dm.data_train) // batch_size)
+    full_val = -(-len(dm.data_val) // dm.hparams.eval_batch_size)
+    return max(1, round(full_val * bench.steps_per_epoch / full_steps))
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD term, written out: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), "batchmean", log_target=True)
+
+
+def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Timing:
+    """The hand-written loop: no framework, the same nets, data, augmentation, losses and optimiser."""
+    started = time.perf_counter()
+    cfg, device, args = bench.config(family, batch_size), bench.device, bench.args
+    dm = bench.data
+    x_train, y_train = dm.data_train.x.to(device), dm.data_train.y.to(device)
+    x_val, y_val = dm.data_val.x.to(device), dm.data_val.y.to(device)
+    mean, std, shift = dm.hparams.mean, dm.hparams.std, cfg.data.augment_shift
+    net = instantiate(cfg.model).to(device)
+    teacher = cached = None
+    if family.startswith("distill"):
+        losses = cfg.distill.losses
+        temperature = float(losses.kd.temperature)
+        w_ce, w_kd = float(losses.ce.weight), float(losses.kd.weight)
+        if family == "distill-cached":
+            cached = bench.outputs["cache"]
+        teacher = load_weights(instantiate(cfg.teacher.model), bench.teacher_ckpt).to(device).eval()
+        teacher.requires_grad_(False)
+    n = len(y_train)
+    steps = -(-n // batch_size) if not bench.steps_per_epoch else bench.steps_per_epoch
+    optimizer = instantiate(cfg.optimizer)(params=net.parameters())
+    scheduler = bind_scheduler(instantiate(cfg.scheduler), optimizer, steps * args.epochs) if cfg.scheduler else None
+    generator = torch.Generator(device=device).manual_seed(0)
+    done, images, first, start = 0, 0, None, None
+    for _ in range(args.epochs):
+        net.train()
+        order = torch.randperm(n, device=device)
+        for b in range(steps):
+            if first is None:
+                first = time.perf_counter()
+            if done == args.warmup:
+                _sync(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+            index = order[b * batch_size : (b + 1) * batch_size]
+            x, y = x_train.index_select(0, index), y_train.index_select(0, index)
+            x, offsets = random_shift(x, shift, generator) if shift else (x, None)
+            x = normalize(x, mean, std)
+            logits = net(x)
+            if teacher is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                if cached is not None:
+                    t_logits = cached.lookup(index, offsets)
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                loss = w_ce * F.cross_entropy(logits, y) + w_kd * kd_loss(logits, t_logits, temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if done >= args.warmup:
+                images += len(y)
+            done += 1
+        if validate:
+            plain_validation(net, teacher, x_val, y_val, mean, std, dm.hparams.eval_batch_size, cfg, bench)
+    _sync(device)
+    end, cpu_end = time.perf_counter(), time.process_time()
+    return Timing(images, end - start, cpu_end - cpu_start, first - started, start - first)
+
+
+def plain_validation(net, teacher, x_val, y_val, mean, std, batch_size, cfg, bench: Bench) -> dict[str, float]:
+    """What kdlab's validation computes (loss terms, accuracy; with a teacher, agreement and KL), plainly."""
+    net.eval()
+    sums = torch.zeros(6, device=x_val.device)
+    limit = val_batches(bench, cfg.data.batch_size) if bench.steps_per_epoch else None
+    with torch.inference_mode():
+        for k, b in enumerate(range(0, len(y_val), batch_size)):
+            if limit is not None and k >= limit:
+                break
+            x, y = normalize(x_val[b : b + batch_size], mean, std), y_val[b : b + batch_size]
+            logits = net(x)
+            ce = F.cross_entropy(logits, y, reduction="sum")
+            correct = (logits.argmax(1) == y).sum()
+            if teacher is None:
+                sums += torch.stack(
+                    [ce, ce.new_zeros(()), correct, ce.new_zeros(()), ce.new_zeros(()), ce.new_ones(()) * len(y)]
+                )
+                continue
+            t_logits = teacher(x)
+            temperature = float(cfg.distill.losses.kd.temperature)
+            kd = kd_loss(logits, t_logits, temperature) * len(y)
+            agree = (logits.argmax(1) == t_logits.argmax(1)).sum()
+            kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t_logits, 1), reduction="sum", log_target=True)
+            sums += torch.stack([ce, kd, correct, agree, kl, ce.new_ones(()) * len(y)])
+    values = (sums[:5] / sums[5]).tolist()  # the one sync of the pass
+    return dict(zip(("ce", "kd", "acc", "agreement", "kl"), values, strict=True))
+
+
+# -- the Lightning rows -----------------------------------------------------------------------------------
+def bare_row(bench: Bench, family: str, batch_size: int, precision: str = "32-true", compiled: bool = False) -> Timing:
+    """kdlab's LightningModule through a Trainer with everything optional switched off."""
+    started = time.perf_counter()
+    cfg = bench.config(family, batch_size)
+    dm = instantiate(cfg.data, _convert_="all")
+    module = instantiate(cfg.module, **({"compile": True} if compiled else {}))
+    if family == "distill-cached":
+        attach_cached_outputs(bench, module)
+    clock = Clock(bench.args.warmup, started)
     trainer = L.Trainer(
-        accelerator=accelerator,
+        accelerator=bench.args.accelerator,
         devices=1,
         precision=precision,
-        max_steps=steps,
+        max_epochs=bench.args.epochs,
+        limit_train_batches=bench.steps_per_epoch,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[clock],
+        default_root_dir=str(bench.root),
     )
-    start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    return steps / (time.perf_counter() - start)
+    return clock.timing()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--teacher-ckpt", default=None, help="teacher weights for the distillation variant")
-    args = parser.parse_args()
-    torch.set_flush_denormal(True)
-
-    common = [
-        f"paths.data_dir={args.data_dir}",
-        "paths.root_dir=.",
-        "paths.output_dir=/tmp/kdlab-bench",
-        f"data.batch_size={args.batch_size}",
+def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
+    """kdlab.run.train itself, on the experiment's config: callbacks, Rich bar, TensorBoard, checkpoints, validation."""
+    cached = family == "distill-cached"
+    extra = [
+        f"+callbacks.bench_clock._target_={Clock.__module__}.Clock",
+        f"+callbacks.bench_clock.warmup={bench.args.warmup}",
+        f"name=bench_{family}",
     ]
-    teacher_cfg = compose_config(["experiment=train_teacher_mlp", *common])
-    scratch_cfg = compose_config(["experiment=student_scratch_mlp", *common])
-    distill_cfg = compose_config(["experiment=distill_mlp", *common])
-    dm = instantiate(teacher_cfg.data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
-    if args.teacher_ckpt is None:  # random teacher weights: the step costs the same
-        args.teacher_ckpt = "/tmp/kdlab-bench-teacher.pt"
-        torch.save(instantiate(distill_cfg.teacher.model).state_dict(), args.teacher_ckpt)
-    distill_cfg.teacher.ckpt_path = args.teacher_ckpt
+    if family.startswith("distill") and has_teacher_cache():
+        extra.append(f"runtime.teacher_cache={'auto' if cached else 'off'}")
+    cfg = compose(bench, family, batch_size, tuple(extra))
+    HydraConfig().set_config(cfg)
+    with as_if_in_a_terminal():
+        started = time.perf_counter()
+        _, objects = train(cfg, announce=False)
+    (clock,) = [c for c in objects["trainer"].callbacks if isinstance(c, Clock)]
+    clock.started = started
+    return clock.timing()
 
-    accelerator = "gpu" if args.device == "cuda" else "cpu"
-    variants: dict[str, Callable[[], float]] = {
-        "plain PyTorch loop (teacher MLP)": lambda: plain_loop(dm, teacher_cfg, args.device, args.steps),
-        "kdlab TeacherModule (teacher MLP)": lambda: lightning_loop(
-            dm, teacher_cfg, accelerator, args.precision, args.steps
-        ),
-        "plain PyTorch loop (student MLP)": lambda: plain_loop(dm, scratch_cfg, args.device, args.steps),
-        "kdlab TeacherModule (student MLP, scratch)": lambda: lightning_loop(
-            dm, scratch_cfg, accelerator, args.precision, args.steps
-        ),
-        "kdlab DistillationModule (student + teacher fwd)": lambda: lightning_loop(
-            dm, distill_cfg, accelerator, args.precision, args.steps
-        ),
-        "per-sample pipeline, plain loop (article)": lambda: plain_loop(
-            dm, teacher_cfg, args.device, args.steps, per_sample=True
-        ),
-    }
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
-        for name, run in variants.items():
-            results[name].append(run())
 
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(
-        f"\nkdlab benchmark on {device}: batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
-        f"precision {args.precision}; teacher {count_params(instantiate(teacher_cfg.model)):,} params"
+@contextlib.contextmanager
+def as_if_in_a_terminal() -> Iterator[None]:
+    """stdout that says it is a terminal and discards what it gets: the Rich bar is built and drawn as for a
+    user at a terminal (kdlab.run.build_callbacks shows it only then), without filling this report."""
+
+    class Sink(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    saved = sys.stdout
+    sys.stdout = Sink(open(os.devnull, "wb"), write_through=True)  # noqa: SIM115 - closed below
+    try:
+        yield
+    finally:
+        sink, sys.stdout = sys.stdout, saved
+        sink.close()
+
+
+# -- the teacher-output cache -------------------------------------------------------------------------------
+def has_teacher_cache() -> bool:
+    try:
+        import kdlab.teacher_outputs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_cached_outputs(bench: Bench) -> None:
+    """The teacher's logits for every (training image, shift), as the plain cached loop reads them."""
+    from kdlab.teacher_outputs import compute_teacher_outputs
+
+    cfg = bench.config("distill", bench.args.batch_sizes[0])
+    teacher = load_weights(instantiate(cfg.teacher.model), bench.teacher_ckpt).to(bench.device).eval()
+    dm = bench.data
+    _sync(bench.device)
+    start = time.perf_counter()
+    bench.outputs["cache"] = compute_teacher_outputs(
+        teacher, dm.data_train.x, cfg.data.augment_shift, dm.hparams.mean, dm.hparams.std, device=bench.device
     )
-    base = statistics.median(results["plain PyTorch loop (teacher MLP)"])
-    print(f"{'variant':<50} {'median steps/s':>15} {'ratio to plain':>15}")
-    for name, values in results.items():
-        median = statistics.median(values)
-        print(f"{name:<50} {median:>15.1f} {median / base:>15.2f}")
+    _sync(bench.device)
+    bench.outputs["build_s"] = time.perf_counter() - start
+
+
+def attach_cached_outputs(bench: Bench, module) -> None:
+    module.use_teacher_outputs(bench.outputs["cache"])
+
+
+# -- rows, runs, report ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    name: str  # "<family>/<kind>"
+    batch_size: int
+    run: Callable[[], Timing]
+    timings: list[Timing] = field(default_factory=list)
+
+    @property
+    def family(self) -> str:
+        return self.name.split("/")[0]
+
+    def median(self, key: str = "rate") -> float:
+        return statistics.median(getattr(t, key) for t in self.timings)
+
+
+def make_rows(bench: Bench) -> list[Row]:
+    args, rows = bench.args, []
+    for batch_size in args.batch_sizes:
+        for family in FAMILIES:
+            if family == "distill-cached" and not has_teacher_cache():
+                continue
+            for kind in KINDS:
+                if family == "distill-cached" and kind == "plain+val":
+                    continue  # the cache serves training only; plain+val is the live family's
+                rows.append(Row(f"{family}/{kind}", batch_size, runner(bench, family, kind, batch_size)))
+    for batch_size in args.precision_batch_sizes:
+        if batch_size not in args.batch_sizes:
+            rows.append(Row("distill/bare", batch_size, runner(bench, "distill", "bare", batch_size)))
+        for kind in EXTRA_KINDS:
+            rows.append(Row(f"distill/{kind}", batch_size, runner(bench, "distill", kind, batch_size)))
+    return [row for row in rows if any(fnmatch.fnmatch(row.name, pattern) for pattern in args.rows)]
+
+
+def runner(bench: Bench, family: str, kind: str, batch_size: int) -> Callable[[], Timing]:
+    if kind == "plain":
+        return lambda: plain_row(bench, family, batch_size, validate=False)
+    if kind == "plain+val":
+        return lambda: plain_row(bench, family, batch_size, validate=True)
+    if kind == "bare":
+        return lambda: bare_row(bench, family, batch_size)
+    if kind == "bare bf16-mixed":
+        return lambda: bare_row(bench, family, batch_size, precision="bf16-mixed")
+    if kind == "bare compile":
+        return lambda: bare_row(bench, family, batch_size, compiled=True)
+    if kind == "kdlab":
+        return lambda: kdlab_row(bench, family, batch_size)
+    raise ValueError(kind)
+
+
+def machine(bench: Bench) -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "threads": kdlab.threads.configure_threads().as_record(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "device": str(bench.device),
+    }
+    if bench.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int, key: str = "rate") -> float | None:
+    found = {(r.name, r.batch_size): r for r in rows if r.timings}
+    if (numerator, batch_size) not in found or (denominator, batch_size) not in found:
+        return None
+    return found[numerator, batch_size].median(key) / found[denominator, batch_size].median(key)
+
+
+def ratios(rows: list[Row]) -> list[dict[str, Any]]:
+    """kdlab against its plain reference, per family and batch size, in wall time and in CPU time; targets marked."""
+    pairs = []  # (what, numerator, denominator, batch size, target, target is a floor)
+    for batch_size in sorted({r.batch_size for r in rows}):
+        for family in FAMILIES:
+            for num, den in (("bare", "plain"), ("kdlab", "plain+val"), ("kdlab", "plain")):
+                den_family = "distill" if den == "plain+val" and family == "distill-cached" else family
+                pairs.append((None, f"{family}/{num}", f"{den_family}/{den}", batch_size, None, True))
+        for kind in EXTRA_KINDS:
+            pairs.append((None, f"distill/{kind}", "distill/bare", batch_size, None, True))
+        # With the cache, a distillation epoch against the same student trained alone: epoch time over epoch time.
+        for kind in ("kdlab", "bare", "plain"):
+            target = 1.10 if kind == "kdlab" and batch_size == 128 else None
+            what = f"epoch time distill-cached/{kind} / scratch/{kind}"
+            pairs.append((what, f"scratch/{kind}", f"distill-cached/{kind}", batch_size, target, False))
+    for what, (num, den, batch_size, target) in TARGETS.items():
+        pairs.append((what, num, den, batch_size, target, True))
+    found = []
+    for what, num, den, batch_size, target, floor in pairs:
+        value = ratio(rows, num, den, batch_size)
+        if value is None:
+            continue
+        item = {"what": what or f"{num} vs {den}", "batch_size": batch_size, "ratio": value,
+                "cpu_ratio": ratio(rows, num, den, batch_size, "cpu_rate")}  # fmt: skip
+        if target is not None:
+            item.update(target=target, floor=floor, met=value >= target if floor else value <= target)
+        found.append(item)
+    return found
+
+
+def report(rows: list[Row], bench: Bench, load_before: tuple[float, ...], wall: float) -> dict[str, Any]:
+    info = machine(bench)
+    load_after = os.getloadavg()
+    args = bench.args
+    print(
+        f"\nkdlab benchmark: {info['cpu']} ({info['cpus_usable']} of {info['cpus']} CPUs usable, "
+        f"{info['cpu_capability']}), torch {info['torch']} with {info['torch_threads']} threads, "
+        f"lightning {info['lightning']}, device {info['device']}"
+    )
+    print(
+        f"{args.epochs} epochs of {args.steps_per_epoch or 'all'} steps per row, the first {args.warmup} steps not "
+        f"timed; medians of {args.repeats} interleaved repeats; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; {wall:.0f} s in all"
+    )
+    header = (
+        f"{'row':<24} {'batch':>5} {'img/s':>8} {'min':>8} {'max':>8} {'img/cpu-s':>9} {'setup s':>7} {'warm-up s':>9}"
+    )
+    print("\n" + header)
+    for row in rows:
+        if not row.timings:
+            continue
+        rates = [t.rate for t in row.timings]
+        print(
+            f"{row.name:<24} {row.batch_size:>5} {row.median():>8.0f} {min(rates):>8.0f} {max(rates):>8.0f} "
+            f"{row.median('cpu_rate'):>9.0f} {row.median('setup_s'):>7.2f} {row.median('warmup_s'):>9.2f}"
+        )
+    found = ratios(rows)
+    print(f"\n{'ratio (medians)':<56} {'batch':>5} {'wall':>6} {'cpu':>6}  target (on wall time)")
+    for item in found:
+        verdict = ""
+        if "target" in item:
+            verdict = f"{'>=' if item['floor'] else '<='} {item['target']:.2f} {'ok' if item['met'] else 'MISSED'}"
+        print(f"{item['what']:<56} {item['batch_size']:>5} {item['ratio']:>6.3f} {item['cpu_ratio']:>6.3f}  {verdict}")
+    cache = {}
+    if "build_s" in bench.outputs:
+        cache = {"build_s": bench.outputs["build_s"], "views": int(bench.outputs["cache"].views)}
+        live = [r for r in rows if r.name == "distill/kdlab" and r.batch_size == 128 and r.timings]
+        if live:
+            epoch_s = len(bench.data.data_train) / live[0].median()
+            cache["live_epoch_s"] = epoch_s
+            cache["build_in_live_epochs"] = cache["build_s"] / epoch_s
+        print(
+            f"\nteacher-output cache: {cache['views']} views per image built in {cache['build_s']:.1f} s"
+            + (
+                f" = {cache['build_in_live_epochs']:.2f} live-teacher epochs (distill/kdlab, batch 128; target <= 3)"
+                if "build_in_live_epochs" in cache
+                else ""
+            )  # fmt: skip
+        )
+    return {
+        "machine": info,
+        "load_average": {"before": list(load_before), "after": list(load_after)},
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "wall_s": wall,
+        "rows": [
+            {
+                "row": row.name,
+                "batch_size": row.batch_size,
+                "img_per_s": row.median(),
+                "img_per_cpu_s": row.median("cpu_rate"),
+                "setup_s": row.median("setup_s"),
+                "warmup_s": row.median("warmup_s"),
+                "runs": [asdict(t) | {"img_per_s": t.rate, "img_per_cpu_s": t.cpu_rate} for t in row.timings],
+            }
+            for row in rows
+            if row.timings
+        ],
+        "ratios": found,
+        "teacher_cache": cache,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", default="128,512", help="comma-separated training batch sizes")
+    parser.add_argument("--precision-batch-sizes", default="128,1024", help="batch sizes of the bf16/compile rows")
+    parser.add_argument("--rows", default="*", help="comma-separated glob patterns of row names, e.g. 'distill/*'")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="shorter epochs (validation shrinks along)")
+    parser.add_argument("--warmup", type=int, default=20, help="training steps not timed at the start of a row")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", default="auto", help="torch threads for every row, as runtime.threads")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--teacher-ckpt", default=None, help="teacher weights (default: a random teacher MLP)")
+    parser.add_argument("--override", action="append", default=[], help="a config override for every row")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny epochs, one repeat")
+    args = parser.parse_args(argv)
+    if args.quick:  # every kind of row once, on tiny epochs: checks the script, measures nothing
+        args.epochs, args.steps_per_epoch, args.warmup, args.repeats = 2, 4, 2, 1
+        for name, quick in (("batch_sizes", "128"), ("precision_batch_sizes", ""), ("rows", QUICK_ROWS)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, quick)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    args.precision_batch_sizes = [int(b) for b in args.precision_batch_sizes.split(",") if b]
+    args.rows = [p.strip() for p in args.rows.split(",") if p.strip()]
+    args.accelerator = "gpu" if args.device == "cuda" else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    began = time.perf_counter()
+    quiet_libraries()
+    plan = kdlab.threads.configure_threads(args.threads)  # kdlab.run.train keeps this choice for its rows
+    print(f"{plan.describe()}", flush=True)
+    torch.set_flush_denormal(True)  # as kdlab.run.train does, for every row alike
+    with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
+        root = Path(tmp)
+        bench = Bench(args, root, torch.device(args.device), args.teacher_ckpt or "")
+        if not bench.teacher_ckpt:  # random weights: a step costs the same as with a trained teacher
+            cfg = compose_config(["experiment=distill_mlp", f"paths.root_dir={root}", *args.override])
+            bench.teacher_ckpt = str(root / "teacher.pt")
+            torch.save(instantiate(cfg.teacher.model).state_dict(), bench.teacher_ckpt)
+        cfg = compose_config(["experiment=student_scratch_mlp", f"paths.data_dir={args.data_dir}", *args.override])
+        bench.data = instantiate(cfg.data, _convert_="all")
+        bench.data.prepare_data()
+        bench.data.setup("fit")
+        rows = make_rows(bench)
+        if any(row.family == "distill-cached" for row in rows):
+            build_cached_outputs(bench)
+        teacher_params = count_params(instantiate(bench.config("distill", args.batch_sizes[0]).teacher.model))
+        print(f"{len(rows)} rows x {args.repeats} repeats; teacher MLP {teacher_params:,} parameters", flush=True)
+        for repeat in range(args.repeats):
+            for row in rows:
+                gc.collect()  # the garbage of the row before is not this row's cost
+                row.timings.append(row.run())
+                print(
+                    f"  repeat {repeat + 1}: {row.name} @ {row.batch_size}: {row.timings[-1].rate:.0f} img/s",
+                    flush=True,
+                )
+        results = report(rows, bench, load_before, time.perf_counter() - began)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
+    return results
 
 
 if __name__ == "__main__":

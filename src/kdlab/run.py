@@ -7,6 +7,9 @@ healthy, full run exits 0.
 
 from __future__ import annotations
 
+import kdlab.threads  # first, before torch: it sets OpenMP's wait policy, read once when torch loads it
+
+# isort: split
 import logging
 import shlex
 import sys
@@ -32,6 +35,7 @@ from kdlab.provenance import code_state, job_overrides, smoke_reasons
 from kdlab.record import RECORD_FILE, RunRecord
 from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
 from kdlab.sweep_ddp import sweep_job_ddp
+from kdlab.teacher_outputs import provide_teacher_outputs
 from kdlab.teachers import provision_teacher
 from kdlab.validation import check_resume, is_distillation, validate_config
 
@@ -99,12 +103,14 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
     """
     started = time.perf_counter()
     quiet_libraries()
+    threads = kdlab.threads.configure_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"))
     torch.set_flush_denormal(True)  # Adam's state decays into denormals on CPU: +50-70% steps/s
     validate_config(cfg)
     output_dir = resumed_run_folder(cfg) or Path(cfg.paths.output_dir)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     record = new_record(cfg, output_dir)
+    record.code["runtime"] = threads.as_record()
     objects: dict[str, Any] = {"cfg": cfg}
     interrupts = InterruptHandler(output_dir / "checkpoints")
     try:
@@ -156,6 +162,7 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     record.params = {"student": count_params(module.net)}
     if is_distillation(cfg):
         record.params["teacher"] = count_params(module.teacher)
+        record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, data, record.teacher)
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
     analysis = TestAnalysis(output_dir=record.output_dir)  # confusion, calibration, disagreements
     callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]

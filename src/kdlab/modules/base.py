@@ -13,11 +13,15 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.config import plain
 from kdlab.losses import LossInputs, build_terms
-from kdlab.modules.guards import NonFiniteWatch
+from kdlab.modules.profiler import skip_profiling
 from kdlab.modules.schedulers import bind_scheduler
+from kdlab.modules.tally import StepTally
 
 STAGES = ("train", "val", "test")
-CHECK_EVERY = 50  # steps between checks for a non-finite loss (each check is one host sync)
+# Set by Lightning around every hook call (~30 times a step); nn.Module.__setattr__ would search its
+# parameter, buffer and submodule registries each time. They are plain values: stored directly.
+LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name"})
+CHECK_EVERY = 50  # steps between reads of the training values (each is one host sync; NaN/inf caught there)
 
 
 class ClassifierSystem(LightningModule):
@@ -34,6 +38,7 @@ class ClassifierSystem(LightningModule):
         optimizer: Mapping,
         scheduler: Mapping | None = None,
         num_classes: int = 10,
+        compile: bool = False,  # module.compile=true: torch.compile the net, in place (opt-in; see the README)
         **extra: Any,
     ) -> None:
         super().__init__()
@@ -44,17 +49,21 @@ class ClassifierSystem(LightningModule):
                 "optimizer": plain(optimizer),
                 "scheduler": plain(scheduler),
                 "num_classes": num_classes,
+                **({"compile": True} if compile else {}),  # absent when off: older checkpoints stay alike
                 **{key: plain(value) for key, value in extra.items()},
             },
             logger=False,  # run.py logs hparams once, with the final metrics, for TensorBoard's hparams tab
         )
         self.net: nn.Module = instantiate(self.hparams.net)
+        if compile:  # in place: the state_dict keeps its keys, so checkpoints and student.pt are unchanged
+            self.net.compile()
         self.losses = nn.ModuleDict(build_terms(self.hparams.losses))
         # Terms with weight 0 are switched off: never computed, tapped or logged.
         self.active_terms = [name for name, term in self.losses.items() if term.weight]
-        # One set of epoch metrics per stage. Steps only update them (~50 us each); they are logged
-        # once per epoch, because every `self.log` call costs ~0.8 ms of Lightning bookkeeping, which
-        # was 40% of an MLP step on CPU. Under DDP each metric syncs exactly (sums and counts).
+        # One set of epoch metrics per stage, logged once per epoch: every `self.log` call costs ~0.8 ms
+        # of Lightning bookkeeping, which was 40% of an MLP step on CPU. Training steps do not even
+        # update them (~0.1 ms a step for three metrics): their values are tallied on the device and
+        # fed in once per epoch (StepTally). Under DDP each metric syncs exactly (sums and counts).
         self.train_metrics, self.val_metrics, self.test_metrics = (
             nn.ModuleDict(self.stage_metrics(stage, num_classes)) for stage in STAGES
         )
@@ -63,20 +72,37 @@ class ClassifierSystem(LightningModule):
         # a resumed run keeps it (it is the value Optuna optimises and the record reports).
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
-        self.watch = NonFiniteWatch(["total", *self.active_terms])
+        self.tally = StepTally(["total", *self.active_terms])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in LIGHTNING_BOOKKEEPING:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def setup(self, stage: str) -> None:
+        skip_profiling(
+            self.trainer
+        )  # Lightning's default no-op profiler costs ~0.1 ms a step; an equal one costs nothing
 
     # -- what subclasses provide ------------------------------------------------------------------
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         """The metrics logged as `<stage>/<name>` at the end of each epoch of that stage."""
         # nan_strategy="disable": the default "warn" checks every update for NaN with a host sync; a
-        # non-finite loss is caught by the divergence watch instead.
+        # non-finite loss is caught by the step tally instead (kdlab.modules.tally).
         names = ("loss", *(f"loss_{term}" for term in self.active_terms))
         means = {name: MeanMetric(nan_strategy="disable") for name in names}
+        if stage == "train":  # fed once per epoch with the tallied accuracy, weighted by the image count
+            return {**means, "acc": MeanMetric(nan_strategy="disable")}
         return {**means, "acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
 
-    def views(self, x: torch.Tensor, y: torch.Tensor) -> LossInputs:
-        """Everything the loss terms may read for one batch."""
+    def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+        """Everything the loss terms may read for one batch (`teacher_logits`: known already, e.g. cached)."""
         return LossInputs(student_logits=self.net(x), target=y)
+
+    def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
+        """The teacher's logits for this batch when they need not be computed (a cache); None: compute them."""
+        return None
 
     def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
         """Hook for extra per-stage metrics (teacher agreement, KL...)."""
@@ -87,11 +113,15 @@ class ClassifierSystem(LightningModule):
 
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
         x, y = batch[0], batch[1]  # a kdlab.data.Batch (x, y, index, shift)
-        inputs = self.views(x, y)
-        terms = [self.losses[name](inputs) for name in self.active_terms]
-        loss = sum(self.losses[name].weight * value for name, value in zip(self.active_terms, terms, strict=True))
-        if stage == "train":
-            self.watch.update(self.global_step, [loss, *terms])
+        inputs = self.views(x, y, self.known_teacher_logits(batch, stage))
+        active = [self.losses[name] for name in self.active_terms]
+        terms = [term(inputs) for term in active]
+        loss = active[0].weight * terms[0]
+        for term, value in zip(active[1:], terms[1:], strict=True):
+            loss = loss + term.weight * value
+        if stage == "train":  # no metric objects per step: a few tensor ops, read once per CHECK_EVERY steps
+            self.tally.add(self.global_step, [loss, *terms], inputs.student_logits, y)
+            return loss, inputs
         metrics = self.metrics_of[stage]
         metrics["loss"].update(loss.detach(), len(y))
         for name, value in zip(self.active_terms, terms, strict=True):
@@ -100,13 +130,63 @@ class ClassifierSystem(LightningModule):
         self.update_stage_metrics(inputs, metrics, stage)
         return loss, inputs
 
+    # -- the training step: kdlab's own optimisation unless the Trainer clips or accumulates -------------
+    @property
+    def automatic_optimization(self) -> bool:
+        """False (manual): `training_step` runs backward, step and schedule itself, without Lightning's
+        closure and its per-step hooks (~0.3 ms a step on CPU, 10-20% of a small MLP's step). True when
+        the Trainer clips (`gradient_clip_val`) or accumulates (`accumulate_grad_batches`) gradients:
+        Lightning's automatic loop implements those, at its own speed. Both give the same numbers.
+        """
+        if self._automatic is not None:
+            return self._automatic
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool | None) -> None:
+        self._automatic = value  # None: choose by the Trainer, as above
+
+    _automatic: bool | None = None
+
     def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")[0]
+        loss = self.shared_step(batch, "train")[0]
+        if self.automatic_optimization:
+            return loss
+        # The automatic loop's order: forward, zero_grad, backward, step, then a step-interval schedule.
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)  # through the precision plugin and strategy: loss scaling, DDP
+        optimizer.step()
+        for config in self.trainer.lr_scheduler_configs:  # as Lightning's loop: interval "step", every `frequency`
+            if config.interval == "step" and not config.reduce_on_plateau and (batch_idx + 1) % config.frequency == 0:
+                self.lr_scheduler_step(config.scheduler, None)
+        return None
+
+    def on_train_epoch_start(self) -> None:
+        self.tally.reset()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # A host sync every CHECK_EVERY steps and before each validation, never per step.
-        if (batch_idx + 1) % CHECK_EVERY == 0 or batch_idx + 1 >= self.trainer.num_training_batches:
-            self.watch.check(self.divergence_hint())
+        # A host sync every CHECK_EVERY steps and at the end of the epoch, never per step.
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if self.tally.pending >= CHECK_EVERY or last:
+            self.tally.fold(self.divergence_hint)
+        if last:  # before the callbacks' on_train_epoch_end (EpochLines reads train/loss there)
+            self.feed_train_metrics()
+
+    def feed_train_metrics(self) -> None:
+        """The epoch's tallied training values into the train metrics, weighted by the images they cover."""
+        taken = self.tally.take()
+        if taken is None:
+            return
+        means, acc, count = taken
+        metrics = self.train_metrics
+        metrics["loss"].update(means["total"], count)
+        for name in self.active_terms:
+            metrics[f"loss_{name}"].update(means[name], count)
+        metrics["acc"].update(acc, count)
 
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")
@@ -148,6 +228,8 @@ class ClassifierSystem(LightningModule):
         return values
 
     def on_train_epoch_end(self) -> None:
+        self.tally.fold(self.divergence_hint)  # an epoch cut short (max_steps) did not reach its last batch
+        self.feed_train_metrics()
         self.log_stage("train")
 
     def on_validation_epoch_end(self) -> None:

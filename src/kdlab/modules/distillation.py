@@ -14,6 +14,7 @@ from kdlab.checkpoints import CheckpointError, load_weights, sha256_file
 from kdlab.losses import LossInputs
 from kdlab.modules.base import ClassifierSystem
 from kdlab.modules.taps import FeatureTap
+from kdlab.teacher_outputs import TeacherOutputs, TeacherOutputsError
 
 TEACHER_PREFIX = "teacher."
 
@@ -38,6 +39,7 @@ class DistillationModule(ClassifierSystem):
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 28, 28),
         teacher_sha256: str | None = None,
+        compile: bool = False,  # module.compile=true compiles the student (torch.compile)
     ) -> None:
         super().__init__(
             net=net,
@@ -45,6 +47,7 @@ class DistillationModule(ClassifierSystem):
             optimizer=optimizer,
             scheduler=scheduler,
             num_classes=num_classes,
+            compile=compile,
             teacher_net=teacher_net,
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
             teacher_sha256=teacher_sha256,
@@ -71,6 +74,10 @@ class DistillationModule(ClassifierSystem):
         self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
         self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
         self._build_terms(terms, input_shape)
+        # The teacher's logits of every training view, when cached (kdlab.teacher_outputs); not saved in
+        # checkpoints. Validation and test always run the teacher.
+        self.teacher_outputs: TeacherOutputs | None = None
+        self._check_outputs = False  # compare the first training batch of each fit with the live teacher
 
     @property
     def student(self) -> nn.Module:
@@ -94,9 +101,41 @@ class DistillationModule(ClassifierSystem):
         self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
         return self
 
-    def views(self, x: torch.Tensor, y: torch.Tensor) -> LossInputs:
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+    def teacher_feature_terms(self) -> list[str]:
+        """Active loss terms that read teacher features: with any, the teacher must run (no cached logits)."""
+        return [name for name in self.active_terms if self.losses[name].teacher_layers]
+
+    def use_teacher_outputs(self, outputs: TeacherOutputs | None) -> None:
+        """Read training logits from `outputs` instead of running the teacher (None: run it again)."""
+        if outputs is not None and (terms := self.teacher_feature_terms()):
+            raise ValueError(
+                f"The loss term(s) {', '.join(terms)} read teacher features, which cached teacher outputs do not "
+                "hold: the teacher must run live (runtime.teacher_cache=off)."
+            )
+        self.teacher_outputs = outputs
+        self._check_outputs = outputs is not None
+
+    def on_fit_start(self) -> None:
+        self._check_outputs = self.teacher_outputs is not None
+
+    def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
+        if stage != "train" or self.teacher_outputs is None:
+            return None
+        if len(batch) < 3:
+            raise ValueError(
+                "Cached teacher outputs need each training batch's `index` (a kdlab.data.Batch); this batch has "
+                f"{len(batch)} items. Use kdlab's MNISTDataModule, or runtime.teacher_cache=off."
+            )
+        shift = batch[3] if len(batch) > 3 else None
+        return self.teacher_outputs.lookup(batch[2], shift)
+
+    def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+        if teacher_logits is None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        elif self._check_outputs:  # the first cached batch of a fit: the very views must agree (trains on the cached)
+            with torch.no_grad():
+                self._verify_cached(teacher_logits, self.teacher(x))
         teacher_feats = self.teacher_tap.pop()
         student_logits = self.net(x)
         return LossInputs(
@@ -106,6 +145,19 @@ class DistillationModule(ClassifierSystem):
             student_features=self.student_tap.pop(),
             teacher_features=teacher_feats,
         )
+
+    def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor) -> None:
+        """One host sync per fit: the cached logits of this batch's (image, shift) pairs against the teacher's."""
+        self._check_outputs = False
+        rtol, atol = self.teacher_outputs.tolerance
+        if not torch.allclose(cached, live.float(), rtol=rtol, atol=atol):
+            worst = float((cached - live.float()).abs().max())
+            raise TeacherOutputsError(
+                f"The cached teacher outputs ({self.teacher_outputs.path}) differ from the live teacher on the first "
+                f"training batch (max |difference| {worst:.3g}): the batches' index or shift no longer mean what they "
+                "meant when the outputs were computed (another split, augmentation or data order?). Run with "
+                "runtime.teacher_cache=off, and report this."
+            )
 
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         metrics = super().stage_metrics(stage, num_classes)

@@ -16,6 +16,7 @@ class TeacherModule(ClassifierSystem):
         label_smoothing: float = 0.0,
         num_classes: int = 10,
         losses: Mapping | None = None,
+        compile: bool = False,  # module.compile=true compiles the net (torch.compile); see ClassifierSystem
     ) -> None:
         ce = {"_target_": "kdlab.losses.CE", "weight": 1.0, "label_smoothing": label_smoothing}
         super().__init__(
@@ -24,5 +25,6 @@ class TeacherModule(ClassifierSystem):
             optimizer=optimizer,
             scheduler=scheduler,
             num_classes=num_classes,
+            compile=compile,
             label_smoothing=label_smoothing,
         )
