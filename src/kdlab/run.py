@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.analysis import TestAnalysis
+from kdlab.analysis.omitted import logits_of, omitted_class_report
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
 from kdlab.config import CONFIG_DIR, plain
 from kdlab.console import quiet_libraries
@@ -180,6 +181,16 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
             record.metrics.update(_metrics(trainer, "test/"))
             record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
             record.files.update({Path(f).stem: f for f in analysis.results.get("files", [])})
+            if datamodule.exclude_classes and trainer.is_global_zero:
+                record.analysis["omitted"] = omitted_analysis(module.net, datamodule)
+
+
+def omitted_analysis(net: torch.nn.Module, dm) -> dict[str, Any]:
+    """Hinton's omitted-class numbers for the tested (best) student: errors before and after the bias fix."""
+    mean, std = dm.hparams.mean, dm.hparams.std
+    val = (logits_of(net, dm.data_val.x, mean, std), dm.data_val.y)
+    test = (logits_of(net, dm.data_test.x, mean, std), dm.data_test.y)
+    return omitted_class_report(val, test, dm.exclude_classes)
 
 
 def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:

@@ -74,6 +74,19 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
             rows.append(("teacher", record.teacher.checkpoint))
     else:
         rows.append(("params", f"{sum(record.params.values()):,}"))
+    if omitted := record.analysis.get("omitted"):
+        before, after = omitted["test"], omitted["test_bias_fixed"]
+        digits = ", ".join(map(str, omitted["classes"]))
+        rows += [
+            (
+                f"test errors (on omitted {digits})",
+                f"{before['errors']} ({before['errors_omitted']} of {before['n_omitted']})",
+            ),
+            (
+                f"after bias +{omitted['bias_offset']:g} (tuned on val)",
+                f"{after['errors']} ({after['errors_omitted']} of {after['n_omitted']})",
+            ),
+        ]
     rows += [("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
     return rows
 
