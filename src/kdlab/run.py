@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdlab.config import CONFIG_DIR
 from kdlab.recipes import digest, recipe_of
 from kdlab.summary import flat_hparams, print_summary, scratch_baseline, write_metrics
-from kdlab.sweep_ddp import sweep_job_ddp
+from kdlab.sweeps import sweep_job, sweep_job_ddp
 from kdlab.teachers import provision_teacher
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def write_outputs(cfg: DictConfig, module, trainer: L.Trainer, metrics: dict, ou
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@sweep_job  # in a multirun a failed job returns NaN and the sweep goes on (exiting 1 at its end)
 def main(cfg: DictConfig) -> float | None:
     """Returns `optimized_metric` (a validation metric) for Hydra sweepers such as Optuna."""
     metrics, _ = train(cfg)
