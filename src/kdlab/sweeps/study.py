@@ -1,8 +1,9 @@
-"""An Optuna search that resumes: n_trials counts the study's finished trials, new jobs never overwrite old ones.
+"""An Optuna search that survives failed trials and resumes: n_trials counts finished trials, jobs never overwrite.
 
-Hydra's Optuna sweeper (hydra-optuna-sweeper 1.3) loads an existing study from its storage but then
-runs n_trials more, numbers job folders from 0 again (over the finished ones), stops at the first
-failed trial, and crashes if no trial completed. `ResumableOptunaSweeperImpl` fixes those four
+Hydra's Optuna sweeper (hydra-optuna-sweeper 1.3, optuna 2.10) loads an existing study from its
+storage but then runs n_trials more, numbers job folders from 0 again (over the finished ones),
+stops at the first failed trial, crashes on a NaN result (it tells FAIL *with* the NaN value,
+which optuna refuses) and crashes if no trial completed. `ResumableOptunaSweeperImpl` fixes these
 around the plugin's own `sweep`; Hydra reaches it through
 `hydra_plugins.kdlab_optuna_sweeper.ResumableOptunaSweeper` (a sweeper must live in hydra_plugins).
 """
@@ -10,12 +11,18 @@ around the plugin's own `sweep`; Hydra reaches it through
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,45 @@ def sqlite_folder(storage: Any) -> Path | None:
     return None
 
 
+class TrialFailed(RuntimeError):
+    """A trial's job failed or diverged: Optuna records the trial FAIL and the search goes on."""
+
+
+class FailedJob:
+    """What a job's NaN result becomes for the plugin's loop: `float()` of it raises TrialFailed.
+
+    The plugin catches that around `study.tell`, tells FAIL without a value and logs
+    "Failed experiment: <message>"; a plain NaN would be told as FAIL with the value and crash.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __float__(self) -> float:
+        raise TrialFailed(f"job {self.folder} failed or diverged (it returned NaN); its log is in that folder.")
+
+
+class FailNaNJobs:
+    """The sweep's launcher, with each NaN result turned into a FailedJob."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        for ret in returns:
+            value = ret._return_value
+            if ret.status == JobStatus.COMPLETED and isinstance(value, float) and math.isnan(value):
+                ret.return_value = FailedJob(ret.hydra_cfg.hydra.runtime.output_dir)
+        return returns
+
+
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     """The plugin's sweeper, set up to resume its study before the plugin's loop runs."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = FailNaNJobs(self.launcher)
 
     def sweep(self, arguments: list[str]) -> None:
         folder = sqlite_folder(self.storage)
