@@ -87,13 +87,15 @@ class FakeLauncher:
         return returns
 
 
-def search(sweep: Path, n_trials: int, results: dict[int, float]) -> tuple[ResumableOptunaSweeperImpl, FakeLauncher]:
+def search(
+    sweep: Path, n_trials: int, results: dict[int, float], storage: str | None = "sqlite"
+) -> tuple[ResumableOptunaSweeperImpl, FakeLauncher]:
     """The sweep as `hparams_search=kd_optuna` configures it, on one parameter, with a fake launcher."""
     sampler_cfg = {"_target_": "optuna.samplers.TPESampler", "seed": 1234, "n_startup_trials": 4}
     impl = ResumableOptunaSweeperImpl(
         sampler=instantiate(sampler_cfg),
         direction="maximize",
-        storage=f"sqlite:///{sweep / 'optuna.db'}",
+        storage=storage and f"sqlite:///{sweep / 'optuna.db'}",
         study_name="kd_optuna",
         n_trials=n_trials,
         n_jobs=1,
@@ -119,9 +121,11 @@ def test_a_nan_job_is_a_failed_trial_and_the_search_goes_on(tmp_path):
     assert (sweep / "optimization_results.yaml").is_file()
 
 
-def test_a_search_where_every_trial_failed_ends_without_a_best_trial(tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", None])
+def test_a_search_where_every_trial_failed_ends_without_a_best_trial(tmp_path, storage):
     sweep = tmp_path / "sweep"
-    _, launcher = search(sweep, 2, {0: math.nan, 1: math.nan})
+    sweep.mkdir()  # as Hydra's launcher makes it (the plugin writes optimization_results.yaml there)
+    _, launcher = search(sweep, 2, {0: math.nan, 1: math.nan}, storage)
     assert launcher.launched == [0, 1]
     assert not (sweep / "optimization_results.yaml").exists()  # SweepHealth then exits 1 naming both
 

@@ -109,6 +109,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         folder = sqlite_folder(self.storage)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+        if self.storage is None:  # in memory: one storage object, so the plugin's study is this one
+            self.storage = optuna.storages.InMemoryStorage()
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
