@@ -32,7 +32,7 @@ from kdlab.modules.guards import DivergenceError
 from kdlab.provenance import code_state, job_overrides, smoke_reasons
 from kdlab.record import RECORD_FILE, RunRecord
 from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
-from kdlab.sweep_ddp import sweep_job_ddp
+from kdlab.sweeps import check_launcher_strategy, sweep_job, sweep_job_ddp
 from kdlab.teachers import provision_teacher
 from kdlab.validation import check_resume, is_distillation, validate_config
 
@@ -231,6 +231,7 @@ def finish(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], wall: fl
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@sweep_job  # in a multirun a failed job returns NaN and the sweep goes on (exiting 1 at its end)
 def hydra_main(cfg: DictConfig) -> float | None:
     """Returns `optimized_metric` (a validation metric) for Hydra sweepers such as Optuna."""
     record, _ = train(cfg)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdlab.checkpoints import CheckpointError, load_checkpoint
 from kdlab.identity import differences
 from kdlab.losses import build_terms
+from kdlab.sweeps import check_launcher_strategy
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 
@@ -104,6 +105,7 @@ def validate_config(cfg: DictConfig) -> None:
         )
     instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
     _check_trainer(cfg)
+    check_launcher_strategy(cfg)  # script-relaunching DDP cannot run inside a submitit local job
     student = instantiate(cfg.model)
     if not is_distillation(cfg):
         return
