@@ -4,7 +4,6 @@ Also sweeps that survive: a failed job ends only itself and the sweep exits 1 af
 naming it; a stopped Optuna search resumes; Optuna + DDP runs one study.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,9 @@ import optuna
 import pytest
 import yaml
 
+from kdlab.record import RunRecord
 from kdlab.report import write_report
+from kdlab.report.formatting import number
 from kdlab.sweeps import job_health
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
@@ -29,8 +30,8 @@ def cli(tiny_cli):
     return lambda root, data: [*tiny_cli(root, data), f"hydra.sweep.dir={root / 'sweep'}", TINY_TEACHER]
 
 
-def job_metrics(sweep: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))}
+def job_metrics(sweep: Path) -> dict[str, RunRecord]:
+    return {p.parent.name: RunRecord.read(p) for p in sorted(sweep.glob("*/metrics.json"))}
 
 
 def cached_teachers(root: Path) -> list[Path]:
@@ -81,13 +82,13 @@ def test_grid_multirun_trains_one_teacher_and_reports_each_job(tmp_path, mnist_d
     assert len(rows) == 2
     for row, (job, temperature) in zip(rows, (("0", "1"), ("1", "4")), strict=True):
         m = jobs[job]
-        assert f"distill.temperature={temperature}" in m["overrides"]
+        assert f"distill.temperature={temperature}" in m.overrides
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[:2] == [temperature, "1"]
-        assert cells[2] == f"{100 * m['test/acc']:.2f} ± 0.00"
-        assert cells[3] == f"{100 * m['val/acc_best']:.2f} ± 0.00"
-        assert cells[4] == f"{100 * m['test/teacher_acc']:.2f}"
-        assert cells[6] == f"{m['test/kl']:.4f}"
+        assert cells[2] == f"{100 * m.metrics['test/acc']:.2f} ± 0.00"
+        assert cells[3] == f"{100 * m.metrics['val/acc_best']:.2f} ± 0.00"
+        assert cells[4] == f"{100 * m.metrics['test/teacher_acc']:.2f}"
+        assert cells[6] == number(m.metrics["test/kl"])
         assert row in report.stdout  # the same table printed
     assert (sweep / "acc_vs_distill.temperature.png").is_file()
 
@@ -100,8 +101,8 @@ def test_submitit_local_launcher_runs_jobs_as_processes(tmp_path, mnist_dir, cli
     sweep = tmp_path / "sweep"
     jobs = job_metrics(sweep)
     assert sorted(jobs) == ["0", "1"]
-    assert sorted(m["seed"] for m in jobs.values()) == [0, 1]
-    assert jobs["0"]["teacher_checkpoint"] == jobs["1"]["teacher_checkpoint"]
+    assert sorted(m.seed for m in jobs.values()) == [0, 1]
+    assert jobs["0"].teacher == jobs["1"].teacher
 
     results = list(sweep.glob(".submitit/*/*_result.pkl"))
     assert len({p.parent for p in results}) == 2  # two submitit jobs, each its own process
@@ -126,7 +127,7 @@ def test_optuna_search_writes_the_best_trial(tmp_path, mnist_dir, cli, run_scrip
     assert 1.0 <= params["distill.temperature"] <= 8.0
     assert 0.5 <= params["distill.losses.kd.weight"] <= 1.0
     assert 0.0 <= params["distill.losses.ce.weight"] <= 0.5
-    val_accs = [m["val/acc_best"] for m in jobs.values()]
+    val_accs = [m.metrics["val/acc_best"] for m in jobs.values()]
     assert result["best_value"] in val_accs  # the value main returned: validation, not test
     assert result["best_value"] == max(val_accs)
 

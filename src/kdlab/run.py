@@ -32,7 +32,7 @@ from kdlab.modules.guards import DivergenceError
 from kdlab.provenance import code_state, job_overrides, smoke_reasons
 from kdlab.record import RECORD_FILE, RunRecord
 from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
-from kdlab.sweeps import check_launcher_strategy, sweep_job, sweep_job_ddp
+from kdlab.sweeps import sweep_job, sweep_job_ddp
 from kdlab.teachers import provision_teacher
 from kdlab.validation import check_resume, is_distillation, validate_config
 
