@@ -42,9 +42,10 @@ def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir, cli, run
 
     single = tmp_path / "single"
     cache = f"paths.teacher_dir={tmp_path / 'fit' / 'outputs' / 'teachers'}"  # the very same teacher
-    run(*cli(single, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}")
+    evaluate = ["experiment=distill_mlp", TINY_TEACHER, cache, "train=false", f"ckpt_path={ckpt}"]
+    run(*cli(single, odd_mnist_dir), *evaluate)
     ddp = tmp_path / "ddp"
-    run(*cli(ddp, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}", *DDP)
+    run(*cli(ddp, odd_mnist_dir), *evaluate, *DDP)
 
     one = RunRecord.read(only_run_folder(single, "distill_mlp")).metrics
     two = RunRecord.read(only_run_folder(ddp, "distill_mlp")).metrics

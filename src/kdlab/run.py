@@ -137,14 +137,14 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     data = data_fingerprint(datamodule.data_dir)
     identity = {"config": config_identity(cfg), "data": data, "code": code_versions()}
     if cfg.ckpt_path:  # before a teacher is trained for a run that cannot continue anyway
-        check_resume(cfg.ckpt_path, identity, ("config", "data", "code"))
+        check_resume(cfg.ckpt_path, identity, ("config", "data", "code"), evaluation=not cfg.train)
     module_args: dict[str, Any] = {}
     if is_distillation(cfg):
         record.teacher = provision_teacher(cfg, data, train)
         cfg.teacher.ckpt_path = record.teacher.checkpoint
         identity["teacher"] = module_args["teacher_sha256"] = record.teacher.sha256
         if cfg.ckpt_path:
-            check_resume(cfg.ckpt_path, identity, ("teacher",))
+            check_resume(cfg.ckpt_path, identity, ("teacher",), evaluation=not cfg.train)
     record.identity = {
         "run": run_key(cfg, data, identity.get("teacher")),
         "student": student_key(cfg, data),

@@ -122,7 +122,18 @@ def validate_config(cfg: DictConfig) -> None:
             _check_layers(teacher, set(term.teacher_layers), "teacher", f"distill.losses.{name}")
 
 
-def check_resume(ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[str, ...]) -> None:
+# What an evaluation (train=false) may change: how training went is the checkpoint's business; the
+# nets, the data, the teacher (by checksum) and the code must still be the checkpoint's own.
+EVALUATION_FREE_KEYS = ("trainer", "optimizer", "scheduler", "seed", "callbacks", "distill")
+
+
+def _without(config: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if config is None else {k: v for k, v in config.items() if k not in keys}
+
+
+def check_resume(
+    ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[str, ...], evaluation: bool = False
+) -> None:
     """Refuse to resume (or test) from a checkpoint of another run: another recipe, data or teacher.
 
     `parts` are the entries of `identity` to compare now ("config", "data", "code"; "teacher" once
@@ -137,6 +148,9 @@ def check_resume(ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[s
             "made by other code or an older kdlab). Resume only from checkpoints this kdlab wrote; to reuse "
             "weights, give them as teacher.ckpt_path or load them into a new run's model."
         )
+    if evaluation:  # only what the tested weights and their teacher depend on must match
+        saved = {**saved, "config": _without(saved.get("config"), EVALUATION_FREE_KEYS)}
+        identity = {**identity, "config": _without(identity.get("config"), EVALUATION_FREE_KEYS)}
     found = [d for part in parts for d in differences({part: saved.get(part)}, {part: identity.get(part)})]
     if found:
         shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
