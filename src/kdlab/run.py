@@ -33,8 +33,8 @@ from kdlab.provenance import code_state, job_overrides, smoke_reasons
 from kdlab.record import RECORD_FILE, RunRecord
 from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
 from kdlab.sweeps import sweep_job, sweep_job_ddp
-from kdlab.teachers import provision_teacher
-from kdlab.validation import check_resume, is_distillation, validate_config
+from kdlab.teachers import ensemble_identity, ensemble_module_args, provision_members, provision_teacher
+from kdlab.validation import check_resume, is_distillation, is_ensemble, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,13 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     if cfg.ckpt_path:  # before a teacher is trained for a run that cannot continue anyway
         check_resume(cfg.ckpt_path, identity, ("config", "data", "code"), evaluation=not cfg.train)
     module_args: dict[str, Any] = {}
-    if is_distillation(cfg):
+    if is_ensemble(cfg):  # each member through the one-teacher cache; resume needs every member unchanged
+        record.members = provision_members(cfg, data, train)
+        identity["teacher"] = ensemble_identity(record.members)
+        module_args.update(ensemble_module_args(cfg, record.members))
+        if cfg.ckpt_path:
+            check_resume(cfg.ckpt_path, identity, ("teacher",), evaluation=not cfg.train)
+    elif is_distillation(cfg):
         record.teacher = provision_teacher(cfg, data, train)
         cfg.teacher.ckpt_path = record.teacher.checkpoint
         identity["teacher"] = module_args["teacher_sha256"] = record.teacher.sha256
