@@ -9,7 +9,10 @@ import logging
 import warnings
 from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # the optional [sweeps] extra is not installed: no sweeper to offer (and no warning)
+    OptunaSweeper = object
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
