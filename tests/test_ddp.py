@@ -1,9 +1,10 @@
 """Two-process CPU DDP (gloo) through train.py: teacher training, distillation, sweeps, exact eval."""
 
-import json
 from pathlib import Path
 
 import pytest
+
+from kdlab.record import RunRecord
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
@@ -41,12 +42,13 @@ def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir, cli, run
 
     single = tmp_path / "single"
     cache = f"paths.teacher_dir={tmp_path / 'fit' / 'outputs' / 'teachers'}"  # the very same teacher
-    run(*cli(single, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}")
+    evaluate = ["experiment=distill_mlp", TINY_TEACHER, cache, "train=false", f"ckpt_path={ckpt}"]
+    run(*cli(single, odd_mnist_dir), *evaluate)
     ddp = tmp_path / "ddp"
-    run(*cli(ddp, odd_mnist_dir), "experiment=distill_mlp", cache, "train=false", f"ckpt_path={ckpt}", *DDP)
+    run(*cli(ddp, odd_mnist_dir), *evaluate, *DDP)
 
-    one = json.loads((only_run_folder(single, "distill_mlp") / "metrics.json").read_text())
-    two = json.loads((only_run_folder(ddp, "distill_mlp") / "metrics.json").read_text())
+    one = RunRecord.read(only_run_folder(single, "distill_mlp")).metrics
+    two = RunRecord.read(only_run_folder(ddp, "distill_mlp")).metrics
     assert 0.2 < one["test/acc"] < 1.0  # a half-trained student: a padded sampler would show
     for key in ("test/acc", "test/agreement", "test/teacher_acc"):
         assert two[key] == one[key], key  # counts over 401 images: exact
@@ -56,13 +58,12 @@ def test_ddp_eval_counts_every_test_image_once(tmp_path, odd_mnist_dir, cli, run
 def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir, cli, run):
     done = run(*cli(tmp_path, mnist_dir), "experiment=train_teacher_mlp", *DDP)
     folder = only_run_folder(tmp_path, "train_teacher_mlp")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["test/acc"] > 0.9
+    assert RunRecord.read(folder).metrics["test/acc"] > 0.9
     assert done.stdout.count("kdlab: train_teacher_mlp") == 1  # rank zero alone prints the summary
 
     run(*cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, *DDP)
     folder = only_run_folder(tmp_path, "distill_mlp")
-    assert json.loads((folder / "metrics.json").read_text())["test/acc"] > 0.9
+    assert RunRecord.read(folder).metrics["test/acc"] > 0.9
     assert (folder / "student.pt").is_file()
 
 
@@ -72,6 +73,6 @@ def test_ddp_inside_a_multirun_stays_in_its_job(tmp_path, mnist_dir, cli, run):
     assert len(sweeps) == 1, f"DDP children started sweeps of their own: {sweeps}"
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["0", "1"]
-    temps = [json.loads((sweeps[0] / j / "metrics.json").read_text())["overrides"] for j in jobs]
+    temps = [RunRecord.read(sweeps[0] / j).overrides for j in jobs]
     assert ["distill.temperature=1" in t for t in temps] == [True, False]
     assert not (tmp_path / "outputs" / "distill_mlp" / "runs").exists()

@@ -1,6 +1,5 @@
 """On real MNIST (fetched and md5-verified on first use): one teacher epoch, then a short distillation."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kdlab.record import RunRecord
 from kdlab.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +27,9 @@ def test_teacher_mlp_one_epoch_beats_90_percent(make_cfg):
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=150",  # 150 x 128 = 19k images
     )
-    metrics, objects = train(cfg)
+    record, objects = train(cfg)
     assert len(objects["datamodule"].data_test) == 10_000
-    assert metrics["test/acc"] > 0.90
+    assert record.metrics["test/acc"] > 0.90
 
 
 def test_distill_mlp_command_line_end_to_end(tmp_path):
@@ -56,6 +56,8 @@ def test_distill_mlp_command_line_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     assert "training it first" in done.stderr + done.stdout
     (metrics_file,) = (tmp_path / "outputs" / "distill_mlp" / "runs").glob("*/metrics.json")
-    metrics = json.loads(metrics_file.read_text())
+    record = RunRecord.read(metrics_file)
+    assert record.status == "smoke" and record.smoke == ["trainer.limit_train_batches=300"]
+    metrics = record.metrics
     assert metrics["test/teacher_acc"] > 0.9 and metrics["test/acc"] > 0.9
     assert f"{100 * metrics['test/acc']:.2f}%" in done.stdout  # the summary prints what metrics.json holds

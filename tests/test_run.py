@@ -25,9 +25,10 @@ def test_every_experiment_composes_and_builds(experiment, make_cfg):
     assert isinstance(instantiate(cfg.model), torch.nn.Module)
     assert cfg.name == experiment
     if cfg.module._target_.endswith("DistillationModule"):
-        assert isinstance(instantiate(cfg.teacher.model), torch.nn.Module)
+        teachers = [m.model for m in cfg.teacher.members] if "members" in cfg.teacher else [cfg.teacher.model]
+        assert all(isinstance(instantiate(t), torch.nn.Module) for t in teachers)
         # the student's recipe is the scratch baseline's, so the comparison is fair
-        if experiment in ("distill_mlp", "distill_cnn_mlp"):
+        if experiment in ("distill_mlp", "distill_cnn_mlp", "distill_ensemble_mlp"):
             full = compose_config([f"experiment={experiment}", "paths.root_dir=/r"])
             scratch = compose_config(["experiment=student_scratch_mlp", "paths.root_dir=/r"])
             assert student_recipe(full) == student_recipe(scratch)

@@ -37,6 +37,7 @@ IGNORED_KEYS = (
     "data.pypi_package",
     "data.verify",  # whether files were checked; the checksums of what was read are hashed regardless
     "teacher.ckpt_path",  # location; the teacher's weight checksum stands in for it
+    "teacher.members.*.ckpt_path",  # the same for each member of an ensemble (`*`: every list item)
     "module.teacher_ckpt",
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
@@ -82,12 +83,22 @@ def config_identity(cfg: DictConfig, drop: Iterable[str] = ()) -> dict[str, Any]
     """
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        for dotted in (*IGNORED_KEYS, *drop):
+        for dotted in [key for pattern in (*IGNORED_KEYS, *drop) for key in _expand(cfg, pattern)]:
             parent_key, _, leaf = dotted.rpartition(".")
             parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
             if isinstance(parent, DictConfig) and leaf in parent:
                 del parent[leaf]
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _expand(cfg: DictConfig, dotted: str) -> list[str]:
+    """`a.*.b` as `a.0.b`, `a.1.b`, ... for each item of the list (or mapping) at `a`; else `dotted` itself."""
+    head, star, tail = dotted.partition(".*")
+    if not star:
+        return [dotted]
+    node = OmegaConf.select(cfg, head, default=None)
+    items = range(len(node)) if OmegaConf.is_list(node) else (node.keys() if OmegaConf.is_dict(node) else ())
+    return [key for item in items for key in _expand(cfg, f"{head}.{item}{tail}")]
 
 
 def digest(obj: Any, length: int = 16) -> str:

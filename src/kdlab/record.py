@@ -49,7 +49,8 @@ class RunRecord:
     metrics: dict[str, float | None] = field(default_factory=dict)  # "test/acc", "val/acc_best", ...
     params: dict[str, int] = field(default_factory=dict)  # "student" (the trained net), "teacher"
     identity: dict[str, Any] = field(default_factory=dict)  # "run", "student", "data": see kdlab.identity
-    teacher: TeacherRef | None = None
+    teacher: TeacherRef | None = None  # the one teacher; None when the teacher is an ensemble
+    members: list[TeacherRef] = field(default_factory=list)  # an ensemble's teachers, in teacher.members order
     overrides: list[str] = field(default_factory=list)  # this job's overrides, as typed
     swept: list[str] = field(default_factory=list)  # keys a sweep varied (empty for a single run)
     fixed: list[str] = field(default_factory=list)  # the sweep's overrides every job shared
@@ -71,6 +72,11 @@ class RunRecord:
     @property
     def is_distillation(self) -> bool:
         return self.kind == "distillation"
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Distilled from several teachers at once (teacher=ensemble): see `members`."""
+        return bool(self.members)
 
     @property
     def finished(self) -> bool:
@@ -109,8 +115,12 @@ class RunRecord:
             )
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        if values.get("teacher") is not None:
-            values["teacher"] = TeacherRef(**values["teacher"])
+        try:
+            if values.get("teacher") is not None:
+                values["teacher"] = TeacherRef(**values["teacher"])
+            values["members"] = [TeacherRef(**member) for member in values.get("members") or []]
+        except TypeError as err:
+            raise RecordError(f"{source} has a teacher entry that is not a TeacherRef: {err}") from err
         try:
             record = cls(**values)
         except TypeError as err:

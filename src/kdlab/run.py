@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.analysis import TestAnalysis
+from kdlab.analysis.omitted import logits_of, omitted_class_report
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
 from kdlab.config import CONFIG_DIR, plain
 from kdlab.console import quiet_libraries
@@ -34,10 +35,10 @@ from kdlab.modules.guards import DivergenceError
 from kdlab.provenance import code_state, job_overrides, smoke_reasons
 from kdlab.record import RECORD_FILE, RunRecord
 from kdlab.summary import print_summary, scratch_baseline, tensorboard_hparams
-from kdlab.sweep_ddp import sweep_job_ddp
+from kdlab.sweeps import sweep_job, sweep_job_ddp
 from kdlab.teacher_outputs import provide_teacher_outputs
-from kdlab.teachers import provision_teacher
-from kdlab.validation import check_resume, is_distillation, validate_config
+from kdlab.teachers import ensemble_identity, ensemble_module_args, provision_members, provision_teacher
+from kdlab.validation import check_resume, is_distillation, is_ensemble, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,20 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     data = data_fingerprint(datamodule.data_dir)
     identity = {"config": config_identity(cfg), "data": data, "code": code_versions()}
     if cfg.ckpt_path:  # before a teacher is trained for a run that cannot continue anyway
-        check_resume(cfg.ckpt_path, identity, ("config", "data", "code"))
+        check_resume(cfg.ckpt_path, identity, ("config", "data", "code"), evaluation=not cfg.train)
     module_args: dict[str, Any] = {}
-    if is_distillation(cfg):
+    if is_ensemble(cfg):  # each member through the one-teacher cache; resume needs every member unchanged
+        record.members = provision_members(cfg, data, train)
+        identity["teacher"] = ensemble_identity(record.members)
+        module_args.update(ensemble_module_args(cfg, record.members))
+        if cfg.ckpt_path:
+            check_resume(cfg.ckpt_path, identity, ("teacher",), evaluation=not cfg.train)
+    elif is_distillation(cfg):
         record.teacher = provision_teacher(cfg, data, train)
         cfg.teacher.ckpt_path = record.teacher.checkpoint
         identity["teacher"] = module_args["teacher_sha256"] = record.teacher.sha256
         if cfg.ckpt_path:
-            check_resume(cfg.ckpt_path, identity, ("teacher",))
+            check_resume(cfg.ckpt_path, identity, ("teacher",), evaluation=not cfg.train)
     record.identity = {
         "run": run_key(cfg, data, identity.get("teacher")),
         "student": student_key(cfg, data),
@@ -187,6 +194,16 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
             record.metrics.update(_metrics(trainer, "test/"))
             record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
             record.files.update({Path(f).stem: f for f in analysis.results.get("files", [])})
+            if datamodule.exclude_classes and trainer.is_global_zero:
+                record.analysis["omitted"] = omitted_analysis(module.net, datamodule)
+
+
+def omitted_analysis(net: torch.nn.Module, dm) -> dict[str, Any]:
+    """Hinton's omitted-class numbers for the tested (best) student: errors before and after the bias fix."""
+    mean, std = dm.hparams.mean, dm.hparams.std
+    val = (logits_of(net, dm.data_val.x, mean, std), dm.data_val.y)
+    test = (logits_of(net, dm.data_test.x, mean, std), dm.data_test.y)
+    return omitted_class_report(val, test, dm.exclude_classes)
 
 
 def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
@@ -227,6 +244,7 @@ def finish(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], wall: fl
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@sweep_job  # in a multirun a failed job returns NaN and the sweep goes on (exiting 1 at its end)
 def hydra_main(cfg: DictConfig) -> float | None:
     """Returns `optimized_metric` (a validation metric) for Hydra sweepers such as Optuna."""
     record, _ = train(cfg)

@@ -55,7 +55,12 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         ("best val acc", _pct(m("val/acc_best"))),
     ]
     if record.is_distillation:
-        rows.append(("teacher test acc", _pct(m("test/teacher_acc"))))
+        if record.is_ensemble:  # each member and their combination, from the same test pass
+            for i, ref in enumerate(record.members):
+                rows.append((f"member {i} test acc ({_teacher_name(ref)})", _pct(m(f"test/member{i}_acc"))))
+            rows.append((f"ensemble of {len(record.members)} test acc", _pct(m("test/teacher_acc"))))
+        else:
+            rows.append(("teacher test acc", _pct(m("test/teacher_acc"))))
         base = record.baseline
         if base:
             rows.append(
@@ -64,18 +69,38 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         else:
             rows.append(("student from scratch", "none found: run the scratch experiment with seed=0,1,2"))
         kl = m("test/kl")
+        who = "ensemble" if record.is_ensemble else "teacher"
         rows += [
-            ("teacher-student agreement", _pct(m("test/agreement"))),
-            ("mean KL(teacher||student)", "-" if kl is None else f"{kl:.4g}"),
+            (f"{who}-student agreement", _pct(m("test/agreement"))),
+            (f"mean KL({who}||student)", "-" if kl is None else f"{kl:.4g}"),
             ("params teacher / student", f"{record.params.get('teacher', 0):,} / {record.params.get('student', 0):,}"),
             ("compression", f"{record.params.get('teacher', 0) / max(record.params.get('student', 1), 1):.2f}x"),
         ]
         if record.teacher is not None:
             rows.append(("teacher", record.teacher.checkpoint))
+        rows += [(f"member {i}", ref.checkpoint) for i, ref in enumerate(record.members)]
     else:
         rows.append(("params", f"{sum(record.params.values()):,}"))
+    if omitted := record.analysis.get("omitted"):
+        before, after = omitted["test"], omitted["test_bias_fixed"]
+        digits = ", ".join(map(str, omitted["classes"]))
+        rows += [
+            (
+                f"test errors (on omitted {digits})",
+                f"{before['errors']} ({before['errors_omitted']} of {before['n_omitted']})",
+            ),
+            (
+                f"after bias +{omitted['bias_offset']:g} (tuned on val)",
+                f"{after['errors']} ({after['errors_omitted']} of {after['n_omitted']})",
+            ),
+        ]
     rows += [("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
     return rows
+
+
+def _teacher_name(ref) -> str:
+    """A member as a person knows it: its recipe and seed, or 'given file' for a ckpt_path."""
+    return f"{ref.recipe}, seed {ref.seed}" if ref.recipe else "given file"
 
 
 def print_summary(record: RunRecord, console: Console | None = None) -> None:
@@ -124,10 +149,17 @@ def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
         for name, term in (c["distill"].get("losses") or {}).items():
             if term:
                 _flat(f"distill.losses.{name}", {k: v for k, v in term.items() if k != "temperature"}, hp)
-        hp["teacher.model"] = _class_name(c["teacher"]["model"]) or "?"
-        cached = record.teacher is not None and record.teacher.key is not None
-        hp["teacher.recipe"] = c["teacher"].get("recipe") if cached else "(teacher.ckpt_path)"
-        hp["teacher.seed"] = c["teacher"].get("seed") if cached else None
+        if "members" in c["teacher"]:  # an ensemble: how many, of what, combined how
+            members = c["teacher"]["members"]
+            hp["teacher.model"] = "+".join(_class_name(m.get("model")) or "?" for m in members)
+            hp["teacher.members"] = len(members)
+            hp["teacher.combine"] = (c["teacher"].get("combine") or {}).get("mode", "mean_probs")
+            hp["teacher.seeds"] = ",".join(str(m.get("seed")) for m in members)
+        else:
+            hp["teacher.model"] = _class_name(c["teacher"]["model"]) or "?"
+            cached = record.teacher is not None and record.teacher.key is not None
+            hp["teacher.recipe"] = c["teacher"].get("recipe") if cached else "(teacher.ckpt_path)"
+            hp["teacher.seed"] = c["teacher"].get("seed") if cached else None
         if record.teacher is not None:
             hp["teacher.sha256"] = record.teacher.sha256[:12]
         hp["params.teacher"] = record.params.get("teacher", 0)

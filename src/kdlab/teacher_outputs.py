@@ -289,6 +289,8 @@ def why_live(cfg: DictConfig, module, datamodule) -> str | None:
         return "runtime.teacher_cache=off"
     if not hasattr(module, "use_teacher_outputs"):
         return f"{type(module).__name__} cannot read cached teacher outputs"
+    if getattr(module, "is_ensemble", False):  # DistillationModule.member_logits is where a per-member cache plugs in
+        return "the teacher is an ensemble, whose members' outputs are not cached (yet)"
     if feature_terms := module.teacher_feature_terms():
         return f"the loss term(s) {', '.join(feature_terms)} read teacher features, which are not cached"
     same_views = isinstance(datamodule, MNISTDataModule) and all(

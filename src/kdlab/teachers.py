@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -62,9 +63,12 @@ class TeacherCacheError(RuntimeError):
     """A teacher could not be provisioned."""
 
 
-def teacher_run_config(cfg: DictConfig) -> DictConfig:
-    """The config that trains this run's teacher: its recipe experiment, its net, its own seed."""
-    spec = cfg.teacher
+def teacher_run_config(cfg: DictConfig, spec: DictConfig | None = None) -> DictConfig:
+    """The config that trains this run's teacher: its recipe experiment, its net, its own seed.
+
+    `spec` is one teacher's config (default `cfg.teacher`; an ensemble member's is shaped alike).
+    """
+    spec = cfg.teacher if spec is None else spec
     tcfg = compose_config([f"experiment={spec.recipe}", *spec.get("overrides", [])])
     with open_dict(tcfg):
         tcfg.model = plain(spec.model)
@@ -177,25 +181,28 @@ def _train_into(staging: Path, final: Path, tcfg: DictConfig, spec: DictConfig, 
     record.write(staging)
 
 
-def provision_teacher(cfg: DictConfig, data: Mapping[str, str], train: Callable) -> TeacherRef:
+def provision_teacher(
+    cfg: DictConfig, data: Mapping[str, str], train: Callable, spec: DictConfig | None = None, name: str = "teacher"
+) -> TeacherRef:
     """`teacher.ckpt_path` if given; else the cached teacher of this recipe, trained first if absent.
 
     `train(tcfg) -> (record, objects)` trains a run (kdlab.run.train). In a multi-process job only
-    global rank 0 trains; the other ranks wait for the entry to appear.
+    global rank 0 trains; the other ranks wait for the entry to appear. `spec` (default
+    `cfg.teacher`) is the teacher to provision, `name` its config key in messages.
     """
-    spec = cfg.teacher
-    if spec.ckpt_path:
+    spec = cfg.teacher if spec is None else spec
+    if spec.get("ckpt_path"):
         path = Path(spec.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(
-                f"teacher.ckpt_path={spec.ckpt_path!r} does not exist. Give the path of a TeacherModule "
-                "checkpoint, a state_dict .pt or a .safetensors file, or set teacher.ckpt_path=null to use "
-                "(or train) the cached teacher of teacher.recipe."
+                f"{name}.ckpt_path={spec.ckpt_path!r} does not exist. Give the path of a TeacherModule "
+                f"checkpoint, a state_dict .pt or a .safetensors file, or set {name}.ckpt_path=null to use "
+                f"(or train) the cached teacher of {name}.recipe."
             )
         path = path.resolve()
         return TeacherRef(checkpoint=str(path), sha256=sha256_file(path))
 
-    tcfg = teacher_run_config(cfg)
+    tcfg = teacher_run_config(cfg, spec)
     key = run_key(tcfg, data)
     root = Path(cfg.paths.teacher_dir).resolve()  # absolute: DDP children and reloads find it too
     final = root / key
@@ -237,3 +244,30 @@ def provision_teacher(cfg: DictConfig, data: Mapping[str, str], train: Callable)
                 return found(entry, "Cached and using the new")
         log.info("Rank %d waits for rank 0 to train the teacher %s", rank, key)
         time.sleep(POLL_SECONDS)
+
+
+def provision_members(cfg: DictConfig, data: Mapping[str, str], train: Callable) -> list[TeacherRef]:
+    """Each member of `teacher.members`, in order, exactly as one teacher is provisioned: its own
+    `ckpt_path`, or the cache entry of its recipe (trained once, then reused by any run, ensemble
+    or not, whose teacher has the same recipe, net, seed and overrides)."""
+    return [
+        provision_teacher(cfg, data, train, spec=member, name=f"teacher.members.{i}")
+        for i, member in enumerate(cfg.teacher.members)
+    ]
+
+
+def ensemble_identity(members: list[TeacherRef]) -> dict[str, str]:
+    """What a run's identity holds for its ensemble: every member's weights checksum, by position,
+    so resuming against another member set is refused naming the member (teacher.member1: a -> b)."""
+    return {f"member{i}": ref.sha256 for i, ref in enumerate(members)}
+
+
+def ensemble_module_args(cfg: DictConfig, members: list[TeacherRef]) -> dict[str, Any]:
+    """The DistillationModule's arguments for an ensemble, and each member's file recorded in `cfg`
+    (as `teacher.ckpt_path` is for one teacher; locations are not part of a run's identity)."""
+    specs = []
+    for spec, ref in zip(cfg.teacher.members, members, strict=True):
+        with open_dict(spec):
+            spec.ckpt_path = ref.checkpoint
+        specs.append({"net": plain(spec.model), "ckpt": ref.checkpoint, "sha256": ref.sha256})
+    return {"teacher_net": None, "teacher_ckpt": None, "members": specs, "combine": plain(cfg.teacher.combine)}

@@ -17,9 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.checkpoints import CheckpointError, load_checkpoint
+from kdlab.config import CONFIG_DIR, plain
 from kdlab.identity import differences
 from kdlab.losses import build_terms
+from kdlab.losses.base import check_term_members
+from kdlab.modules.ensemble import check_combination
+from kdlab.sweeps import check_launcher_strategy
 
+log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 
 
@@ -40,6 +45,11 @@ def check_name(name: object) -> str:
 
 def is_distillation(cfg: DictConfig) -> bool:
     return str(OmegaConf.select(cfg, "module._target_", default="")).endswith("DistillationModule")
+
+
+def is_ensemble(cfg: DictConfig) -> bool:
+    """A distillation run whose teacher is a list of members (teacher=ensemble)."""
+    return is_distillation(cfg) and OmegaConf.select(cfg, "teacher.members", default=None) is not None
 
 
 @contextmanager
@@ -104,6 +114,7 @@ def validate_config(cfg: DictConfig) -> None:
         )
     instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
     _check_trainer(cfg)
+    check_launcher_strategy(cfg)  # script-relaunching DDP cannot run inside a submitit local job
     student = instantiate(cfg.model)
     if not is_distillation(cfg):
         return
@@ -113,14 +124,107 @@ def validate_config(cfg: DictConfig) -> None:
             "or start from experiment=distill_mlp."
         )
     terms = build_terms(cfg.distill.losses)
-    teacher = instantiate(cfg.teacher.model)
-    for name, term in terms.items():
-        if term.weight:
-            _check_layers(student, set(term.student_layers), "student", f"distill.losses.{name}")
-            _check_layers(teacher, set(term.teacher_layers), "teacher", f"distill.losses.{name}")
+    members = _check_members(cfg) if is_ensemble(cfg) else None
+    teacher = instantiate(cfg.teacher.model) if members is None else None
+    active = {name: term for name, term in terms.items() if term.weight}
+    check_term_members(active, None if members is None else len(members))
+    for name, term in active.items():
+        _check_layers(student, set(term.student_layers), "student", f"distill.losses.{name}")
+        if term.teacher_layers:
+            if term.member is None:
+                _check_layers(teacher, set(term.teacher_layers), "teacher", f"distill.losses.{name}")
+            else:
+                role = f"teacher member {term.member}"
+                _check_layers(members[term.member], set(term.teacher_layers), role, f"distill.losses.{name}")
 
 
-def check_resume(ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[str, ...]) -> None:
+MEMBER_KEYS = {"model", "recipe", "seed", "overrides", "ckpt_path"}  # one teacher's keys (conf/teacher/*.yaml)
+ENSEMBLE_KEYS = {"members", "combine", "nets"}  # nets: architectures the members refer to
+
+
+def _check_members(cfg: DictConfig) -> list[Any]:
+    """Every member of teacher=ensemble is a whole teacher config that can work; returns their nets.
+
+    All are checked before the first member is provisioned, so a typo in the third member never
+    costs the training of the first two.
+    """
+    spec = cfg.teacher
+    if unknown := sorted(set(spec) - ENSEMBLE_KEYS):
+        raise ConfigError(
+            f"teacher has key(s) {unknown} next to teacher.members: an ensemble's teachers are its members, each "
+            f"with its own {', '.join(sorted(MEMBER_KEYS))}; set those under teacher.members.<i>. "
+            f"The ensemble itself takes only {', '.join(sorted(ENSEMBLE_KEYS))}."
+        )
+    members = spec.members
+    if not OmegaConf.is_list(members) or len(members) == 0:
+        raise ConfigError(
+            f"teacher.members must be a non-empty list of teachers, got {plain(members)!r}; "
+            "see conf/teacher/ensemble.yaml."
+        )
+    nets, seen = [], {}
+    for i, member in enumerate(members):
+        key = f"teacher.members.{i}"
+        if not OmegaConf.is_dict(member):
+            raise ConfigError(f"{key} must be a teacher config ({', '.join(sorted(MEMBER_KEYS))}), got {member!r}.")
+        if unknown := sorted(set(member) - MEMBER_KEYS):
+            raise ConfigError(f"{key} has unknown key(s) {unknown}; a member takes {', '.join(sorted(MEMBER_KEYS))}.")
+        if missing := sorted({"model", "recipe", "seed"} - set(member)):
+            raise ConfigError(
+                f"{key} lacks {missing}: a member needs its model, the recipe that trains it (an experiment name, "
+                f"e.g. train_teacher_cnn) and its own seed, like conf/teacher/cnn_small.yaml."
+            )
+        try:
+            nets.append(instantiate(member.model))
+        except Exception as err:
+            raise ConfigError(f"{key}.model cannot be built: {err}") from err
+        seed, overrides, ckpt = member.seed, member.get("overrides", []), member.get("ckpt_path")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"{key}.seed must be an integer or null, got {seed!r}.")
+        if not OmegaConf.is_list(overrides) or not all(isinstance(o, str) for o in overrides):
+            raise ConfigError(
+                f"{key}.overrides must be a list of overrides for its training run, e.g. "
+                f'{key}.overrides=["trainer.max_epochs=5"], got {plain(overrides)!r}.'
+            )
+        if ckpt and not Path(ckpt).expanduser().is_file():
+            raise FileNotFoundError(
+                f"{key}.ckpt_path={ckpt!r} does not exist. Give the path of a TeacherModule checkpoint, a state_dict "
+                f".pt or a .safetensors file, or set {key}.ckpt_path=null to use (or train) the cached teacher of "
+                f"{key}.recipe."
+            )
+        if not ckpt and not (CONFIG_DIR / "experiment" / f"{member.recipe}.yaml").is_file():
+            known = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("train_*.yaml"))
+            raise ConfigError(
+                f"{key}.recipe={member.recipe!r} is not an experiment in conf/experiment/: the recipe trains this "
+                f"member when it has no ckpt_path. Use one of {', '.join(known)} (or give {key}.ckpt_path)."
+            )
+        same = repr(plain(member))
+        if same in seen:
+            log.warning(
+                "teacher.members.%d and teacher.members.%d are the same teacher (same recipe, net, seed, overrides): "
+                "the ensemble counts it twice. Give each member its own seed if that was not meant.",
+                seen[same],
+                i,
+            )
+        seen.setdefault(same, i)
+    try:
+        check_combination(spec.get("combine") or {}, len(nets))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return nets
+
+
+# What an evaluation (train=false) may change: how training went is the checkpoint's business; the
+# nets, the data, the teacher (by checksum) and the code must still be the checkpoint's own.
+EVALUATION_FREE_KEYS = ("trainer", "optimizer", "scheduler", "seed", "callbacks", "distill")
+
+
+def _without(config: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if config is None else {k: v for k, v in config.items() if k not in keys}
+
+
+def check_resume(
+    ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[str, ...], evaluation: bool = False
+) -> None:
     """Refuse to resume (or test) from a checkpoint of another run: another recipe, data or teacher.
 
     `parts` are the entries of `identity` to compare now ("config", "data", "code"; "teacher" once
@@ -135,6 +239,9 @@ def check_resume(ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[s
             "made by other code or an older kdlab). Resume only from checkpoints this kdlab wrote; to reuse "
             "weights, give them as teacher.ckpt_path or load them into a new run's model."
         )
+    if evaluation:  # only what the tested weights and their teacher depend on must match
+        saved = {**saved, "config": _without(saved.get("config"), EVALUATION_FREE_KEYS)}
+        identity = {**identity, "config": _without(identity.get("config"), EVALUATION_FREE_KEYS)}
     found = [d for part in parts for d in differences({part: saved.get(part)}, {part: identity.get(part)})]
     if found:
         shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")

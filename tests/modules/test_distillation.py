@@ -188,6 +188,8 @@ def test_every_rank_computes_every_metric_even_without_batches(teacher_file, mon
         monkeypatch.setattr(metric, "compute", lambda name=name: computed.append(name) or torch.tensor(0.0))
     monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     module.log_stage("val")  # this rank saw no batch at all
-    assert sorted(computed) == sorted(module.val_metrics) == sorted(
-        ["loss", "loss_ce", "loss_kd", "loss_hint", "acc", "agreement", "kl"]
+    assert (
+        sorted(computed)
+        == sorted(module.val_metrics)
+        == sorted(["loss", "loss_ce", "loss_kd", "loss_hint", "acc", "agreement", "kl"])
     )

@@ -22,21 +22,28 @@ class LossInputs:
 
     student_logits: Tensor  # [B, C]
     target: Tensor  # [B] int64
-    teacher_logits: Tensor | None = None
+    teacher_logits: Tensor | None = None  # an ensemble's: its members combined (kdlab.modules.ensemble)
     student_features: dict[str, Tensor] = field(default_factory=dict)  # module name -> output
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    member_logits: list[Tensor] | None = None  # an ensemble's members', in member order; None for one teacher
+    member_features: list[dict[str, Tensor]] = field(default_factory=list)  # per member: module name -> output
 
 
 class LossTerm(nn.Module, abc.ABC):
-    """One weighted term of the total loss; the module sums weight * term(inputs)."""
+    """One weighted term of the total loss; the module sums weight * term(inputs).
+
+    `member` (terms that read the teacher): None reads the teacher, or an ensemble's combined
+    output; an index reads that one member of an ensemble (multi-teacher distillation).
+    """
 
     needs_teacher: bool = True
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, member: int | None = None) -> None:
         super().__init__()
         self.weight = check_number(
             self, "weight", weight, minimum=0.0, inclusive=True, why="It scales this term in the total loss."
         )
+        self.member = check_member(self, member)
 
     @property
     def student_layers(self) -> tuple[str, ...]:
@@ -57,7 +64,12 @@ class LossTerm(nn.Module, abc.ABC):
         """The unweighted scalar term; the caller applies `weight` so it can log both."""
 
     def teacher_logits(self, inputs: LossInputs) -> Tensor:
-        """The teacher's logits as a fixed target: detached, so no gradient can reach the teacher."""
+        """The teacher's logits as a fixed target: detached, so no gradient can reach the teacher.
+
+        With `member` set, that ensemble member's logits instead of the combined ones.
+        """
+        if self.member is not None:
+            return self._member_entry(inputs.member_logits, "logits").detach()
         if inputs.teacher_logits is None:
             raise ValueError(
                 f"{type(self).__name__} compares the student with the teacher, but LossInputs.teacher_logits "
@@ -66,8 +78,24 @@ class LossTerm(nn.Module, abc.ABC):
             )
         return inputs.teacher_logits.detach()
 
+    def teacher_features(self, inputs: LossInputs) -> dict[str, Tensor]:
+        """The teacher's tapped features, or those of ensemble member `member`."""
+        if self.member is not None:
+            return self._member_entry(inputs.member_features, "features")
+        return inputs.teacher_features
+
+    def _member_entry(self, entries: list | None, what: str):
+        if not entries or self.member >= len(entries):
+            count = len(entries) if entries else 0
+            raise ValueError(
+                f"{type(self).__name__} reads teacher member {self.member}, but this batch has the {what} of "
+                f"{count} member(s). `member` indexes teacher.members (0 is the first); set it within range, "
+                "or drop it to read the single (or combined) teacher."
+            )
+        return entries[self.member]
+
     def extra_repr(self) -> str:
-        return f"weight={self.weight}"
+        return f"weight={self.weight}" + (f", member={self.member}" if self.member is not None else "")
 
 
 def known_terms() -> list[str]:
@@ -130,6 +158,41 @@ def check_number(term: object, name: str, value: object, *, minimum: float, incl
             + f"Set {name} in the term's config (conf/loss/*.yaml, or distill.losses.<term>.{name})."
         )
     return float(value)
+
+
+def check_member(term: object, member: object) -> int | None:
+    """An ensemble member's index (an int >= 0) or None, or a ValueError saying what `member` means."""
+    if member is None:
+        return None
+    if isinstance(member, bool) or not isinstance(member, int) or member < 0:
+        raise ValueError(
+            f"{type(term).__name__}: member must be the index of a teacher in teacher.members (0, 1, ...) or "
+            f"null for the single (or combined) teacher, got {member!r}. Set distill.losses.<term>.member."
+        )
+    return member
+
+
+def check_term_members(terms: Mapping[str, LossTerm], members: int | None, prefix: str = "distill.losses") -> None:
+    """Each term's `member` names a member of this run's ensemble (`members` of them, None for one
+    teacher), and a term that reads teacher features from an ensemble names whose."""
+    for name, term in terms.items():
+        key = f"{prefix}.{name}.member"
+        if term.member is not None and not members:
+            raise ValueError(
+                f"{key}={term.member} reads one member of an ensemble, but this run has a single teacher. "
+                f"Drop {key}, or distil from an ensemble (teacher=ensemble)."
+            )
+        if term.member is not None and term.member >= members:
+            raise ValueError(
+                f"{key}={term.member} names no member: the ensemble (teacher.members) has {members}, "
+                f"numbered 0 to {members - 1}. Set {key} within that range."
+            )
+        if term.member is None and members and term.teacher_layers:
+            raise ValueError(
+                f"{prefix}.{name} reads teacher layer(s) {list(term.teacher_layers)}, but the teacher is an ensemble "
+                f"of {members} nets: set {key}=<index> to the member whose features it reads "
+                f"(+{key}=0 if the term's config has no `member` key)."
+            )
 
 
 def check_reduction(term: object, reduction: object) -> str:

@@ -13,11 +13,20 @@ class Hint(LossTerm):
     The student's layer is usually narrower than the teacher's, so a learnable regressor maps it
     into the teacher's shape; it is trained with the student and thrown away after distillation.
     build() sizes it from real features: identity when the shapes already match, a 1x1 Conv2d for
-    4-D maps of equal spatial size, otherwise a Linear on the flattened features.
+    4-D maps of equal spatial size, otherwise a Linear on the flattened features. With an ensemble
+    as teacher, `member` names the member whose `teacher_layer` is the target.
     """
 
-    def __init__(self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, reduction: str = "mean") -> None:
-        super().__init__(weight)
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        student_layer: str,
+        teacher_layer: str,
+        reduction: str = "mean",
+        member: int | None = None,
+    ) -> None:
+        super().__init__(weight, member)
         for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
             if not isinstance(name, str) or not name:
                 raise ValueError(
@@ -64,7 +73,7 @@ class Hint(LossTerm):
             )
         student = self._feature(inputs.student_features, self.student_layer, "student")
         # The teacher's feature is a fixed target: no gradient may reach the teacher.
-        teacher = self._feature(inputs.teacher_features, self.teacher_layer, "teacher").detach()
+        teacher = self._feature(self.teacher_features(inputs), self.teacher_layer, "teacher").detach()
         if self.flatten:
             student, teacher = student.flatten(1), teacher.flatten(1)
         return squared_error(self.regressor(student), teacher, self.reduction)

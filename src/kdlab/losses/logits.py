@@ -39,11 +39,12 @@ class KD(LossTerm):
     """Hinton et al. 2015 soft targets: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over samples.
 
     The T^2 factor keeps the gradient scale independent of T, so the weight need not be retuned
-    when T is swept.
+    when T is swept. With an ensemble, t is the members combined (teacher.combine); with `member: i`,
+    member i alone, so one KD term per member, each with its own weight, is multi-teacher KD.
     """
 
-    def __init__(self, *, weight: float = 0.9, temperature: float = 4.0) -> None:
-        super().__init__(weight)
+    def __init__(self, *, weight: float = 0.9, temperature: float = 4.0, member: int | None = None) -> None:
+        super().__init__(weight, member)
         self.temperature = check_number(
             self, "temperature", temperature, minimum=0.0, inclusive=False, why=_TEMPERATURE_WHY
         )
@@ -61,8 +62,8 @@ class KD(LossTerm):
 class LogitMSE(LossTerm):
     """Squared error between student and teacher logits, as in the reference article's code."""
 
-    def __init__(self, *, weight: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__(weight)
+    def __init__(self, *, weight: float = 1.0, reduction: str = "mean", member: int | None = None) -> None:
+        super().__init__(weight, member)
         self.reduction = check_reduction(self, reduction)
 
     def forward(self, inputs: LossInputs) -> Tensor:
@@ -82,8 +83,16 @@ class DKD(LossTerm):
     Everything stays in log space, so confident teachers give no log(0).
     """
 
-    def __init__(self, *, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
-        super().__init__(weight)
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        member: int | None = None,
+    ) -> None:
+        super().__init__(weight, member)
         self.alpha = check_number(self, "alpha", alpha, minimum=0.0, inclusive=True)
         self.beta = check_number(self, "beta", beta, minimum=0.0, inclusive=True)
         self.temperature = check_number(

@@ -1,6 +1,6 @@
-"""A frozen teacher, a trainable student and a weighted sum of loss terms."""
+"""A frozen teacher (or an ensemble of them), a trainable student and a weighted sum of loss terms."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -11,8 +11,11 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.checkpoints import CheckpointError, load_weights, sha256_file
+from kdlab.config import plain
 from kdlab.losses import LossInputs
+from kdlab.losses.base import check_term_members
 from kdlab.modules.base import ClassifierSystem
+from kdlab.modules.ensemble import TeacherEnsemble, check_combination
 from kdlab.modules.taps import FeatureTap
 from kdlab.teacher_outputs import TeacherOutputs, TeacherOutputsError
 
@@ -26,21 +29,29 @@ class DistillationModule(ClassifierSystem):
     for the whole run (re-asserted whenever Lightning calls `.train()`), so its dropout and
     batch-norm statistics never change. Checkpoints leave the teacher out; it is re-read from
     `teacher_ckpt` on load.
+
+    An ensemble comes as `members` (each {net, ckpt, sha256}) and `combine` ({mode, temperature,
+    weights}) instead of `teacher_net`/`teacher_ckpt`: `self.teacher` is then a TeacherEnsemble,
+    frozen in the same three ways, whose members are each re-read from their own file on load.
     """
 
     def __init__(
         self,
         net: Mapping,
-        teacher_net: Mapping,
-        teacher_ckpt: str,
+        teacher_net: Mapping | None,
+        teacher_ckpt: str | None,
         losses: Mapping[str, Mapping | None],
         optimizer: Mapping,
         scheduler: Mapping | None = None,
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 28, 28),
         teacher_sha256: str | None = None,
+        members: Sequence[Mapping] | None = None,
+        combine: Mapping | None = None,
         compile: bool = False,  # module.compile=true compiles the student (torch.compile)
     ) -> None:
+        # Only an ensemble adds its keys: a single teacher's hyperparameters stay exactly as they were.
+        ensemble = {} if members is None else {"members": [plain(m) for m in members], "combine": plain(combine) or {}}
         super().__init__(
             net=net,
             losses=losses,
@@ -52,36 +63,65 @@ class DistillationModule(ClassifierSystem):
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
             teacher_sha256=teacher_sha256,
             input_shape=tuple(input_shape),
+            **ensemble,
         )
-        if not teacher_ckpt:
-            raise ValueError(
-                "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
-                "train.py so the teacher is found in the cache or trained first."
-            )
-        exists = Path(teacher_ckpt).is_file()
-        if teacher_sha256 is not None and exists and (found := sha256_file(teacher_ckpt)) != teacher_sha256:
-            raise CheckpointError(
-                f"The teacher file {teacher_ckpt} has changed since this student was distilled from it "
-                f"(sha256 {found[:12]}... now, {teacher_sha256[:12]}... then). A student resumed or reloaded "
-                "against another teacher would silently mix two experiments. Restore the original teacher "
-                "file, or start a new run with the new teacher."
-            )
-        self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
+        terms = [self.losses[name] for name in self.active_terms]
+        check_term_members({n: self.losses[n] for n in self.active_terms}, None if members is None else len(members))
+        if members is not None:
+            self.teacher = self._load_members(self.hparams.members, self.hparams.combine, teacher_ckpt)
+        else:
+            if not teacher_ckpt:
+                raise ValueError(
+                    "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
+                    "train.py so the teacher is found in the cache or trained first."
+                )
+            _check_unchanged(teacher_ckpt, teacher_sha256, "teacher")
+            self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
-        terms = [self.losses[name] for name in self.active_terms]
         self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
-        self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
+        if self.is_ensemble:  # each member taps the layers of the terms that name it
+            self.teacher_tap = FeatureTap(self.teacher, (), "teacher")
+            self.member_taps = [
+                FeatureTap(m, {n for t in terms if t.member == i for n in t.teacher_layers}, f"teacher member {i}")
+                for i, m in enumerate(self.teacher.members)
+            ]
+        else:
+            self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
+            self.member_taps = []
         self._build_terms(terms, input_shape)
         # The teacher's logits of every training view, when cached (kdlab.teacher_outputs); not saved in
         # checkpoints. Validation and test always run the teacher.
         self.teacher_outputs: TeacherOutputs | None = None
         self._check_outputs = False  # compare the first training batch of each fit with the live teacher
 
+    @staticmethod
+    def _load_members(members: Sequence[Mapping], combine: Mapping, teacher_ckpt: str | None) -> TeacherEnsemble:
+        """Each member's net from its own file (checked against its sha256), and their combination."""
+        if teacher_ckpt or not members:
+            raise ValueError(
+                "DistillationModule takes either one teacher (teacher_net, teacher_ckpt) or an ensemble (members, "
+                f"at least one), not both; got teacher_ckpt={teacher_ckpt!r} and {len(members)} member(s)."
+            )
+        nets = []
+        for i, member in enumerate(members):
+            if not member.get("ckpt"):
+                raise ValueError(
+                    f"Teacher member {i} has no weights file (members.{i}.ckpt is empty): train.py fills it in "
+                    f"from the teacher cache, or set teacher.members.{i}.ckpt_path."
+                )
+            _check_unchanged(member["ckpt"], member.get("sha256"), f"teacher member {i}")
+            nets.append(load_weights(instantiate(member["net"]), member["ckpt"], role=f"teacher.members.{i}"))
+        return TeacherEnsemble(nets, **check_combination(combine, len(nets), key="teacher.combine"))
+
     @property
     def student(self) -> nn.Module:
         return self.net
+
+    @property
+    def is_ensemble(self) -> bool:
+        return isinstance(self.teacher, TeacherEnsemble)
 
     def _build_terms(self, terms: list, input_shape: tuple[int, ...]) -> None:
         """One dry pass so terms can size their own parameters (e.g. a hint regressor) up front."""
@@ -92,8 +132,9 @@ class DistillationModule(ClassifierSystem):
             self.net(example)
             self.teacher(example)
         student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
+        member_feats = [tap.pop() for tap in self.member_taps]
         for term in terms:  # weight-0 terms are neither tapped nor built
-            term.build(student_feats, teacher_feats)
+            term.build(student_feats, teacher_feats if term.member is None else member_feats[term.member])
         self.net.train(was_training)
 
     def train(self, mode: bool = True):
@@ -130,6 +171,8 @@ class DistillationModule(ClassifierSystem):
         return self.teacher_outputs.lookup(batch[2], shift)
 
     def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+        if self.is_ensemble:
+            return self.ensemble_views(x, y)
         if teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
@@ -159,6 +202,30 @@ class DistillationModule(ClassifierSystem):
                 "runtime.teacher_cache=off, and report this."
             )
 
+    # -- an ensemble's members ----------------------------------------------------------------------
+    def member_logits(self, x: torch.Tensor, batch=None) -> list[torch.Tensor]:
+        """Each ensemble member's logits for this batch, in member order, without a graph.
+
+        The one place members are run: today live, frozen nets; a per-member output cache (looked up
+        by the batch's image indices and shifts, `batch` a kdlab.data.Batch) plugs in here.
+        """
+        with torch.no_grad():
+            return [member(x) for member in self.teacher.members]
+
+    def ensemble_views(self, x: torch.Tensor, y: torch.Tensor, batch=None) -> LossInputs:
+        """views() for an ensemble: `teacher_logits` are the members combined, each member's kept too."""
+        members = self.member_logits(x, batch)
+        member_feats = [tap.pop() for tap in self.member_taps]
+        student_logits = self.net(x)
+        return LossInputs(
+            student_logits=student_logits,
+            target=y,
+            teacher_logits=self.teacher.combine(members),
+            student_features=self.student_tap.pop(),
+            member_logits=members,
+            member_features=member_feats,
+        )
+
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         metrics = super().stage_metrics(stage, num_classes)
         if stage != "train":  # how closely the student follows the teacher, on held-out images
@@ -166,6 +233,9 @@ class DistillationModule(ClassifierSystem):
             metrics["kl"] = MeanMetric()
         if stage == "test":  # the teacher on the very same test images, computed in the one test pass
             metrics["teacher_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            # and each ensemble member on them (called before the members exist: count them in hparams)
+            for i in range(len(self.hparams.get("members") or ())):
+                metrics[f"member{i}_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
         return metrics
 
     def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
@@ -179,6 +249,8 @@ class DistillationModule(ClassifierSystem):
         )
         if stage == "test":
             metrics["teacher_acc"].update(t, inputs.target)
+            for i, logits in enumerate(inputs.member_logits or ()):
+                metrics[f"member{i}_acc"].update(logits, inputs.target)
 
     # -- checkpoints: the teacher lives in its own file, not in every student checkpoint ------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -188,3 +260,14 @@ class DistillationModule(ClassifierSystem):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
+
+
+def _check_unchanged(path: str, sha256: str | None, role: str) -> None:
+    """Refuse a teacher file whose content differs from the one this student was distilled from."""
+    if sha256 is not None and Path(path).is_file() and (found := sha256_file(path)) != sha256:
+        raise CheckpointError(
+            f"The {role} file {path} has changed since this student was distilled from it "
+            f"(sha256 {found[:12]}... now, {sha256[:12]}... then). A student resumed or reloaded "
+            "against another teacher would silently mix two experiments. Restore the original teacher "
+            "file, or start a new run with the new teacher."
+        )
