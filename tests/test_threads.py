@@ -1,4 +1,4 @@
-"""Threads follow the CPUs a job was given and the kdlab runs already going; OpenMP waits passively."""
+"""Threads follow the CPUs a job was given and the kdlab runs already going; idle OpenMP workers soon sleep."""
 
 from __future__ import annotations
 
@@ -91,17 +91,20 @@ def test_omp_num_threads_and_runtime_threads_win(fresh, monkeypatch):
         threads.configure_threads("many")
 
 
-def test_openmp_waits_passively_unless_the_environment_says_otherwise():
-    script = "import kdlab.threads, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = [sys.executable, "-c", script]
-    assert subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
-    active = subprocess.run(run, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
-    assert active.stdout.strip() == "ACTIVE"
-    # too late once torch is loaded: OpenMP has read its policy; kdlab then leaves the variable alone
-    late = "import torch, kdlab.threads, os; print(os.environ.get('OMP_WAIT_POLICY'))"
-    after = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True)
-    assert after.stdout.strip() == "None"
+def test_idle_openmp_workers_spin_briefly_unless_the_environment_says_otherwise():
+    script = "import kdlab.threads, os; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def run(extra: dict[str, str], code: str = script) -> str:
+        done = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run({}) == "20000 None"
+    assert run({"OMP_WAIT_POLICY": "PASSIVE"}) == "None PASSIVE"  # the user's choice stands
+    assert run({"GOMP_SPINCOUNT": "5"}) == "5 None"
+    # too late once torch is loaded: OpenMP has read its policy already; kdlab then leaves it alone
+    assert run({}, "import torch, kdlab.threads, os; print(os.environ.get('GOMP_SPINCOUNT'))") == "None"
 
 
 def test_a_run_records_its_threads(make_cfg, monkeypatch, tmp_path):
