@@ -175,6 +175,9 @@ def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
     assert with_hint == {"used": False, "reason": "the loss term(s) hint read teacher features, which are not cached"}
     assert "The teacher runs live in training: the loss term(s) hint" in caplog.text
     assert provide_teacher_outputs(*setup(cache="off"))["used"] is False
+    cfg, *rest = setup()
+    cfg.train = False  # an evaluation trains nothing: no outputs to build
+    assert provide_teacher_outputs(cfg, *rest) == {"used": False, "reason": "nothing is trained (train=false)"}
     _, module, *_ = setup(losses={**KD, "hint": HINT})
     with pytest.raises(ValueError, match="read teacher features"):
         module.use_teacher_outputs(TeacherOutputs(torch.zeros(2, 25, 10), 2))

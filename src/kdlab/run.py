@@ -7,7 +7,7 @@ healthy, full run exits 0.
 
 from __future__ import annotations
 
-import kdlab.threads  # first, before torch: it sets OpenMP's wait policy, read once when torch loads it
+import kdlab.threads  # first, before torch: it sets how idle OpenMP workers wait, read once when torch loads
 
 # isort: split
 import logging

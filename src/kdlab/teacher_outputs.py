@@ -287,6 +287,8 @@ def why_live(cfg: DictConfig, module, datamodule) -> str | None:
         )
     if mode == "off":
         return "runtime.teacher_cache=off"
+    if not OmegaConf.select(cfg, "train", default=True):
+        return "nothing is trained (train=false)"
     if not hasattr(module, "use_teacher_outputs"):
         return f"{type(module).__name__} cannot read cached teacher outputs"
     if getattr(module, "is_ensemble", False):  # DistillationModule.member_logits is where a per-member cache plugs in
