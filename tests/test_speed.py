@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_DATA = ("data.verify=false", "data.mirrors=[]", "data.pypi_package=null", "data.val_size=200",
              "data.eval_batch_size=200")  # fmt: skip

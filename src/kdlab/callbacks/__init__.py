@@ -3,6 +3,7 @@
 from kdlab.callbacks.epoch_lines import EpochLines
 from kdlab.callbacks.hparams import TensorBoardSession
 from kdlab.callbacks.interrupts import Interrupted, InterruptHandler
+from kdlab.callbacks.progress import RichBar
 from kdlab.callbacks.resume import ResumeState
 
-__all__ = ["EpochLines", "InterruptHandler", "Interrupted", "ResumeState", "TensorBoardSession"]
+__all__ = ["EpochLines", "InterruptHandler", "Interrupted", "ResumeState", "RichBar", "TensorBoardSession"]
