@@ -12,8 +12,8 @@ from hydra.core.utils import JobRuntime
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
-# The repo's conf/ (kdlab is installed editable from the repo: `make setup`).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Package data, so an installed wheel composes the same configs; the repo's conf/ is a link to it.
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """MNISTDataModule on synthetic data: shapes, split, batching, and the on-device batch hook."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,10 +8,11 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningModule, Trainer
 from omegaconf import OmegaConf
 
+from kdlab.config import CONFIG_DIR
 from kdlab.data import Batch, MNISTDataModule, ShuffledBatches, normalize, shift_images
 from kdlab.data import datamodule as datamodule_module
 
-CONF = Path(__file__).parents[2] / "conf" / "data" / "mnist.yaml"
+CONF = CONFIG_DIR / "data" / "mnist.yaml"
 
 
 def make_dm(mnist_dir, **overrides):

@@ -1,16 +1,15 @@
 """Hint (FitNets): the regressor build() creates, what the loss reads, and where its gradients go."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from kdlab.config import CONFIG_DIR
 from kdlab.losses import Hint, LossInputs
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
+CONF = CONFIG_DIR / "loss"
 
 
 def hint(**kwargs):

@@ -1,16 +1,16 @@
 """CE, KD, LogitMSE and DKD against values worked out by hand (formulas written out, not re-derived)."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from kdlab.config import CONFIG_DIR
 from kdlab.losses import CE, DKD, KD, LogitMSE, LossInputs, LossTerm
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
+CONF = CONFIG_DIR / "loss"
 
 # The reference article, section 4.3: five 3-d features, the teacher's each 0.1 larger.
 ARTICLE_STUDENT = torch.arange(1.0, 16.0).reshape(5, 3)  # rows [1,2,3], [4,5,6], ..., [13,14,15]

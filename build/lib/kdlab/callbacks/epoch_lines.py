@@ -1,0 +1,71 @@
+"""One line per epoch in the log: progress that survives redirection (`make run > log`, SLURM, CI).
+
+Rich's live bar draws nothing into a file, so without a terminal (or with the bar off) a 45-minute
+teacher training would print nothing at all and look like a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger("kdlab.progress")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _pct(value: torch.Tensor | float | None) -> str:
+    return "-" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.2f}%"
+
+
+class EpochLines(L.Callback):
+    """`[label] epoch 3/30  train loss 0.1234  val acc 98.12%  best 98.20%  2.3s  ETA 1m02s`."""
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self._epoch_start = 0.0
+        self._fit_start = 0.0
+        self._first_epoch = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        self._first_epoch = trainer.current_epoch  # a resumed run does not start at 0
+        self._say(f"training for {trainer.max_epochs} epochs ({trainer.num_training_batches} steps each)")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Callbacks run before the module's own epoch-end hook, which logs the train loss; the metric
+        # computed here is cached, so the module's compute() costs nothing more.
+        metrics = getattr(pl_module, "train_metrics", {})
+        loss = metrics["loss"].compute() if "loss" in metrics and metrics["loss"].update_count else None
+        now = time.perf_counter()
+        done = trainer.current_epoch + 1 - self._first_epoch
+        left = (trainer.max_epochs or 0) - trainer.current_epoch - 1
+        eta = (now - self._fit_start) / done * left if done > 0 and left > 0 else 0.0
+        metrics = trainer.callback_metrics
+        self._say(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
+            f"train loss {'-' if loss is None else f'{float(loss):.4f}'}  "
+            f"val acc {_pct(metrics.get('val/acc'))}  best {_pct(metrics.get('val/acc_best'))}  "
+            f"{_duration(now - self._epoch_start)}  ETA {_duration(eta)}"
+        )
+
+    @rank_zero_only
+    def _say(self, text: str) -> None:
+        log.info("%s%s", f"[{self.label}] " if self.label else "", text)

@@ -1,0 +1,68 @@
+"""TensorBoard's HPARAMS tab, complete every time: the session starts when training does, ends when the run does.
+
+The entry is written while the logger is open (not after `trainer.test`, when Lightning has already
+closed it), lists the keys a researcher varies (not mirror URLs), and its metric columns are the
+scalar tags the run logs anyway (`test/acc`, `val/acc_best`, ...), so no one-point charts appear.
+The session-end record carries the run's status, and the writer is flushed and closed afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+METRIC_TAGS = ("test/acc", "val/acc_best", "test/teacher_acc", "test/agreement", "test/kl")
+
+
+class TensorBoardSession(L.Callback):
+    def __init__(self, hparams: dict[str, Any], metric_tags: tuple[str, ...] = METRIC_TAGS) -> None:
+        self.hparams = hparams
+        self.metric_tags = metric_tags
+        self._started: list[TensorBoardLogger] = []
+
+    @rank_zero_only
+    def _start(self, trainer) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and logger not in self._started:
+                exp, ssi, _ = hparams_summary(self.hparams, dict.fromkeys(self.metric_tags, 0.0))
+                writer = logger.experiment._get_file_writer()
+                writer.add_summary(exp)
+                writer.add_summary(ssi)
+                writer.flush()
+                self._started.append(logger)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start(trainer)  # train=false runs test only
+
+    @rank_zero_only
+    def end(self, success: bool) -> None:
+        """Write the session end and close every writer; called once, when the run's record is final."""
+        for logger in self._started:
+            writer = logger.experiment._get_file_writer()
+            writer.add_summary(session_end(success))
+            logger.experiment.flush()
+            logger.experiment.close()
+        self._started = []
+
+
+def session_end(success: bool):
+    """The HPARAMS session-end summary with the run's status (torch's `hparams()` only writes SUCCESS)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    status = Status.Value("STATUS_SUCCESS" if success else "STATUS_FAILURE")
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=PLUGIN_DATA_VERSION)
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
+    )
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])

@@ -1,0 +1,71 @@
+"""Whole-batch image transforms as tensor ops, run after the batch reaches its device.
+
+Per-sample transforms in DataLoader workers would cost more than the tiny MLPs they feed; here one
+batched op handles a whole batch on the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MNIST_MEAN = 0.1307  # mean pixel of MNIST's 60k training images, on the 0..1 scale
+MNIST_STD = 0.3081
+
+
+def normalize(x_uint8: Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Tensor:
+    """Pixel bytes to standardised float32: ``(x / 255 - mean) / std``."""
+    if x_uint8.dtype != torch.uint8:
+        raise TypeError(
+            f"normalize expects raw uint8 pixels but got {x_uint8.dtype}; the batch was probably "
+            "normalised already (e.g. both the DataModule and the LightningModule transform it). "
+            "Normalise exactly once."
+        )
+    return (x_uint8.to(torch.float32) / 255.0 - mean) / std
+
+
+def shift_images(x: Tensor, offsets: Tensor) -> Tensor:
+    """Translate each image of a [B, C, H, W] batch by its own (dy, dx), filling with zeros.
+
+    ``offsets`` is an integer [B, 2] tensor; positive dy moves content down, positive dx right,
+    so ``out[b, :, r, c] == x[b, :, r - dy, c - dx]`` where that pixel exists, else 0.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"shift_images expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+    if offsets.shape != (x.shape[0], 2):
+        raise ValueError(f"offsets must have shape ({x.shape[0]}, 2) for this batch, got {tuple(offsets.shape)}")
+    pad = int(offsets.abs().max()) if x.shape[0] else 0  # one host sync; random_shift knows it already
+    return _shift_padded(x, offsets, pad)
+
+
+def _shift_padded(x: Tensor, offsets: Tensor, pad: int) -> Tensor:
+    """``shift_images`` for offsets known to lie within ``[-pad, pad]``: pad once, gather once."""
+    if pad == 0:
+        return x
+    b, c, h, w = x.shape
+    offsets = offsets.to(device=x.device, dtype=torch.long)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # padded[r + pad, c + pad] == x[r, c]
+    rows = torch.arange(h, device=x.device) + pad - offsets[:, :1]  # [B, H]
+    cols = torch.arange(w, device=x.device) + pad - offsets[:, 1:]  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Shift each image by independent random offsets in ``[-max_shift, max_shift]`` on both axes.
+
+    Returns the shifted batch and the int64 [B, 2] (dy, dx) offsets applied, on ``x``'s device, so
+    ``shift_images(x, offsets)`` reproduces it. Draws from ``generator`` if given (on its device),
+    otherwise from the global RNG of the batch's device.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0 (pixels), got {max_shift}")
+    if x.ndim != 4:
+        raise ValueError(f"random_shift expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
+    if max_shift == 0:
+        return x, torch.zeros(x.shape[0], 2, dtype=torch.long, device=x.device)
+    device = generator.device if generator is not None else x.device
+    offsets = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 2), generator=generator, device=device)
+    offsets = offsets.to(x.device)
+    return _shift_padded(x, offsets, max_shift), offsets

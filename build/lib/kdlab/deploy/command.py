@@ -1,0 +1,241 @@
+"""Ship a run: export its net(s), prove each file right on the whole test set, time them, report.
+
+Order matters: a file is written under a temporary name, loaded back and checked (it loads, its
+manifest names this net, it matches PyTorch on every test image), and only then renamed to its final
+name, so a file under a final name has passed parity. Timing runs only on files that passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from kdlab.deploy.bundle import Bundle, BundleError, DeployNet, load_bundle
+from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
+from kdlab.deploy.extras import MissingDependencyError, require_formats
+from kdlab.deploy.parity import Parity, ParityError, batched_logits, compare
+from kdlab.deploy.report import DeployResult, busy_note, speed_table, write_report
+from kdlab.deploy.runtimes import TorchRunner
+from kdlab.deploy.speed import DEFAULT, QUICK, SpeedSettings, available_threads, count_flops, measure
+
+EXPORT_DIR = "export"  # under --out (default: the run folder)
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """`"1,all"` -> (1, cores available); duplicates dropped, order kept."""
+    values: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        n = available_threads() if item == "all" else int(item) if item.isdigit() else 0
+        if n < 1:
+            raise ValueError(f"--threads takes positive integers or 'all', comma-separated (e.g. 1,all); got {item!r}.")
+        if n not in values:
+            values.append(n)
+    return tuple(values)
+
+
+def _partial(path: Path) -> Path:
+    """Where a fresh export waits for its checks; the pid keeps two concurrent exports apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _parity(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_only: bool) -> tuple[list, dict, dict]:
+    """Write (unless check_only), verify and parity-check every (net, format): Parity per pair, paths by pair."""
+    threads = available_threads()
+    images, labels = bundle.test.images, bundle.test.labels
+    results: list[Parity] = []
+    written: dict[tuple[str, str], Path] = {}  # (role, fmt) -> file checked (temporary when freshly written)
+    accuracy: dict[str, float] = {}
+    try:
+        for net in bundle.nets:
+            reference = batched_logits(TorchRunner(net.model, "eager", threads), images)
+            accuracy[net.role] = float((reference.argmax(1) == labels).float().mean())
+            for fmt in formats:
+                final = export_path(export_dir, net.role, fmt)
+                path = final if check_only else write_export(net, fmt, _partial(final))
+                written[(net.role, fmt)] = path
+                runner = verify_export(path, fmt, net, threads, probe=False)  # every test image follows
+                results.append(compare(net.role, fmt, reference, batched_logits(runner, images), labels))
+    except BaseException:
+        if not check_only:
+            for path in written.values():
+                path.unlink(missing_ok=True)
+        raise
+    return results, written, accuracy
+
+
+def export_run(
+    folder: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    bench: bool = True,
+    settings: SpeedSettings = DEFAULT,
+    threads: tuple[int, ...] | None = None,
+    check_only: bool = False,
+    data_dir: str | os.PathLike | None = None,
+) -> DeployResult:
+    """Export the run's net(s) to `out/export/`, check parity, time them, write deploy.json + deploy.md.
+
+    check_only: export nothing and write no report; verify the files already in `out/export/` against the
+    run (and time them, with bench), for a file that was copied, archived or is about to be shipped.
+    Raises BundleError (bad folder), MissingDependencyError, ExportError (a file that does not load or
+    is another net's) and ParityError (numbers inside; the report is written with status "parity failed").
+    """
+    formats = tuple(dict.fromkeys(formats))
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}.")
+    require_formats(formats)
+    bundle = load_bundle(folder, data_dir)
+    out = Path(out) if out is not None else bundle.folder
+    export_dir = out / EXPORT_DIR
+    saved_threads = torch.get_num_threads()  # parity and timing set torch's global thread count
+    try:
+        parity, written, accuracy = _parity(bundle, formats, export_dir, check_only)
+        failed = [p for p in parity if not p.passed]
+        if not check_only:  # keep what passed under its final name, nothing of a failed export
+            for (role, fmt), path in written.items():
+                if failed:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.replace(path, export_path(export_dir, role, fmt))
+        result = DeployResult(
+            run={
+                "folder": str(bundle.folder),
+                "name": bundle.record.name,
+                "kind": bundle.record.kind,
+                "status": bundle.record.status,
+            },
+            test={"images": len(bundle.test.labels), "source": bundle.test.source},
+            nets=[_describe(net, accuracy[net.role], formats, export_dir, shipped=not failed) for net in bundle.nets],
+            parity=[p.to_dict() for p in parity],
+            formats=list(formats),
+            notes=list(bundle.notes),
+            status="parity failed" if failed else "ok",
+        )
+        if failed:
+            if not check_only:
+                write_report(result, out)
+            kept = (
+                "The files were left as they are (--check)."
+                if check_only
+                else (f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")
+            )
+            raise ParityError(
+                f"Export refused: parity failed for {', '.join(f'{p.role} {p.format}' for p in failed)}.\n  "
+                + "\n  ".join(p.describe() for p in failed)
+                + f"\n{kept}"
+            )
+        if bench:
+            result.speed = _time(bundle, formats, export_dir, threads or (1, available_threads()), settings)
+    finally:
+        torch.set_num_threads(saved_threads)
+    if not check_only:
+        write_report(result, out)
+    return result
+
+
+def _describe(net: DeployNet, accuracy: float, formats: tuple[str, ...], export_dir: Path, shipped: bool) -> dict:
+    """One net's row of the report: size, cost, accuracy and its files."""
+    files = {"weights": {"path": str(net.weights), "bytes": net.weights.stat().st_size}}
+    for fmt in formats:
+        final = export_path(export_dir, net.role, fmt)
+        if shipped and final.is_file():
+            files[fmt] = {"path": str(final), "bytes": final.stat().st_size}
+    return {
+        "role": net.role,
+        "net": net.model_config.get("_target_"),
+        "model": net.model_config,
+        "params": net.params,
+        "flops_per_image": count_flops(net.model),
+        "accuracy": accuracy,
+        "files": files,
+    }
+
+
+def _time(
+    bundle: Bundle, formats: tuple[str, ...], export_dir: Path, threads: tuple[int, ...], settings: SpeedSettings
+) -> dict:
+    """Every net x (eager + each format) x thread count, measured together; see kdlab.deploy.speed."""
+    runners = []
+    for net in bundle.nets:
+        for n in threads:
+            runners.append((net.role, TorchRunner(net.model, "eager", n)))
+            for fmt in formats:
+                runners.append((net.role, open_export(export_path(export_dir, net.role, fmt), fmt, n)))
+    start = time.perf_counter()
+    rows = measure(runners, bundle.test.images, settings)
+    return {
+        "settings": {**asdict(settings), "threads": list(threads), "cores": available_threads()},
+        "wall_s": round(time.perf_counter() - start, 2),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # 1-min, at the end
+        "torch": torch.__version__,
+        "rows": [r.to_dict() for r in rows],
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/export.py",
+        description="Export a run's trained net(s) to TorchScript and ONNX (raw uint8 pixels in, logits out), "
+        "check parity on the whole test set, and time teacher and student side by side.",
+    )
+    parser.add_argument("run_dir", help="a run folder (distillation or supervised) or a cached-teacher folder")
+    parser.add_argument("--out", default=None, help="where deploy.md, deploy.json and export/ go (default: run_dir)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: torchscript,onnx (default both)")
+    parser.add_argument(
+        "--bench", action=argparse.BooleanOptionalAction, default=True, help="time the nets (default on)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a few timed calls only (tests, smoke checks)")
+    parser.add_argument("--threads", default="1,all", help="thread counts to time, e.g. 1,all or 1,2,4 (default 1,all)")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing: verify (and time) the files already in export/"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder of the MNIST IDX files, if not the run's data.data_dir"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0: exported, verified (and timed). 1: an export failed its checks. 2: bad input or missing packages."""
+    args = build_parser().parse_args(argv)
+    try:
+        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        if not formats:
+            raise ValueError("--formats is empty; give torchscript, onnx or both (comma-separated).")
+        result = export_run(
+            args.run_dir,
+            out=args.out,
+            formats=formats,
+            bench=args.bench,
+            settings=QUICK if args.quick else DEFAULT,
+            threads=parse_threads(args.threads),
+            check_only=args.check,
+            data_dir=args.data_dir,
+        )
+    except (BundleError, MissingDependencyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ExportError, ParityError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for p in result.parity:
+        print(f"parity {Parity(**{k: v for k, v in p.items() if k != 'passed'}).describe()}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.speed:
+        print("\n".join(speed_table(result)))
+        if note := busy_note(result):
+            print(f"warning: {note}")
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    if args.check:
+        print(f"checked the files in {out / EXPORT_DIR}/: they are this run's nets")
+    else:
+        print(f"wrote {out / 'deploy.md'}, {out / 'deploy.json'} and {out / EXPORT_DIR}/")
+    return 0

@@ -1,0 +1,212 @@
+"""deploy.json (for tools) and deploy.md (for people): what was shipped, that it is right, how fast it runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPORT_VERSION = 1
+JSON_FILE, MD_FILE = "deploy.json", "deploy.md"
+TORCHSCRIPT_NOTE = (
+    "torch 2.13 marks TorchScript deprecated (torch.jit.script and torch.jit.load warn): the file still runs in "
+    "C++ libtorch without Python, but prefer the ONNX file for new deployments."
+)
+FORMAT_TITLES = {"weights": "weights", "torchscript": "TorchScript", "onnx": "ONNX"}
+
+
+@dataclass
+class DeployResult:
+    """Everything `export_run` found; `status` is "ok" or "failed" (a parity check failed)."""
+
+    run: dict[str, Any]  # folder, name, kind, status
+    test: dict[str, Any]  # images, source
+    nets: list[dict[str, Any]]  # role, net, params, flops_per_image, accuracy, files: {fmt: {path, bytes}}
+    parity: list[dict[str, Any]]  # Parity.to_dict() per (net, format)
+    formats: list[str] = field(default_factory=list)  # asked for: "torchscript", "onnx"
+    speed: dict[str, Any] | None = None  # settings, rows: SpeedRow.to_dict() each; None with --no-bench
+    notes: list[str] = field(default_factory=list)
+    status: str = "ok"
+    version: int = REPORT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def speed_table(result: DeployResult) -> list[str]:
+    """The speed rows, with the student's speed-up over the teacher in the same runtime and threads."""
+    rows = result.speed["rows"]
+    teacher = {(r["runtime"], r["threads"]): r for r in rows if r["role"] == "teacher"}
+    batch = rows[0]["batch"] if rows else 256
+    body = []
+    for r in rows:
+        t = teacher.get((r["runtime"], r["threads"])) if r["role"] == "student" else None
+        ratio = (
+            f"{t['latency_median_us'] / r['latency_median_us']:.2f}x / {r['throughput_ips'] / t['throughput_ips']:.2f}x"
+            if t
+            else ""
+        )
+        body.append(
+            [
+                r["role"],
+                r["runtime"],
+                str(r["threads"]),
+                f"{r['latency_median_us']:.1f}",
+                f"{r['latency_p95_us']:.1f}",
+                f"{r['throughput_ips']:,.0f}",
+                ratio,
+            ]
+        )
+    header = [
+        "net",
+        "runtime",
+        "threads",
+        "b=1 median µs",
+        "b=1 p95 µs",
+        f"b={batch} img/s",
+        "student speed-up b=1 / b=256",
+    ]
+    return _table(header, "lllrrrr", body)
+
+
+def busy_note(result: DeployResult) -> str | None:
+    """A warning when other processes competed for the cores while timing (1-minute load > cores)."""
+    load, cores = result.speed.get("load_average"), result.speed["settings"]["cores"]
+    if load is None or load <= cores:
+        return None
+    return (
+        f"The machine was busy (load average {load:.1f} on {cores} cores): other processes took CPU time, which "
+        "hurts multi-thread rows most (a thread waiting for a core stalls the others). Re-run on a quiet machine "
+        "before quoting these numbers."
+    )
+
+
+def render_markdown(result: DeployResult) -> str:
+    run, test = result.run, result.test
+    lines = [
+        f"# Deploy report: {run['name']}",
+        "",
+        f"{run['kind'].capitalize()} run `{run['folder']}` (status {run['status']}); test set: {test['images']} images "
+        f"from `{test['source']}`. Every export takes raw uint8 pixels [N, 1, 28, 28] (normalisation inside) and "
+        "returns logits, for any batch size N.",
+    ]
+    if result.status != "ok":
+        lines += [
+            "",
+            f"**Export refused: {result.status}.** See the parity table; no file was written under its final name.",
+        ]
+
+    formats = result.formats
+    lines += ["", "## Nets", ""]
+    body = [
+        [
+            n["role"],
+            f"{n['params']:,}",
+            f"{n['flops_per_image'] / 1e6:.3f}",
+            _pct(n["accuracy"]),
+            *(_size(n["files"].get(f, {}).get("bytes")) for f in ("weights", *formats)),
+        ]
+        for n in result.nets
+    ]
+    header = [
+        "net",
+        "params",
+        "MFLOPs / image",
+        "test acc",
+        *(f"{FORMAT_TITLES[f]} file" for f in ("weights", *formats)),
+    ]
+    lines += _table(header, "lrrr" + "r" * (1 + len(formats)), body)
+    roles = {n["role"]: n for n in result.nets}
+    if "teacher" in roles and "student" in roles:
+        s, t = roles["student"], roles["teacher"]
+        lines += [
+            "",
+            f"Student vs teacher: {s['params'] / t['params']:.2f}x the parameters, "
+            f"{s['flops_per_image'] / max(t['flops_per_image'], 1):.2f}x the FLOPs, test accuracy "
+            f"{_pct(s['accuracy'])} vs {_pct(t['accuracy'])} ({100 * (s['accuracy'] - t['accuracy']):+.2f} points).",
+        ]
+
+    lines += ["", "## Parity: each exported file against PyTorch, on every test image", ""]
+    body = [
+        [
+            p["role"],
+            FORMAT_TITLES[p["format"]],
+            str(p["images"]),
+            f"{p['max_abs_diff']:.2e}",
+            f"{p['limit']:.2e}",
+            _pct(p["agreement"]),
+            _pct(p["accuracy_export"]),
+            "ok" if p["passed"] else "**FAILED**",
+        ]
+        for p in result.parity
+    ]
+    lines += _table(
+        ["net", "format", "images", "max abs logit diff", "limit", "argmax agreement", "test acc", ""], "llrrrrrl", body
+    )
+    lines += [
+        "",
+        "Limit: 1e-4 x max(1, max |logit|): fp32 rounding in another summation order is ~100x smaller, a real "
+        "export fault ~100x larger. Argmax agreement must be 100%.",
+    ]
+
+    if result.speed:
+        st = result.speed["settings"]
+        lines += [
+            "",
+            f"## Speed: CPU, {st['rounds']} interleaved rounds, medians over all timed calls",
+            "",
+            *speed_table(result),
+            "",
+            f"Latency: one image per call (after warm-up). Throughput: {st['batch']} images per call. Threads: "
+            "torch.set_num_threads for eager/TorchScript, intra_op_num_threads for onnxruntime. Speed-up: the "
+            "teacher's time over the student's in the same runtime and threads.",
+        ]
+        if note := busy_note(result):
+            lines += ["", f"**{note}**"]
+    result_notes = [*result.notes, *([TORCHSCRIPT_NOTE] if "torchscript" in formats else [])]
+    if result_notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in result_notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(result: DeployResult, out: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / JSON_FILE, out / MD_FILE
+    _write_atomic(json_path, result.to_json())
+    _write_atomic(md_path, render_markdown(result))
+    return json_path, md_path

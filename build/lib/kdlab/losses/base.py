@@ -1,0 +1,218 @@
+"""What every loss term receives, the base class the distillation module sums over, and shared checks."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
+
+from torch import Tensor, nn
+
+# How a squared error is reduced to a scalar: "mean" is nn.MSELoss's default (the article's code),
+# "half_sum" is the article's formula 1/2 * sum (section 4.3), "sum" the plain sum.
+REDUCTIONS = ("mean", "half_sum", "sum")
+
+
+@dataclass
+class LossInputs:
+    """One batch's outputs, gathered once so each term reads only what it needs."""
+
+    student_logits: Tensor  # [B, C]
+    target: Tensor  # [B] int64
+    teacher_logits: Tensor | None = None  # an ensemble's: its members combined (kdlab.modules.ensemble)
+    student_features: dict[str, Tensor] = field(default_factory=dict)  # module name -> output
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    member_logits: list[Tensor] | None = None  # an ensemble's members', in member order; None for one teacher
+    member_features: list[dict[str, Tensor]] = field(default_factory=list)  # per member: module name -> output
+
+
+class LossTerm(nn.Module, abc.ABC):
+    """One weighted term of the total loss; the module sums weight * term(inputs).
+
+    `member` (terms that read the teacher): None reads the teacher, or an ensemble's combined
+    output; an index reads that one member of an ensemble (multi-teacher distillation).
+    """
+
+    needs_teacher: bool = True
+
+    def __init__(self, weight: float = 1.0, member: int | None = None) -> None:
+        super().__init__()
+        self.weight = check_number(
+            self, "weight", weight, minimum=0.0, inclusive=True, why="It scales this term in the total loss."
+        )
+        self.member = check_member(self, member)
+
+    @property
+    def student_layers(self) -> tuple[str, ...]:
+        """Student submodules whose outputs this term reads; the module hooks exactly these."""
+        return ()
+
+    @property
+    def teacher_layers(self) -> tuple[str, ...]:
+        """Teacher submodules whose outputs this term reads; the module hooks exactly these."""
+        return ()
+
+    def build(self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]) -> None:
+        """Called once, before optimisers are created, with features from a dry forward pass of a
+        2-sample batch, so terms can create parameters sized to the real layers. Default: no-op."""
+
+    @abc.abstractmethod
+    def forward(self, inputs: LossInputs) -> Tensor:
+        """The unweighted scalar term; the caller applies `weight` so it can log both."""
+
+    def teacher_logits(self, inputs: LossInputs) -> Tensor:
+        """The teacher's logits as a fixed target: detached, so no gradient can reach the teacher.
+
+        With `member` set, that ensemble member's logits instead of the combined ones.
+        """
+        if self.member is not None:
+            return self._member_entry(inputs.member_logits, "logits").detach()
+        if inputs.teacher_logits is None:
+            raise ValueError(
+                f"{type(self).__name__} compares the student with the teacher, but LossInputs.teacher_logits "
+                "is None. Pass the teacher's logits for this batch, or drop this term from distill.losses "
+                "to train on the labels alone."
+            )
+        return inputs.teacher_logits.detach()
+
+    def teacher_features(self, inputs: LossInputs) -> dict[str, Tensor]:
+        """The teacher's tapped features, or those of ensemble member `member`."""
+        if self.member is not None:
+            return self._member_entry(inputs.member_features, "features")
+        return inputs.teacher_features
+
+    def _member_entry(self, entries: list | None, what: str):
+        if not entries or self.member >= len(entries):
+            count = len(entries) if entries else 0
+            raise ValueError(
+                f"{type(self).__name__} reads teacher member {self.member}, but this batch has the {what} of "
+                f"{count} member(s). `member` indexes teacher.members (0 is the first); set it within range, "
+                "or drop it to read the single (or combined) teacher."
+            )
+        return entries[self.member]
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}" + (f", member={self.member}" if self.member is not None else "")
+
+
+def known_terms() -> list[str]:
+    """The term configs shipped in conf/loss/, for error messages."""
+    from kdlab.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml"))
+
+
+def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.losses") -> dict[str, LossTerm]:
+    """Instantiate the loss terms, or say which key is wrong and how to fix it.
+
+    A term's config must name its class (`_target_`); `+distill.losses.bogus.weight=1` creates a
+    node without one, which would otherwise surface as a cryptic error minutes later. At least one
+    term must have a weight above 0, or there is nothing to train on.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    terms: dict[str, LossTerm] = {}
+    for name, conf in configs.items():
+        if conf is None:
+            continue
+        if not isinstance(conf, Mapping) or "_target_" not in conf:
+            shown = dict(conf) if isinstance(conf, Mapping) else conf
+            raise ValueError(
+                f"{prefix}.{name} is not a loss term: it has no `_target_` (got {shown!r}). "
+                f"Add a term from conf/loss/ with +loss@{prefix}.{name}=<one of {', '.join(known_terms())}>, "
+                f"or change only the weight of a term the preset already has ({prefix}.<term>.weight=...)."
+            )
+        try:
+            term = instantiate(conf)
+        except InstantiationException as err:
+            raise ValueError(f"{prefix}.{name}: {err}") from err
+        if not isinstance(term, LossTerm):
+            raise TypeError(
+                f"{prefix}.{name} builds a {type(term).__name__}, not a kdlab.losses.LossTerm: its `_target_` "
+                f"({conf['_target_']}) must name a LossTerm subclass, e.g. one of conf/loss/*.yaml."
+            )
+        terms[name] = term
+    if not any(term.weight for term in terms.values()):
+        weights = ", ".join(f"{prefix}.{n}.weight={t.weight}" for n, t in terms.items()) or "no terms at all"
+        raise ValueError(
+            f"No loss term is active ({weights}): the total loss would be 0 and nothing would train. "
+            f"Give at least one term a weight above 0, e.g. {prefix}.ce.weight=1."
+        )
+    return terms
+
+
+def check_number(term: object, name: str, value: object, *, minimum: float, inclusive: bool, why: str = "") -> float:
+    """A config value as a float, or a ValueError that names the term, the key and the allowed range."""
+    bound = f">= {minimum}" if inclusive else f"> {minimum}"
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        raise ValueError(
+            f"{type(term).__name__}: {name} must be a finite number {bound}, got {value!r}. "
+            + (f"{why} " if why else "")
+            + f"Set {name} in the term's config (conf/loss/*.yaml, or distill.losses.<term>.{name})."
+        )
+    return float(value)
+
+
+def check_member(term: object, member: object) -> int | None:
+    """An ensemble member's index (an int >= 0) or None, or a ValueError saying what `member` means."""
+    if member is None:
+        return None
+    if isinstance(member, bool) or not isinstance(member, int) or member < 0:
+        raise ValueError(
+            f"{type(term).__name__}: member must be the index of a teacher in teacher.members (0, 1, ...) or "
+            f"null for the single (or combined) teacher, got {member!r}. Set distill.losses.<term>.member."
+        )
+    return member
+
+
+def check_term_members(terms: Mapping[str, LossTerm], members: int | None, prefix: str = "distill.losses") -> None:
+    """Each term's `member` names a member of this run's ensemble (`members` of them, None for one
+    teacher), and a term that reads teacher features from an ensemble names whose."""
+    for name, term in terms.items():
+        key = f"{prefix}.{name}.member"
+        if term.member is not None and not members:
+            raise ValueError(
+                f"{key}={term.member} reads one member of an ensemble, but this run has a single teacher. "
+                f"Drop {key}, or distil from an ensemble (teacher=ensemble)."
+            )
+        if term.member is not None and term.member >= members:
+            raise ValueError(
+                f"{key}={term.member} names no member: the ensemble (teacher.members) has {members}, "
+                f"numbered 0 to {members - 1}. Set {key} within that range."
+            )
+        if term.member is None and members and term.teacher_layers:
+            raise ValueError(
+                f"{prefix}.{name} reads teacher layer(s) {list(term.teacher_layers)}, but the teacher is an ensemble "
+                f"of {members} nets: set {key}=<index> to the member whose features it reads "
+                f"(+{key}=0 if the term's config has no `member` key)."
+            )
+
+
+def check_reduction(term: object, reduction: object) -> str:
+    """The reduction name, or a ValueError listing the ones squared_error understands."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{type(term).__name__}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
+            f"got {reduction!r}. 'mean' averages over every element like nn.MSELoss, 'half_sum' is "
+            "1/2 * sum of squared errors as in the reference article, 'sum' is the plain sum."
+        )
+    return reduction
+
+
+def squared_error(prediction: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """Squared error reduced as named in REDUCTIONS; shared by LogitMSE and Hint so they agree."""
+    squared = (prediction - target).pow(2)
+    if reduction == "mean":
+        return squared.mean()
+    if reduction == "half_sum":
+        return 0.5 * squared.sum()
+    if reduction == "sum":
+        return squared.sum()
+    raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")

@@ -1,0 +1,143 @@
+"""Loss terms on logits: hard labels (CE), soft targets (KD), logit matching (LogitMSE) and DKD."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.losses.base import LossInputs, LossTerm, check_number, check_reduction, squared_error
+
+_TEMPERATURE_WHY = (
+    "It divides the logits before the softmax, so 0 or less has no meaning; "
+    "distill.temperature sets it for every term that reads T."
+)
+
+
+class CE(LossTerm):
+    """Cross-entropy on the hard labels: keeps the student anchored to the ground truth."""
+
+    needs_teacher = False
+
+    def __init__(self, *, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight)
+        self.label_smoothing = check_number(self, "label_smoothing", label_smoothing, minimum=0.0, inclusive=True)
+        if self.label_smoothing > 1.0:
+            raise ValueError(
+                f"CE: label_smoothing must lie in [0, 1], got {label_smoothing!r}; it is the share of the "
+                "target mass spread uniformly over all classes, so 0 means plain one-hot labels."
+            )
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        return F.cross_entropy(inputs.student_logits, inputs.target, label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, label_smoothing={self.label_smoothing}"
+
+
+class KD(LossTerm):
+    """Hinton et al. 2015 soft targets: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over samples.
+
+    The T^2 factor keeps the gradient scale independent of T, so the weight need not be retuned
+    when T is swept. With an ensemble, t is the members combined (teacher.combine); with `member: i`,
+    member i alone, so one KD term per member, each with its own weight, is multi-teacher KD.
+    """
+
+    def __init__(self, *, weight: float = 0.9, temperature: float = 4.0, member: int | None = None) -> None:
+        super().__init__(weight, member)
+        self.temperature = check_number(
+            self, "temperature", temperature, minimum=0.0, inclusive=False, why=_TEMPERATURE_WHY
+        )
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        t = self.temperature
+        log_student = F.log_softmax(inputs.student_logits / t, dim=1)
+        log_teacher = F.log_softmax(self.teacher_logits(inputs) / t, dim=1)
+        return t * t * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, temperature={self.temperature}"
+
+
+class LogitMSE(LossTerm):
+    """Squared error between student and teacher logits, as in the reference article's code."""
+
+    def __init__(self, *, weight: float = 1.0, reduction: str = "mean", member: int | None = None) -> None:
+        super().__init__(weight, member)
+        self.reduction = check_reduction(self, reduction)
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        return squared_error(inputs.student_logits, self.teacher_logits(inputs), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, reduction={self.reduction!r}"
+
+
+class DKD(LossTerm):
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD.
+
+    Classic KD couples the two parts and weights NCKD by (1 - teacher's target probability), which
+    shrinks exactly where the teacher is confident; DKD gives each part its own weight.
+    TCKD is the KL between the binary [target, non-target] distributions, NCKD the KL between the
+    distributions over the non-target classes alone; both are T^2-scaled and averaged over the batch.
+    Everything stays in log space, so confident teachers give no log(0).
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        member: int | None = None,
+    ) -> None:
+        super().__init__(weight, member)
+        self.alpha = check_number(self, "alpha", alpha, minimum=0.0, inclusive=True)
+        self.beta = check_number(self, "beta", beta, minimum=0.0, inclusive=True)
+        self.temperature = check_number(
+            self, "temperature", temperature, minimum=0.0, inclusive=False, why=_TEMPERATURE_WHY
+        )
+
+    def parts(self, inputs: LossInputs) -> tuple[Tensor, Tensor]:
+        """(TCKD, NCKD), each already T^2-scaled and batch-averaged; forward combines them."""
+        t = self.temperature
+        student = inputs.student_logits / t
+        teacher = self.teacher_logits(inputs) / t
+        is_target = F.one_hot(inputs.target, student.shape[1]).bool()
+
+        tckd = F.kl_div(
+            _log_binary(student, is_target),
+            _log_binary(teacher, is_target),
+            reduction="batchmean",
+            log_target=True,
+        )
+        nckd = F.kl_div(
+            _log_non_target(student, is_target),
+            _log_non_target(teacher, is_target),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return t * t * tckd, t * t * nckd
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        tckd, nckd = self.parts(inputs)
+        return self.alpha * tckd + self.beta * nckd
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}"
+
+
+def _log_binary(logits: Tensor, is_target: Tensor) -> Tensor:
+    """log [p_target, 1 - p_target] per row, with 1 - p_target taken as a logsumexp, not a subtraction."""
+    log_total = logits.logsumexp(dim=1, keepdim=True)
+    log_target = logits.masked_fill(~is_target, float("-inf")).logsumexp(dim=1, keepdim=True)
+    log_rest = logits.masked_fill(is_target, float("-inf")).logsumexp(dim=1, keepdim=True)
+    return torch.cat([log_target, log_rest], dim=1) - log_total
+
+
+def _log_non_target(logits: Tensor, is_target: Tensor) -> Tensor:
+    """Log-softmax over the non-target classes; the target slot is set to 0 in both inputs to the KL,
+    where exp(0) * (0 - 0) adds nothing (a -inf there would give 0 * nan)."""
+    log_probs = F.log_softmax(logits.masked_fill(is_target, float("-inf")), dim=1)
+    return log_probs.masked_fill(is_target, 0.0)

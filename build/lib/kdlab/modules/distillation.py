@@ -1,0 +1,273 @@
+"""A frozen teacher (or an ensemble of them), a trainable student and a weighted sum of loss terms."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlab.checkpoints import CheckpointError, load_weights, sha256_file
+from kdlab.config import plain
+from kdlab.losses import LossInputs
+from kdlab.losses.base import check_term_members
+from kdlab.modules.base import ClassifierSystem
+from kdlab.modules.ensemble import TeacherEnsemble, check_combination
+from kdlab.modules.taps import FeatureTap
+from kdlab.teacher_outputs import TeacherOutputs, TeacherOutputsError
+
+TEACHER_PREFIX = "teacher."
+
+
+class DistillationModule(ClassifierSystem):
+    """Distils `teacher_net` (loaded from `teacher_ckpt`, frozen) into `net`, the student.
+
+    Frozen means: no `requires_grad`, not in the optimiser, forward under `no_grad`, and `eval()`
+    for the whole run (re-asserted whenever Lightning calls `.train()`), so its dropout and
+    batch-norm statistics never change. Checkpoints leave the teacher out; it is re-read from
+    `teacher_ckpt` on load.
+
+    An ensemble comes as `members` (each {net, ckpt, sha256}) and `combine` ({mode, temperature,
+    weights}) instead of `teacher_net`/`teacher_ckpt`: `self.teacher` is then a TeacherEnsemble,
+    frozen in the same three ways, whose members are each re-read from their own file on load.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        teacher_net: Mapping | None,
+        teacher_ckpt: str | None,
+        losses: Mapping[str, Mapping | None],
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        num_classes: int = 10,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        teacher_sha256: str | None = None,
+        members: Sequence[Mapping] | None = None,
+        combine: Mapping | None = None,
+        compile: bool = False,  # module.compile=true compiles the student (torch.compile)
+    ) -> None:
+        # Only an ensemble adds its keys: a single teacher's hyperparameters stay exactly as they were.
+        ensemble = {} if members is None else {"members": [plain(m) for m in members], "combine": plain(combine) or {}}
+        super().__init__(
+            net=net,
+            losses=losses,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            num_classes=num_classes,
+            compile=compile,
+            teacher_net=teacher_net,
+            teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
+            teacher_sha256=teacher_sha256,
+            input_shape=tuple(input_shape),
+            **ensemble,
+        )
+        terms = [self.losses[name] for name in self.active_terms]
+        check_term_members({n: self.losses[n] for n in self.active_terms}, None if members is None else len(members))
+        if members is not None:
+            self.teacher = self._load_members(self.hparams.members, self.hparams.combine, teacher_ckpt)
+        else:
+            if not teacher_ckpt:
+                raise ValueError(
+                    "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
+                    "train.py so the teacher is found in the cache or trained first."
+                )
+            _check_unchanged(teacher_ckpt, teacher_sha256, "teacher")
+            self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+        self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
+        if self.is_ensemble:  # each member taps the layers of the terms that name it
+            self.teacher_tap = FeatureTap(self.teacher, (), "teacher")
+            self.member_taps = [
+                FeatureTap(m, {n for t in terms if t.member == i for n in t.teacher_layers}, f"teacher member {i}")
+                for i, m in enumerate(self.teacher.members)
+            ]
+        else:
+            self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
+            self.member_taps = []
+        self._build_terms(terms, input_shape)
+        # The teacher's logits of every training view, when cached (kdlab.teacher_outputs); not saved in
+        # checkpoints. Validation and test always run the teacher.
+        self.teacher_outputs: TeacherOutputs | None = None
+        self._check_outputs = False  # compare the first training batch of each fit with the live teacher
+
+    @staticmethod
+    def _load_members(members: Sequence[Mapping], combine: Mapping, teacher_ckpt: str | None) -> TeacherEnsemble:
+        """Each member's net from its own file (checked against its sha256), and their combination."""
+        if teacher_ckpt or not members:
+            raise ValueError(
+                "DistillationModule takes either one teacher (teacher_net, teacher_ckpt) or an ensemble (members, "
+                f"at least one), not both; got teacher_ckpt={teacher_ckpt!r} and {len(members)} member(s)."
+            )
+        nets = []
+        for i, member in enumerate(members):
+            if not member.get("ckpt"):
+                raise ValueError(
+                    f"Teacher member {i} has no weights file (members.{i}.ckpt is empty): train.py fills it in "
+                    f"from the teacher cache, or set teacher.members.{i}.ckpt_path."
+                )
+            _check_unchanged(member["ckpt"], member.get("sha256"), f"teacher member {i}")
+            nets.append(load_weights(instantiate(member["net"]), member["ckpt"], role=f"teacher.members.{i}"))
+        return TeacherEnsemble(nets, **check_combination(combine, len(nets), key="teacher.combine"))
+
+    @property
+    def student(self) -> nn.Module:
+        return self.net
+
+    @property
+    def is_ensemble(self) -> bool:
+        return isinstance(self.teacher, TeacherEnsemble)
+
+    def _build_terms(self, terms: list, input_shape: tuple[int, ...]) -> None:
+        """One dry pass so terms can size their own parameters (e.g. a hint regressor) up front."""
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            example = torch.zeros(2, *input_shape)
+            self.net(example)
+            self.teacher(example)
+        student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
+        member_feats = [tap.pop() for tap in self.member_taps]
+        for term in terms:  # weight-0 terms are neither tapped nor built
+            term.build(student_feats, teacher_feats if term.member is None else member_feats[term.member])
+        self.net.train(was_training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    def teacher_feature_terms(self) -> list[str]:
+        """Active loss terms that read teacher features: with any, the teacher must run (no cached logits)."""
+        return [name for name in self.active_terms if self.losses[name].teacher_layers]
+
+    def use_teacher_outputs(self, outputs: TeacherOutputs | None) -> None:
+        """Read training logits from `outputs` instead of running the teacher (None: run it again)."""
+        if outputs is not None and (terms := self.teacher_feature_terms()):
+            raise ValueError(
+                f"The loss term(s) {', '.join(terms)} read teacher features, which cached teacher outputs do not "
+                "hold: the teacher must run live (runtime.teacher_cache=off)."
+            )
+        self.teacher_outputs = outputs
+        self._check_outputs = outputs is not None
+
+    def on_fit_start(self) -> None:
+        self._check_outputs = self.teacher_outputs is not None
+
+    def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
+        if stage != "train" or self.teacher_outputs is None:
+            return None
+        if len(batch) < 3:
+            raise ValueError(
+                "Cached teacher outputs need each training batch's `index` (a kdlab.data.Batch); this batch has "
+                f"{len(batch)} items. Use kdlab's MNISTDataModule, or runtime.teacher_cache=off."
+            )
+        shift = batch[3] if len(batch) > 3 else None
+        return self.teacher_outputs.lookup(batch[2], shift)
+
+    def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+        if self.is_ensemble:
+            return self.ensemble_views(x, y)
+        if teacher_logits is None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        elif self._check_outputs:  # the first cached batch of a fit: the very views must agree (trains on the cached)
+            with torch.no_grad():
+                self._verify_cached(teacher_logits, self.teacher(x))
+        teacher_feats = self.teacher_tap.pop()
+        student_logits = self.net(x)
+        return LossInputs(
+            student_logits=student_logits,
+            target=y,
+            teacher_logits=teacher_logits,
+            student_features=self.student_tap.pop(),
+            teacher_features=teacher_feats,
+        )
+
+    def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor) -> None:
+        """One host sync per fit: the cached logits of this batch's (image, shift) pairs against the teacher's."""
+        self._check_outputs = False
+        rtol, atol = self.teacher_outputs.tolerance
+        if not torch.allclose(cached, live.float(), rtol=rtol, atol=atol):
+            worst = float((cached - live.float()).abs().max())
+            raise TeacherOutputsError(
+                f"The cached teacher outputs ({self.teacher_outputs.path}) differ from the live teacher on the first "
+                f"training batch (max |difference| {worst:.3g}): the batches' index or shift no longer mean what they "
+                "meant when the outputs were computed (another split, augmentation or data order?). Run with "
+                "runtime.teacher_cache=off, and report this."
+            )
+
+    # -- an ensemble's members ----------------------------------------------------------------------
+    def member_logits(self, x: torch.Tensor, batch=None) -> list[torch.Tensor]:
+        """Each ensemble member's logits for this batch, in member order, without a graph.
+
+        The one place members are run: today live, frozen nets; a per-member output cache (looked up
+        by the batch's image indices and shifts, `batch` a kdlab.data.Batch) plugs in here.
+        """
+        with torch.no_grad():
+            return [member(x) for member in self.teacher.members]
+
+    def ensemble_views(self, x: torch.Tensor, y: torch.Tensor, batch=None) -> LossInputs:
+        """views() for an ensemble: `teacher_logits` are the members combined, each member's kept too."""
+        members = self.member_logits(x, batch)
+        member_feats = [tap.pop() for tap in self.member_taps]
+        student_logits = self.net(x)
+        return LossInputs(
+            student_logits=student_logits,
+            target=y,
+            teacher_logits=self.teacher.combine(members),
+            student_features=self.student_tap.pop(),
+            member_logits=members,
+            member_features=member_feats,
+        )
+
+    def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
+        metrics = super().stage_metrics(stage, num_classes)
+        if stage != "train":  # how closely the student follows the teacher, on held-out images
+            metrics["agreement"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            metrics["kl"] = MeanMetric()
+        if stage == "test":  # the teacher on the very same test images, computed in the one test pass
+            metrics["teacher_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            # and each ensemble member on them (called before the members exist: count them in hparams)
+            for i in range(len(self.hparams.get("members") or ())):
+                metrics[f"member{i}_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        return metrics
+
+    def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
+        if stage == "train":
+            return
+        s, t = inputs.student_logits.detach(), inputs.teacher_logits
+        metrics["agreement"].update(s.argmax(1), t.argmax(1))
+        # Mean per-sample KL(teacher || student) at T=1: how far the student is from the teacher.
+        metrics["kl"].update(
+            F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1)
+        )
+        if stage == "test":
+            metrics["teacher_acc"].update(t, inputs.target)
+            for i, logits in enumerate(inputs.member_logits or ()):
+                metrics[f"member{i}_acc"].update(logits, inputs.target)
+
+    # -- checkpoints: the teacher lives in its own file, not in every student checkpoint ------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(TEACHER_PREFIX)
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
+
+
+def _check_unchanged(path: str, sha256: str | None, role: str) -> None:
+    """Refuse a teacher file whose content differs from the one this student was distilled from."""
+    if sha256 is not None and Path(path).is_file() and (found := sha256_file(path)) != sha256:
+        raise CheckpointError(
+            f"The {role} file {path} has changed since this student was distilled from it "
+            f"(sha256 {found[:12]}... now, {sha256[:12]}... then). A student resumed or reloaded "
+            "against another teacher would silently mix two experiments. Restore the original teacher "
+            "file, or start a new run with the new teacher."
+        )

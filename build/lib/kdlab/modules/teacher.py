@@ -1,0 +1,30 @@
+"""Trains any classifier on hard labels: teachers, and the student-from-scratch baseline."""
+
+from collections.abc import Mapping
+
+from kdlab.modules.base import ClassifierSystem
+
+
+class TeacherModule(ClassifierSystem):
+    """The distillation path with no teacher and a single cross-entropy term."""
+
+    def __init__(
+        self,
+        net: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        label_smoothing: float = 0.0,
+        num_classes: int = 10,
+        losses: Mapping | None = None,
+        compile: bool = False,  # module.compile=true compiles the net (torch.compile); see ClassifierSystem
+    ) -> None:
+        ce = {"_target_": "kdlab.losses.CE", "weight": 1.0, "label_smoothing": label_smoothing}
+        super().__init__(
+            net=net,
+            losses=losses or {"ce": ce},
+            optimizer=optimizer,
+            scheduler=scheduler,
+            num_classes=num_classes,
+            compile=compile,
+            label_smoothing=label_smoothing,
+        )

@@ -1,0 +1,52 @@
+"""How numbers and settings read in the table, the notes and the plots: one place, so they agree.
+
+Every function takes None (a diverged job's null, a metric a run did not log) and prints "-".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MISSING = "-"
+
+
+def number(value: float | None, decimals: int = 4) -> str:
+    """Fixed point where that keeps two significant digits, else scientific: 0.1234, but 5.0e-05, not 0.0001."""
+    if value is None or not math.isfinite(value):
+        return MISSING
+    if value != 0 and abs(value) < 10 ** (1 - decimals):  # 4 decimals: below 0.001 only 1 digit would show
+        return f"{value:.1e}"
+    return f"{value:.{decimals}f}"
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with 2 decimals: 0.9812 -> 98.12."""
+    return MISSING if value is None else number(100 * value, 2)
+
+
+def mean_std_percent(stats: tuple[float, float] | None) -> str:
+    """Mean ± sample std of a fraction, in percent: "95.60 ± 0.56"."""
+    if stats is None:
+        return MISSING
+    return f"{percent(stats[0])} ± {percent(stats[1])}"
+
+
+def count(value: int | None) -> str:
+    return MISSING if value is None else f"{value:,}"
+
+
+def short(value: Any, typed: str) -> str:
+    """Swept values as typed, except Optuna's long floats: 0.6347391263798 -> 0.6347."""
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else typed
+
+
+def setting(values: dict[str, Any], typed: dict[str, str], keys: list[str]) -> str:
+    """`distill.temperature=4, distill.losses.kd.weight=0.9`, or "all jobs" when nothing was swept."""
+    return ", ".join(f"{k}={short(values.get(k), typed[k])}" for k in keys) or "all jobs"
+
+
+def seeds(values: list[Any]) -> str:
+    """The distinct seeds, numbers in numeric order: "0, 1, 2, 10"."""
+    ordered = sorted(set(values), key=lambda v: (0, v, "") if isinstance(v, int) else (1, 0, str(v)))
+    return ", ".join(str(v) for v in ordered) or MISSING
