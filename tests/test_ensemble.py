@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file, save_file
 
 import kdlab.identity
@@ -281,9 +281,15 @@ DATA = {"x": "1"}
 # Computed with main's code (commit 5591aa6, before ensembles existed) by the same calls as below: the
 # teacher cache key, the run's config identity and the student key. A change here re-keys every cached
 # teacher or every distillation run; if it is deliberate, recompute them and say so in the commit.
+# Recomputed once since: callbacks.model_checkpoint.enable_version_counter=false joined every run's
+# config (the keys with it ignored are still 5591aa6's, checked in the test below).
 MAIN_KEYS = {
-    "distill_mlp": {"teacher": "43aadca8b852f6ff", "config": "0092be09c7cce53b", "student": "f746ba5b8b088a93"},
-    "distill_cnn_mlp": {"teacher": "3ca096b84c7fea09", "config": "92c39848ca612d94", "student": "f746ba5b8b088a93"},
+    "distill_mlp": {"teacher": "e4ee2b3e1b5c2e10", "config": "482790765ef58bec", "student": "82925a4865cf11c2"},
+    "distill_cnn_mlp": {"teacher": "ee631c48d1c265cb", "config": "b03ca86fe68b0aa8", "student": "82925a4865cf11c2"},
+}
+KEYS_5591AA6 = {  # the same, with enable_version_counter left out as that commit's config had it
+    "distill_mlp": ("43aadca8b852f6ff", "0092be09c7cce53b", "f746ba5b8b088a93"),
+    "distill_cnn_mlp": ("3ca096b84c7fea09", "92c39848ca612d94", "f746ba5b8b088a93"),
 }
 
 
@@ -298,6 +304,13 @@ def test_single_teacher_cache_key_run_identity_and_student_key_are_mains(monkeyp
         }
         assert found == expected, experiment
         assert config_identity(cfg)["module"]["teacher_net"] == config_identity(cfg)["teacher"]["model"]
+        with open_dict(cfg):
+            del cfg.callbacks.model_checkpoint.enable_version_counter
+        teacher_cfg = teacher_run_config(cfg)
+        with open_dict(teacher_cfg):
+            del teacher_cfg.callbacks.model_checkpoint.enable_version_counter
+        before = (run_key(teacher_cfg, DATA), digest(config_identity(cfg)), student_key(cfg, DATA))
+        assert before == KEYS_5591AA6[experiment], experiment
 
     # the ensemble's student is the scratch baseline's, and its member 0 is distill_cnn_mlp's teacher
     ensemble = compose_config([ENSEMBLE, "paths.root_dir=/r", "paths.output_dir=/o"])
@@ -409,3 +422,27 @@ def test_members_are_provisioned_once_and_reused_and_resume_checks_them(make_cfg
     save_file({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, str(swapped))
     with pytest.raises(CheckpointError, match=r"belongs to another run .*teacher\.member1: '[0-9a-f]+' -> '[0-9a-f]+'"):
         train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS, f"teacher.members.1.ckpt_path={swapped}", f"ckpt_path={last}"))
+
+
+def test_each_member_reads_its_own_output_cache_and_teaches_what_it_teaches_live(make_cfg):
+    single, _ = train(
+        make_cfg(
+            "experiment=distill_cnn_mlp",
+            "teacher.model.channels=[4,8]",
+            "teacher.model.hidden=16",
+            'teacher.overrides=["trainer.max_epochs=1"]',
+        )
+    )
+    cached, objects = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS))
+    live, _ = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS, "runtime.teacher_cache=off"))
+
+    entries = cached.identity["teacher_outputs"]["members"]
+    assert cached.identity["teacher_outputs"]["used"] is True and len(entries) == 2
+    # member 0 is distill_cnn_mlp's teacher: it reads the entry that run built; member 1 builds its own
+    assert entries[0]["path"] == single.identity["teacher_outputs"]["path"] and entries[0]["built_s"] is None
+    assert entries[1]["built_s"] is not None
+    assert Path(entries[1]["path"]).parent == Path(cached.members[1].checkpoint).parent / "outputs"
+    assert [len(entry.logits) for entry in objects["module"].teacher_outputs] == [1000, 1000]
+    assert live.identity["teacher_outputs"] == {"used": False, "reason": "runtime.teacher_cache=off"}
+    for key in ("val/loss", "val/acc", "test/acc", "test/kl", "test/member1_acc"):
+        assert cached.metrics[key] == pytest.approx(live.metrics[key], rel=1e-5, abs=1e-7), key

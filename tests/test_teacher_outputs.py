@@ -129,8 +129,8 @@ def test_outputs_are_built_once_then_read_and_checked(setup, caplog):
     assert again["used"] and again["built_s"] is None and again["key"] == first["key"]
     assert "512 sampled entries match the live teacher" in caplog.text
     module = again_args[1]
-    assert module.teacher_outputs.logits.shape == (1000, 25, 10)  # 1200 - 200 validation images
-    assert module.teacher_outputs.path == first["path"]
+    assert module.teacher_outputs[0].logits.shape == (1000, 25, 10)  # 1200 - 200 validation images
+    assert module.teacher_outputs[0].path == first["path"]
 
 
 def test_the_cache_is_refused_after_the_teacher_or_the_data_changes(setup):
@@ -159,8 +159,8 @@ def test_an_entry_that_disagrees_with_the_live_teacher_is_rebuilt(setup, caplog)
 def test_the_first_training_batch_catches_logits_of_another_teacher(setup):
     cfg, module, dm, data, ref = setup()
     provide_teacher_outputs(cfg, module, dm, data, ref)
-    module.teacher_outputs.logits.mul_(1.5)  # as if another teacher's (the sample check already passed)
-    module.teacher_outputs.__post_init__()
+    module.teacher_outputs[0].logits.mul_(1.5)  # as if another teacher's (the sample check already passed)
+    module.teacher_outputs[0].__post_init__()
     dm.prepare_data()
     dm.setup("fit")
     batch = dm.preprocess_batch(next(iter(dm.train_dataloader())), training=True)

@@ -98,7 +98,7 @@ class RunRecord:
 
     # -- JSON -----------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(nulls_for_non_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> RunRecord:
@@ -159,14 +159,14 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _finite(value: Any) -> Any:
-    """Non-finite floats become None (JSON null); everything else unchanged."""
+def nulls_for_non_finite(value: Any) -> Any:
+    """Non-finite floats become None (JSON null), nested ones too: strict JSON in every file kdlab writes."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: nulls_for_non_finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [nulls_for_non_finite(v) for v in value]
     return value
 
 

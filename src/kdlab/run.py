@@ -169,7 +169,8 @@ def _train(cfg: DictConfig, record: RunRecord, objects: dict[str, Any], interrup
     record.params = {"student": count_params(module.net)}
     if is_distillation(cfg):
         record.params["teacher"] = count_params(module.teacher)
-        record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, data, record.teacher)
+        teacher = record.members if record.members else record.teacher
+        record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, data, teacher)
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
     analysis = TestAnalysis(output_dir=record.output_dir)  # confusion, calibration, disagreements
     callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]

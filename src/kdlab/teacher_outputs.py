@@ -19,6 +19,7 @@ Rules that keep it exact:
   argmax and a KD loss changed by < 1e-3 relative, else float32 is stored;
 - validation and test always run the live teacher.
 
+An ensemble's members each read their own entry, combined per batch as their live logits would be.
 Entries live beside the teacher they came from: `<teacher entry>/outputs/<key>.safetensors` for a
 cached teacher, `<teacher_dir>/outputs-by-sha256/<sha256[:16]>/<key>.safetensors` for a teacher given
 as `teacher.ckpt_path`. Switch with `runtime.teacher_cache=auto|off`.
@@ -248,15 +249,13 @@ def load(path: Path, key: str) -> TeacherOutputs | None:
 
 
 # -- what a run asks for ------------------------------------------------------------------------------
-def outputs_key(
-    teacher_sha256: str | Sequence[str], teacher_model: Any, data: dict[str, str], datamodule, max_shift: int
-) -> str:
+def outputs_key(teacher_sha256: str, teacher_model: Any, data: dict[str, str], datamodule, max_shift: int) -> str:
     """Everything the stored logits depend on; any change gives another entry."""
     hp = datamodule.hparams
     return digest(
         {
             "format": FORMAT_VERSION,
-            "teacher": teacher_sha256 if isinstance(teacher_sha256, str) else list(teacher_sha256),
+            "teacher": teacher_sha256,
             "teacher_model": plain(teacher_model),
             "data": dict(data),
             "split": {"val_size": hp.val_size, "split_seed": hp.split_seed, "exclude": sorted(hp.exclude_classes)},
@@ -268,11 +267,9 @@ def outputs_key(
 
 def outputs_folder(teacher_dir: str | os.PathLike, teacher) -> Path:
     """Beside the cached teacher (its entry folder), or under teacher_dir by the sha256 of a teacher given by path."""
-    refs = teacher if isinstance(teacher, (list, tuple)) else [teacher]
-    if len(refs) == 1 and getattr(refs[0], "key", None):
-        return Path(refs[0].checkpoint).parent / OUTPUTS_DIR
-    name = "-".join(ref.sha256[:16] for ref in refs)
-    return Path(teacher_dir).expanduser().resolve() / BY_SHA_DIR / name
+    if getattr(teacher, "key", None):
+        return Path(teacher.checkpoint).parent / OUTPUTS_DIR
+    return Path(teacher_dir).expanduser().resolve() / BY_SHA_DIR / teacher.sha256[:16]
 
 
 def why_live(cfg: DictConfig, module, datamodule) -> str | None:
@@ -291,8 +288,6 @@ def why_live(cfg: DictConfig, module, datamodule) -> str | None:
         return "nothing is trained (train=false)"
     if not hasattr(module, "use_teacher_outputs"):
         return f"{type(module).__name__} cannot read cached teacher outputs"
-    if getattr(module, "is_ensemble", False):  # DistillationModule.member_logits is where a per-member cache plugs in
-        return "the teacher is an ensemble, whose members' outputs are not cached (yet)"
     if feature_terms := module.teacher_feature_terms():
         return f"the loss term(s) {', '.join(feature_terms)} read teacher features, which are not cached"
     same_views = isinstance(datamodule, MNISTDataModule) and all(
@@ -307,7 +302,9 @@ def why_live(cfg: DictConfig, module, datamodule) -> str | None:
 def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str, str], teacher) -> dict[str, Any]:
     """Give `module` the cached teacher outputs when they are exact for this run; build them first if absent.
 
-    Returns what the run record keeps: whether they are used, and the entry (key, path, dtype) or why not.
+    `teacher` is the run's TeacherRef, or an ensemble's list of them: each member then reads its own
+    entry (the one a single-teacher run of that member uses too). Returns what the run record keeps:
+    whether they are used, and the entry (key, path, dtype), the members' entries, or why not.
     """
     reason = why_live(cfg, module, datamodule)
     if reason is not None:
@@ -316,13 +313,27 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str,
     dtype = OmegaConf.select(cfg, "runtime.teacher_cache_dtype", default="float32")
     if dtype not in TOLERANCE:
         raise ValueError(f"runtime.teacher_cache_dtype={dtype!r}: use float32 or float16")
-    max_shift = int(datamodule.hparams.augment_shift)
-    shas = [ref.sha256 for ref in teacher] if isinstance(teacher, (list, tuple)) else teacher.sha256
-    key = outputs_key(shas, cfg.teacher.model, data, datamodule, max_shift)
-    path = outputs_folder(cfg.paths.teacher_dir, teacher) / f"{key}.safetensors"
-    images, mean, std = train_images(datamodule), datamodule.hparams.mean, datamodule.hparams.std
+    if getattr(module, "is_ensemble", False):
+        nets, refs, models = list(module.teacher.members), list(teacher), [m.model for m in cfg.teacher.members]
+    else:
+        nets, refs, models = [module.teacher], [teacher], [cfg.teacher.model]
     device = _device(cfg)
-    net = module.teacher.to(device)
+    images = train_images(datamodule)
+    entries = [
+        _provide_one(cfg, module, datamodule, data, images, net.to(device), ref, model, dtype, device)
+        for net, ref, model in zip(nets, refs, models, strict=True)
+    ]
+    module.use_teacher_outputs([outputs for outputs, _ in entries])
+    infos = [info for _, info in entries]
+    return {"used": True, "members": infos} if getattr(module, "is_ensemble", False) else {"used": True, **infos[0]}
+
+
+def _provide_one(cfg, module, datamodule, data, images, net, ref, model, dtype, device) -> tuple[TeacherOutputs, dict]:
+    """One teacher net's entry: read (and checked) or built, and what the record keeps of it."""
+    max_shift = int(datamodule.hparams.augment_shift)
+    key = outputs_key(ref.sha256, model, data, datamodule, max_shift)
+    path = outputs_folder(cfg.paths.teacher_dir, ref) / f"{key}.safetensors"
+    mean, std = datamodule.hparams.mean, datamodule.hparams.std
     started = time.perf_counter()
     built = False
     writable = _writable(path.parent)
@@ -357,19 +368,13 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str,
                 )
             log.warning("The cached teacher outputs %s do not match the live teacher (%s): rebuilding.", path, detail)
             outputs = None
-    module.use_teacher_outputs(outputs)
     seconds = time.perf_counter() - started
     stored = str(outputs.logits.dtype).removeprefix("torch.")
     how = f"built in {seconds:.1f} s" if built else "read from the cache"
     log.info("Teacher outputs %s (%s, %s; %s): training reads them instead of running the teacher.",
              how, path, stored, detail)  # fmt: skip
-    return {
-        "used": True,
-        "key": key,
-        "path": str(path),
-        "dtype": stored,
-        "built_s": round(seconds, 2) if built else None,
-    }
+    info = {"key": key, "path": str(path), "dtype": stored, "built_s": round(seconds, 2) if built else None}
+    return outputs, info
 
 
 def train_images(datamodule) -> Tensor:

@@ -37,6 +37,7 @@ def test_rows_average_the_seeds_of_each_temperature(grid_sweep):
 
     text = (grid_sweep / "report.md").read_text()
     assert report.table in text
+    assert "teacher acc (%)" in report.table and "member" not in report.table  # one teacher: no member columns
     two = table_line(text, "2")
     t2 = np.array(TEST_ACC[3:]) * 100
     v2 = np.array(VAL_ACC[3:]) * 100
@@ -141,3 +142,17 @@ def test_jobs_come_in_job_number_order(tmp_path, make_job):
         overrides = [f"distill.temperature={job}"]
         make_job(tmp_path / str(job), overrides, distill_record(overrides, 0, 0.9, 0.9, 0.1))
     assert [job.name for job in load_jobs(Path(tmp_path))] == ["1", "2", "10"]
+
+
+def test_an_ensemble_sweep_shows_each_members_accuracy(tmp_path, make_job):
+    sweep = tmp_path / "ensemble"
+    for job, (temp, seed) in enumerate([(2, 0), (2, 1), (4, 0)]):
+        overrides = [f"distill.temperature={temp}", f"seed={seed}", *COMMON]
+        record = distill_record(overrides, seed, 0.95, 0.96, 0.1)
+        record.metrics.update({"test/member0_acc": 0.97 + 0.01 * seed, "test/member1_acc": 0.96})
+        make_job(sweep / str(job), overrides, record)
+
+    text = write_report(sweep).table
+    header = [cell.strip() for cell in text.splitlines()[0].strip("|").split("|")]
+    assert header[4:7] == ["ensemble acc (%)", "member 0 acc (%)", "member 1 acc (%)"]
+    assert table_line(text, "2")[4:7] == ["98.10", "97.50", "96.00"]  # member 0: mean of 97 and 98

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kdlab.record import nulls_for_non_finite
 
 REPORT_VERSION = 1
 JSON_FILE, MD_FILE = "deploy.json", "deploy.md"
@@ -33,17 +34,8 @@ class DeployResult:
     version: int = REPORT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(nulls_for_non_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _size(n: int | None) -> str:

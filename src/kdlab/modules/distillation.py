@@ -93,7 +93,7 @@ class DistillationModule(ClassifierSystem):
         self._build_terms(terms, input_shape)
         # The teacher's logits of every training view, when cached (kdlab.teacher_outputs); not saved in
         # checkpoints. Validation and test always run the teacher.
-        self.teacher_outputs: TeacherOutputs | None = None
+        self.teacher_outputs: list[TeacherOutputs] | None = None  # one per teacher net (ensemble members)
         self._check_outputs = False  # compare the first training batch of each fit with the live teacher
 
     @staticmethod
@@ -146,20 +146,29 @@ class DistillationModule(ClassifierSystem):
         """Active loss terms that read teacher features: with any, the teacher must run (no cached logits)."""
         return [name for name in self.active_terms if self.losses[name].teacher_layers]
 
-    def use_teacher_outputs(self, outputs: TeacherOutputs | None) -> None:
-        """Read training logits from `outputs` instead of running the teacher (None: run it again)."""
+    def use_teacher_outputs(self, outputs: TeacherOutputs | Sequence[TeacherOutputs] | None) -> None:
+        """Read training logits from `outputs` instead of running the teacher (None: run it again).
+
+        An ensemble takes one TeacherOutputs per member, in member order: each member's own cache
+        entry, combined per batch exactly as the live members' logits would be.
+        """
         if outputs is not None and (terms := self.teacher_feature_terms()):
             raise ValueError(
                 f"The loss term(s) {', '.join(terms)} read teacher features, which cached teacher outputs do not "
                 "hold: the teacher must run live (runtime.teacher_cache=off)."
             )
-        self.teacher_outputs = outputs
-        self._check_outputs = outputs is not None
+        entries = None if outputs is None else [outputs] if isinstance(outputs, TeacherOutputs) else list(outputs)
+        expected = len(self.teacher.members) if self.is_ensemble else 1
+        if entries is not None and len(entries) != expected:
+            raise ValueError(f"use_teacher_outputs: {len(entries)} cache entries for {expected} teacher net(s).")
+        self.teacher_outputs = entries
+        self._check_outputs = entries is not None
 
     def on_fit_start(self) -> None:
         self._check_outputs = self.teacher_outputs is not None
 
     def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
+        """The cached logits of this training batch: [B, C] for one teacher, [members, B, C] for an ensemble."""
         if stage != "train" or self.teacher_outputs is None:
             return None
         if len(batch) < 3:
@@ -168,17 +177,18 @@ class DistillationModule(ClassifierSystem):
                 f"{len(batch)} items. Use kdlab's MNISTDataModule, or runtime.teacher_cache=off."
             )
         shift = batch[3] if len(batch) > 3 else None
-        return self.teacher_outputs.lookup(batch[2], shift)
+        looked_up = [entry.lookup(batch[2], shift) for entry in self.teacher_outputs]
+        return torch.stack(looked_up) if self.is_ensemble else looked_up[0]
 
     def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
         if self.is_ensemble:
-            return self.ensemble_views(x, y)
+            return self.ensemble_views(x, y, teacher_logits)
         if teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
         elif self._check_outputs:  # the first cached batch of a fit: the very views must agree (trains on the cached)
             with torch.no_grad():
-                self._verify_cached(teacher_logits, self.teacher(x))
+                self._verify_cached(teacher_logits, self.teacher(x), self.teacher_outputs[0])
         teacher_feats = self.teacher_tap.pop()
         student_logits = self.net(x)
         return LossInputs(
@@ -189,32 +199,38 @@ class DistillationModule(ClassifierSystem):
             teacher_features=teacher_feats,
         )
 
-    def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor) -> None:
+    def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor, entry: TeacherOutputs) -> None:
         """One host sync per fit: the cached logits of this batch's (image, shift) pairs against the teacher's."""
         self._check_outputs = False
-        rtol, atol = self.teacher_outputs.tolerance
+        rtol, atol = entry.tolerance
         if not torch.allclose(cached, live.float(), rtol=rtol, atol=atol):
             worst = float((cached - live.float()).abs().max())
             raise TeacherOutputsError(
-                f"The cached teacher outputs ({self.teacher_outputs.path}) differ from the live teacher on the first "
+                f"The cached teacher outputs ({entry.path}) differ from the live teacher on the first "
                 f"training batch (max |difference| {worst:.3g}): the batches' index or shift no longer mean what they "
                 "meant when the outputs were computed (another split, augmentation or data order?). Run with "
                 "runtime.teacher_cache=off, and report this."
             )
 
     # -- an ensemble's members ----------------------------------------------------------------------
-    def member_logits(self, x: torch.Tensor, batch=None) -> list[torch.Tensor]:
+    def member_logits(self, x: torch.Tensor, cached: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Each ensemble member's logits for this batch, in member order, without a graph.
 
-        The one place members are run: today live, frozen nets; a per-member output cache (looked up
-        by the batch's image indices and shifts, `batch` a kdlab.data.Batch) plugs in here.
+        `cached` [members, B, C]: the members' cached logits of this training batch, used instead of
+        running them (the first batch of a fit is checked against the live members first).
         """
-        with torch.no_grad():
-            return [member(x) for member in self.teacher.members]
+        if cached is None:
+            with torch.no_grad():
+                return [member(x) for member in self.teacher.members]
+        if self._check_outputs:
+            with torch.no_grad():
+                for member, entry, logits in zip(self.teacher.members, self.teacher_outputs, cached, strict=True):
+                    self._verify_cached(logits, member(x), entry)
+        return list(cached.unbind(0))
 
-    def ensemble_views(self, x: torch.Tensor, y: torch.Tensor, batch=None) -> LossInputs:
+    def ensemble_views(self, x: torch.Tensor, y: torch.Tensor, cached: torch.Tensor | None = None) -> LossInputs:
         """views() for an ensemble: `teacher_logits` are the members combined, each member's kept too."""
-        members = self.member_logits(x, batch)
+        members = self.member_logits(x, cached)
         member_feats = [tap.pop() for tap in self.member_taps]
         student_logits = self.net(x)
         return LossInputs(

@@ -12,14 +12,25 @@ from kdlab.report.baselines import References
 from kdlab.report.load import Job
 
 
+def member_count(sweep: Sweep) -> int:
+    """How many ensemble members the sweep's jobs scored (0: single teachers); one column each."""
+    jobs = [job for row in sweep.rows for job in row.jobs]
+    count = 0
+    while any(job.metric(f"test/member{count}_acc") is not None for job in jobs):
+        count += 1
+    return count
+
+
 def table_rows(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
     notes = [row.notes() for row in sweep.rows]
+    members = range(member_count(sweep))
     header = [
         *sweep.keys,
         "n seeds",
         f"{'student ' if sweep.distilled else ''}test acc (%)",
         "val acc best (%)",
-        "teacher acc (%)",
+        "ensemble acc (%)" if members else "teacher acc (%)",
+        *(f"member {i} acc (%)" for i in members),
         "agreement (%)",
         "KL",
         "params",
@@ -35,6 +46,7 @@ def table_rows(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
                 fmt.mean_std_percent(row.stats("test/acc")),
                 fmt.mean_std_percent(row.stats(SELECT_METRIC)),
                 fmt.percent(row.mean("test/teacher_acc")),
+                *(fmt.percent(row.mean(f"test/member{i}_acc")) for i in members),
                 fmt.percent(row.mean("test/agreement")),
                 fmt.number(row.mean("test/kl")),
                 fmt.count(row.params),

@@ -1,3 +1,0 @@
-"""kdlab: knowledge distillation on PyTorch Lightning + Hydra."""
-
-__version__ = "0.1.0"

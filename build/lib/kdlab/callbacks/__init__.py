@@ -1,9 +1,0 @@
-"""Lightning callbacks kdlab adds to every run: resume state, interrupts, progress lines, TensorBoard hparams."""
-
-from kdlab.callbacks.epoch_lines import EpochLines
-from kdlab.callbacks.hparams import TensorBoardSession
-from kdlab.callbacks.interrupts import Interrupted, InterruptHandler
-from kdlab.callbacks.progress import RichBar
-from kdlab.callbacks.resume import ResumeState
-
-__all__ = ["EpochLines", "InterruptHandler", "Interrupted", "ResumeState", "RichBar", "TensorBoardSession"]
