@@ -32,6 +32,7 @@ def test_percentages():
     assert percent(0.98123) == "98.12"
     assert percent(None) == "-"
     assert mean_std_percent((0.956, 0.00557)) == "95.60 ± 0.56"
+    assert mean_std_percent((0.9892, 0.00086)) == "98.92 ± 0.09"  # a small std reads like the mean, not 8.6e-02
     assert mean_std_percent(None) == "-"
     assert seeds([10, 2, 0, 2]) == "0, 2, 10"
 

@@ -21,8 +21,10 @@ def number(value: float | None, decimals: int = 4) -> str:
 
 
 def percent(value: float | None) -> str:
-    """A fraction as a percentage with 2 decimals: 0.9812 -> 98.12."""
-    return MISSING if value is None else number(100 * value, 2)
+    """A fraction as a percentage with 2 decimals: 0.9812 -> 98.12, and a std of 0.00085 -> 0.09 (not 8.5e-02)."""
+    if value is None or not math.isfinite(value):
+        return MISSING
+    return f"{100 * value:.2f}"
 
 
 def mean_std_percent(stats: tuple[float, float] | None) -> str:
