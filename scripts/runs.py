@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.outputs)
     if not root.is_dir():
-        print(f"error: {root} is not a folder; give the outputs folder of your runs (default: outputs)", file=sys.stderr)
+        print(
+            f"error: {root} is not a folder; give the outputs folder of your runs (default: outputs)", file=sys.stderr
+        )
         return 1
     header, rows = teacher_rows(root / "teachers") if args.teachers else run_rows(root)
     if not rows:

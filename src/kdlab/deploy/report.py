@@ -37,7 +37,6 @@ class DeployResult:
         return json.dumps(nulls_for_non_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
