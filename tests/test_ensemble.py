@@ -367,18 +367,18 @@ MEMBER = (  # a tiny recipe through the member's own overrides
     "ckpt_path: null}"
 )
 TWO_MEMBERS = f"teacher.members=[{MEMBER % 0},{MEMBER % 1}]"
+# distill_cnn_mlp with that tiny net and recipe: its teacher is TWO_MEMBERS' member 0
+SINGLE_TINY_CNN = (
+    "experiment=distill_cnn_mlp",
+    "teacher.model.channels=[4,8]",
+    "teacher.model.hidden=16",
+    'teacher.overrides=["trainer.max_epochs=1"]',
+)
 
 
 def test_members_are_provisioned_once_and_reused_and_resume_checks_them(make_cfg, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="kdlab.teachers")
-    single, _ = train(
-        make_cfg(
-            "experiment=distill_cnn_mlp",
-            "teacher.model.channels=[4,8]",
-            "teacher.model.hidden=16",
-            'teacher.overrides=["trainer.max_epochs=1"]',
-        )
-    )
+    single, _ = train(make_cfg(*SINGLE_TINY_CNN))
     assert caplog.text.count("training it first") == 1
 
     caplog.clear()  # member 0 is that teacher (same net, recipe, seed): only member 1 is trained
@@ -425,14 +425,7 @@ def test_members_are_provisioned_once_and_reused_and_resume_checks_them(make_cfg
 
 
 def test_each_member_reads_its_own_output_cache_and_teaches_what_it_teaches_live(make_cfg):
-    single, _ = train(
-        make_cfg(
-            "experiment=distill_cnn_mlp",
-            "teacher.model.channels=[4,8]",
-            "teacher.model.hidden=16",
-            'teacher.overrides=["trainer.max_epochs=1"]',
-        )
-    )
+    single, _ = train(make_cfg(*SINGLE_TINY_CNN))
     cached, objects = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS))
     live, _ = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS, "runtime.teacher_cache=off"))
 
