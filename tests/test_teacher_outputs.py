@@ -12,13 +12,15 @@ from safetensors.torch import load_file, save_file
 
 from kdlab.checkpoints import sha256_file
 from kdlab.data import MNISTDataModule, normalize, random_shift, shift_images
-from kdlab.models import MLP
+from kdlab.models import MLP, SmallCNN
 from kdlab.modules import DistillationModule
 from kdlab.record import TeacherRef
 from kdlab.run import train
 from kdlab.teacher_outputs import (
+    BuildSettings,
     TeacherOutputs,
     TeacherOutputsError,
+    build_settings,
     compute_teacher_outputs,
     provide_teacher_outputs,
     shift_offsets,
@@ -53,7 +55,7 @@ def images(n: int = 40) -> torch.Tensor:
 
 def test_cached_logits_equal_live_ones_for_every_shift():
     teacher, x = random_teacher(0), images()
-    outputs = compute_teacher_outputs(teacher, x, max_shift=2, mean=MEAN, std=STD, batch_size=16)
+    outputs = compute_teacher_outputs(teacher, x, 2, MEAN, STD, settings=BuildSettings(16, channels_last=False))
     assert outputs.logits.shape == (40, 25, 10)
     index = torch.arange(40)
     with torch.no_grad():
@@ -70,6 +72,27 @@ def test_cached_logits_equal_live_ones_for_every_shift():
         flat = compute_teacher_outputs(teacher, x, max_shift=0, mean=MEAN, std=STD)
         assert flat.views == 1
         torch.testing.assert_close(flat.lookup(index, None), teacher(normalize(x, MEAN, STD)), rtol=0, atol=1e-6)
+
+
+def test_a_conv_teacher_is_built_in_cache_sized_channels_last_batches_and_equals_its_live_self():
+    torch.manual_seed(0)
+    cnn = SmallCNN(channels=(32, 64), hidden=128).eval()
+    for m in cnn.modules():  # non-trivial running statistics, as a trained teacher has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    settings = build_settings(cnn, (1, 28, 28))
+    # conv1's maps are 32 x 28 x 28 floats = 100 KB an image: 256 images keep them within 32 MB
+    assert settings == BuildSettings(256, channels_last=True)
+    assert build_settings(random_teacher(0), (1, 28, 28)) == BuildSettings(4096, channels_last=False)
+
+    x = images(300)  # more than one build batch
+    outputs = compute_teacher_outputs(cnn, x, 1, MEAN, STD)
+    assert all(p.is_contiguous() for p in cnn.parameters())  # the live teacher keeps its layout
+    with torch.no_grad():
+        for dy, dx in shift_offsets(1).tolist():
+            shift = torch.tensor([[dy, dx]]).expand(300, 2)
+            live = cnn(normalize(shift_images(x, shift), MEAN, STD))
+            torch.testing.assert_close(outputs.lookup(torch.arange(300), shift), live, rtol=1e-5, atol=1e-5)
 
 
 def test_float16_is_stored_only_where_it_changes_nothing_that_matters():
