@@ -327,7 +327,7 @@ def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
         f"name=bench_{family}",
     ]
     if family.startswith("distill") and has_teacher_cache():
-        extra.append(f"runtime.teacher_cache={'auto' if cached else 'off'}")
+        extra.append(f"runtime.teacher_cache={'on' if cached else 'off'}")
     cfg = compose(bench, family, batch_size, tuple(extra))
     HydraConfig().set_config(cfg)
     with as_if_in_a_terminal():

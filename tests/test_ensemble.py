@@ -425,8 +425,8 @@ def test_members_are_provisioned_once_and_reused_and_resume_checks_them(make_cfg
 
 
 def test_each_member_reads_its_own_output_cache_and_teaches_what_it_teaches_live(make_cfg):
-    single, _ = train(make_cfg(*SINGLE_TINY_CNN))
-    cached, objects = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS))
+    single, _ = train(make_cfg(*SINGLE_TINY_CNN, "runtime.teacher_cache=on"))
+    cached, objects = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS, "runtime.teacher_cache=on"))
     live, _ = train(make_cfg(ENSEMBLE, *TINY_CNN, TWO_MEMBERS, "runtime.teacher_cache=off"))
 
     entries = cached.identity["teacher_outputs"]["members"]

@@ -22,6 +22,7 @@ from kdlab.teacher_outputs import (
     TeacherOutputsError,
     build_settings,
     compute_teacher_outputs,
+    planned_images,
     provide_teacher_outputs,
     shift_offsets,
     to_float16_if_harmless,
@@ -114,14 +115,15 @@ def test_float16_is_stored_only_where_it_changes_nothing_that_matters():
 def setup(tmp_path, mnist_dir):
     """What kdlab.run hands provide_teacher_outputs: config, module, datamodule, data checksums, teacher ref."""
 
-    def make(seed=0, losses=KD, cache="auto", data_kw=None, data=None):
+    def make(seed=0, losses=KD, cache="auto", data_kw=None, data=None, trainer=None):
         path = teacher_file(tmp_path, seed)
         cfg = OmegaConf.create(
             {
                 "runtime": {"teacher_cache": cache, "teacher_cache_dtype": "float32"},
                 "paths": {"teacher_dir": str(tmp_path / "teachers")},
                 "teacher": {"model": TEACHER},
-                "trainer": {"accelerator": "cpu"},
+                "trainer": {"accelerator": "cpu", **(trainer or {})},  # no limits: plan unknown, built
+                "data": {"batch_size": 64},
             }
         )
         module = DistillationModule(
@@ -154,6 +156,36 @@ def test_outputs_are_built_once_then_read_and_checked(setup, caplog):
     module = again_args[1]
     assert module.teacher_outputs[0].logits.shape == (1000, 25, 10)  # 1200 - 200 validation images
     assert module.teacher_outputs[0].path == first["path"]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "planned"),
+    [
+        ({"fast_dev_run": True}, 64),
+        ({"fast_dev_run": 3}, 192),
+        ({"max_epochs": 2}, 2000),
+        ({"max_epochs": 30, "limit_train_batches": 1.0}, 30000),
+        ({"max_epochs": 30, "limit_train_batches": 0.5}, 15000),
+        ({"max_epochs": 30, "limit_train_batches": 2}, 3840),  # an int counts batches: 2 x 64 an epoch
+        ({"max_epochs": 30, "max_steps": 10}, 640),
+        ({"max_epochs": -1, "max_steps": -1}, None),
+    ],
+)
+def test_planned_images_follow_the_trainer_limits(trainer, planned):
+    assert planned_images(OmegaConf.create({"data": {"batch_size": 64}, "trainer": trainer}), 1000) == planned
+
+
+def test_auto_builds_only_what_pays_for_itself_and_reads_any_entry(setup, tmp_path):
+    # 2 epochs put 2000 images through the teacher; the build would put 25 views x 1000 images through it
+    short = provide_teacher_outputs(*setup(trainer={"max_epochs": 2}))
+    assert short["used"] is False and "runtime.teacher_cache=on builds them anyway" in short["reason"]
+    assert not (tmp_path / "teachers").exists()  # nothing built
+    full = provide_teacher_outputs(*setup(trainer={"max_epochs": 30}))  # 30000 >= 25000: worth building
+    assert full["used"] and full["built_s"] is not None
+    again = provide_teacher_outputs(*setup(trainer={"fast_dev_run": True}))  # an entry exists: a smoke run reads it
+    assert again["used"] and again["built_s"] is None and again["key"] == full["key"]
+    forced = provide_teacher_outputs(*setup(seed=1, cache="on", trainer={"fast_dev_run": True}))
+    assert forced["used"] and forced["built_s"] is not None
 
 
 def test_the_cache_is_refused_after_the_teacher_or_the_data_changes(setup):
@@ -209,7 +241,9 @@ def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
 def test_a_run_with_the_cache_learns_what_the_live_teacher_teaches(make_cfg):
     """End to end: the cached logits are the live ones, so the student and its metrics come out the same."""
     tiny_teacher = 'teacher.overrides=["trainer.max_epochs=1"]'
-    cached, _ = train(make_cfg("experiment=distill_mlp", tiny_teacher, "trainer.max_epochs=2"))
+    cached, _ = train(
+        make_cfg("experiment=distill_mlp", tiny_teacher, "trainer.max_epochs=2", "runtime.teacher_cache=on")
+    )
     live, _ = train(
         make_cfg("experiment=distill_mlp", tiny_teacher, "trainer.max_epochs=2", "runtime.teacher_cache=off")
     )

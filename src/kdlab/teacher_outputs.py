@@ -22,7 +22,9 @@ Rules that keep it exact:
 An ensemble's members each read their own entry, combined per batch as their live logits would be.
 Entries live beside the teacher they came from: `<teacher entry>/outputs/<key>.safetensors` for a
 cached teacher, `<teacher_dir>/outputs-by-sha256/<sha256[:16]>/<key>.safetensors` for a teacher given
-as `teacher.ckpt_path`. Switch with `runtime.teacher_cache=auto|off`.
+as `teacher.ckpt_path`. Switch with `runtime.teacher_cache=auto|on|off`: `auto` reads an entry when there is
+one and builds a missing one only when the run puts at least as many images through the teacher as the
+build does (a smoke run or a 2-epoch probe runs the teacher live instead); `on` always builds.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ BUILD_ACTIVATION_BYTES = 32 * 2**20
 SAMPLE = 512  # (image, view) pairs checked against the live teacher on every use
 TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (2e-3, 2e-3)}  # (rtol, atol) of the checks, per storage
 FP16_KD_RTOL = 1e-3  # float16 storage only if it moves the KD loss by less than this, relatively
-MODES = ("auto", "off")
+MODES = ("auto", "on", "off")
 
 
 class TeacherOutputsError(RuntimeError):
@@ -319,7 +321,8 @@ def why_live(cfg: DictConfig, module, datamodule) -> str | None:
     if mode not in MODES:
         raise ValueError(
             f"runtime.teacher_cache={mode!r} is not one of {', '.join(MODES)}: 'auto' reads the teacher's logits "
-            "from a cache when that is exact, 'off' always runs the teacher."
+            "from a cache when that is exact and builds one when that costs no more than this run's live teacher, "
+            "'on' always builds it, 'off' always runs the teacher."
         )
     if mode == "off":
         return "runtime.teacher_cache=off"
@@ -358,21 +361,60 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str,
         nets, refs, models = [module.teacher], [teacher], [cfg.teacher.model]
     device = _device(cfg)
     images = train_images(datamodule)
+    max_shift = int(datamodule.hparams.augment_shift)
+    places = [entry_place(cfg, datamodule, data, images, net.to(device), ref, model, device)
+              for net, ref, model in zip(nets, refs, models, strict=True)]  # fmt: skip
+    missing = sum(not path.is_file() for _, path, _ in places)
+    if missing and OmegaConf.select(cfg, "runtime.teacher_cache") == "auto":
+        views, planned = (2 * max_shift + 1) ** 2, planned_images(cfg, len(images))
+        if planned is not None and planned < views * len(images):
+            reason = (
+                f"building the teacher's outputs ({views} views x {len(images)} images) would cost more teacher "
+                f"forwards than this run's ~{planned} training images; runtime.teacher_cache=on builds them anyway"
+            )
+            log.info("The teacher runs live in training: %s.", reason)
+            return {"used": False, "reason": reason}
     entries = [
-        _provide_one(cfg, module, datamodule, data, images, net.to(device), ref, model, dtype, device)
-        for net, ref, model in zip(nets, refs, models, strict=True)
+        _provide_one(module, datamodule, images, net.to(device), key, path, build, dtype, device)
+        for (key, path, build), net in zip(places, nets, strict=True)
     ]
     module.use_teacher_outputs([outputs for outputs, _ in entries])
     infos = [info for _, info in entries]
     return {"used": True, "members": infos} if getattr(module, "is_ensemble", False) else {"used": True, **infos[0]}
 
 
-def _provide_one(cfg, module, datamodule, data, images, net, ref, model, dtype, device) -> tuple[TeacherOutputs, dict]:
+def planned_images(cfg: DictConfig, n_train: int) -> int | None:
+    """About how many training images this run puts through the teacher (None: unknown), from its Trainer limits."""
+    batch = int(OmegaConf.select(cfg, "data.batch_size", default=0) or 0)
+    trainer = OmegaConf.select(cfg, "trainer", default=None)
+    if not batch or trainer is None:
+        return None
+    if fast := trainer.get("fast_dev_run"):
+        return (1 if fast is True else int(fast)) * batch
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, float):  # Lightning: a float is a fraction of the epoch, an int a number of batches
+        per_epoch = int(n_train * limit)
+    else:
+        per_epoch = n_train if limit is None else min(n_train, int(limit) * batch)
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    known = []
+    if epochs not in (None, -1):
+        known.append(per_epoch * epochs)
+    if steps not in (None, -1):
+        known.append(steps * batch)
+    return min(known) if known else None
+
+
+def entry_place(cfg, datamodule, data, images, net, ref, model, device) -> tuple[str, Path, BuildSettings]:
+    """One teacher net's entry: its key, its file and how it is built."""
+    build = build_settings(net, images.shape[1:], device)
+    key = outputs_key(ref.sha256, model, data, datamodule, int(datamodule.hparams.augment_shift), build)
+    return key, outputs_folder(cfg.paths.teacher_dir, ref) / f"{key}.safetensors", build
+
+
+def _provide_one(module, datamodule, images, net, key, path, build, dtype, device) -> tuple[TeacherOutputs, dict]:
     """One teacher net's entry: read (and checked) or built, and what the record keeps of it."""
     max_shift = int(datamodule.hparams.augment_shift)
-    build = build_settings(net, images.shape[1:], device)
-    key = outputs_key(ref.sha256, model, data, datamodule, max_shift, build)
-    path = outputs_folder(cfg.paths.teacher_dir, ref) / f"{key}.safetensors"
     mean, std = datamodule.hparams.mean, datamodule.hparams.std
     started = time.perf_counter()
     built = False
