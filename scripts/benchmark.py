@@ -57,6 +57,7 @@ from kdlab.checkpoints import load_weights
 from kdlab.config import compose_config
 from kdlab.console import quiet_libraries
 from kdlab.data import normalize, random_shift
+from kdlab.losses.logits import kd_divergence
 from kdlab.modules.schedulers import bind_scheduler
 from kdlab.run import count_params, train
 
@@ -193,12 +194,6 @@ def val_batches(bench: Bench, batch_size: int) -> int:
     return max(1, round(full_val * bench.steps_per_epoch / full_steps))
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's KD term, written out: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
-    t = temperature
-    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), "batchmean", log_target=True)
-
-
 def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Timing:
     """The hand-written loop: no framework, the same nets, data, augmentation, losses and optimiser."""
     started = time.perf_counter()
@@ -245,7 +240,7 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
                 else:
                     with torch.no_grad():
                         t_logits = teacher(x)
-                loss = w_ce * F.cross_entropy(logits, y) + w_kd * kd_loss(logits, t_logits, temperature)
+                loss = w_ce * F.cross_entropy(logits, y) + w_kd * kd_divergence(logits, t_logits, temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -281,7 +276,7 @@ def plain_validation(net, teacher, x_val, y_val, mean, std, batch_size, cfg, ben
                 continue
             t_logits = teacher(x)
             temperature = float(cfg.distill.losses.kd.temperature)
-            kd = kd_loss(logits, t_logits, temperature) * len(y)
+            kd = kd_divergence(logits, t_logits, temperature) * len(y)
             agree = (logits.argmax(1) == t_logits.argmax(1)).sum()
             kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t_logits, 1), reduction="sum", log_target=True)
             sums += torch.stack([ce, kd, correct, agree, kl, ce.new_ones(()) * len(y)])

@@ -48,6 +48,7 @@ from kdlab.config import plain
 from kdlab.data.transforms import normalize
 from kdlab.identity import digest
 from kdlab.locks import file_lock
+from kdlab.losses.logits import kd_divergence
 
 log = logging.getLogger(__name__)
 
@@ -242,17 +243,13 @@ def to_float16_if_harmless(outputs: TeacherOutputs, temperatures: Sequence[float
     sample = full.reshape(-1, full.shape[-1])[: len(student_logits)]
     sample_half = half.reshape(-1, full.shape[-1])[: len(student_logits)].float()
     for t in temperatures or (1.0,):
-        exact = _kd(student_logits, sample, t)
-        rounded = _kd(student_logits, sample_half, t)
+        exact = kd_divergence(student_logits, sample, t)
+        rounded = kd_divergence(student_logits, sample_half, t)
         if abs(float(rounded - exact)) > FP16_KD_RTOL * abs(float(exact)):
             return False
     outputs.logits = half
     outputs.__post_init__()
     return True
-
-
-def _kd(student: Tensor, teacher: Tensor, t: float) -> Tensor:
-    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), "batchmean", log_target=True)
 
 
 # -- storage --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from kdlab.config import CONFIG_DIR
 from kdlab.losses import CE, DKD, KD, LogitMSE, LossInputs, LossTerm
+from kdlab.losses.logits import kd_divergence
 
 CONF = CONFIG_DIR / "loss"
 
@@ -83,6 +84,14 @@ def test_kd_is_a_mean_over_samples():
     one = KD(temperature=1.0)(inputs([[0.0, 0.0]], [[math.log(3.0), 0.0]]))
     two = KD(temperature=1.0)(inputs([[0.0, 0.0]] * 2, [[math.log(3.0), 0.0]] * 2))
     assert two.item() == pytest.approx(one.item(), abs=1e-6)
+
+
+def test_kd_divergence_sums_classes_and_averages_samples():
+    # The one KD formula the term, the fp16 gate of the output cache and the benchmark's plain loop share.
+    # F.kl_div(s, t, "batchmean") passes "batchmean" as size_average, a mean over all elements: 0.0654 here.
+    student, teacher = torch.tensor([[0.0, 0.0]] * 3), torch.tensor([[math.log(3.0), 0.0]] * 3)
+    assert kd_divergence(student, teacher, 1.0).item() == pytest.approx(0.130812, abs=1e-5)
+    assert kd_divergence(student, 2 * teacher, 2.0).item() == pytest.approx(4 * 0.130812, abs=1e-5)
 
 
 def test_kd_gradient_reaches_student_only():

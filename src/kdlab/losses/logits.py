@@ -35,6 +35,13 @@ class CE(LossTerm):
         return f"{super().extra_repr()}, label_smoothing={self.label_smoothing}"
 
 
+def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes, mean over samples (Hinton's KD term)."""
+    t = temperature
+    log_student, log_teacher = F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1)
+    return t * t * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+
+
 class KD(LossTerm):
     """Hinton et al. 2015 soft targets: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over samples.
 
@@ -50,10 +57,7 @@ class KD(LossTerm):
         )
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        t = self.temperature
-        log_student = F.log_softmax(inputs.student_logits / t, dim=1)
-        log_teacher = F.log_softmax(self.teacher_logits(inputs) / t, dim=1)
-        return t * t * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+        return kd_divergence(inputs.student_logits, self.teacher_logits(inputs), self.temperature)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, temperature={self.temperature}"
