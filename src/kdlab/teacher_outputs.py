@@ -359,7 +359,8 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str,
     device = _device(cfg)
     images = train_images(datamodule)
     max_shift = int(datamodule.hparams.augment_shift)
-    places = [entry_place(cfg, datamodule, data, images, net.to(device), ref, model, device)
+    nets = [net.to(device) for net in nets]
+    places = [entry_place(cfg, datamodule, data, images, net, ref, model, device)
               for net, ref, model in zip(nets, refs, models, strict=True)]  # fmt: skip
     missing = sum(not path.is_file() for _, path, _ in places)
     if missing and OmegaConf.select(cfg, "runtime.teacher_cache") == "auto":
@@ -372,7 +373,7 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, data: dict[str,
             log.info("The teacher runs live in training: %s.", reason)
             return {"used": False, "reason": reason}
     entries = [
-        _provide_one(module, datamodule, images, net.to(device), key, path, build, dtype, device)
+        _provide_one(module, datamodule, images, net, key, path, build, dtype, device)
         for (key, path, build), net in zip(places, nets, strict=True)
     ]
     module.use_teacher_outputs([outputs for outputs, _ in entries])
