@@ -90,3 +90,18 @@ def test_random_shift_rejects_negative_and_unbatched():
         random_shift(torch.zeros(1, 1, 4, 4), -1)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         random_shift(torch.zeros(4, 4), 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_random_shift_equals_the_reference_for_every_offset_channel_and_layout(channels_last):
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (50, 3, 6, 9), dtype=torch.uint8)  # no zero pixel: a missed fill shows
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    offsets = torch.tensor(list(itertools.product(range(-2, 3), repeat=2)) * 2)  # all 25 shifts, twice
+    shifted = shift_images(images, offsets)
+    for image, (dy, dx), out in zip(images, offsets.tolist(), shifted, strict=True):
+        assert torch.equal(out, _reference_shift(image, dy, dx)), (dy, dx)
+    generator = torch.Generator().manual_seed(3)
+    drawn, drawn_offsets = random_shift(images, 2, generator)
+    assert torch.equal(drawn, shift_images(images, drawn_offsets))

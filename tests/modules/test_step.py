@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlab.data import MNISTDataModule
 from kdlab.modules import DistillationModule, TeacherModule
 from kdlab.modules.guards import DivergenceError
+from kdlab.modules.noop_hooks import CALLBACK_HOOKS, TRAIN_BATCH_HOOKS
 from kdlab.modules.profiler import NoProfiler
 from kdlab.modules.tally import StepTally
 
@@ -137,6 +138,71 @@ def test_lightning_default_profiler_is_swapped_for_a_free_one_and_a_chosen_one_k
     assert isinstance(default.profiler, NoProfiler) and isinstance(default.profiler, PassThroughProfiler)
     chosen = fit(distiller(teacher_file), mnist_dir, epochs=1, limit_train_batches=2, profiler=SimpleProfiler())
     assert type(chosen.profiler) is SimpleProfiler
+
+
+class CountingCallback(L.Callback):
+    """Overrides two per-step hooks; every other hook is Callback's no-op."""
+
+    def __init__(self) -> None:
+        self.calls = {"on_train_batch_end": 0, "on_before_optimizer_step": 0}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.calls["on_train_batch_end"] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.calls["on_before_optimizer_step"] += 1
+
+
+class SilentCallback(L.Callback):
+    pass
+
+
+class BackwardCountingDistiller(DistillationModule):
+    backward_calls = 0
+
+    def on_after_backward(self) -> None:
+        self.backward_calls += 1
+
+
+def test_only_hooks_that_do_something_are_called_per_step(teacher_file, mnist_dir):
+    counting, silent = CountingCallback(), SilentCallback()
+    torch.manual_seed(0)
+    module = BackwardCountingDistiller(
+        net=STUDENT, teacher_net=TEACHER, teacher_ckpt=str(teacher_file), losses=KD, optimizer=ADAMW, scheduler=ONECYCLE
+    )
+    trainer = fit(module, mnist_dir, epochs=1, limit_train_batches=3, callbacks=[counting, silent])
+    # overridden hooks still run at every step, on callbacks and on the module
+    assert counting.calls == {"on_train_batch_end": 3, "on_before_optimizer_step": 3}
+    assert module.backward_calls == 3
+    # the base no-ops are not called at all: Lightning skips a hook attribute that is not callable
+    assert all(vars(silent).get(hook, "kept") is None for hook in CALLBACK_HOOKS)
+    assert vars(counting).get("on_before_backward", "kept") is None
+    assert "on_train_batch_end" not in vars(counting) and "on_before_optimizer_step" not in vars(counting)
+    noop = {hook for hook in TRAIN_BATCH_HOOKS if vars(module).get(hook, "kept") is None}
+    assert noop == set(TRAIN_BATCH_HOOKS) - {"on_train_batch_end", "on_after_backward"}  # both overridden
+    # the module's evaluation hooks keep their methods: Lightning reads their signatures
+    assert callable(module.on_validation_batch_end) and callable(module.on_test_batch_end)
+    assert trainer.global_step == 3
+    trainer.test(module, datamodule=datamodule(mnist_dir), verbose=False)  # the pruned callbacks still test
+
+
+def test_lightning_reads_the_step_signatures_without_rebuilding_them(teacher_file, mnist_dir, monkeypatch):
+    import inspect
+
+    rebuilt = []
+    real = inspect._signature_from_function
+
+    def counting(sigcls, func, *args, **kwargs):
+        rebuilt.append(getattr(func, "__qualname__", repr(func)))
+        return real(sigcls, func, *args, **kwargs)
+
+    monkeypatch.setattr(inspect, "_signature_from_function", counting)
+    fit(distiller(teacher_file), mnist_dir, epochs=1, limit_train_batches=4, limit_val_batches=2)
+    steps = [name for name in rebuilt if name.endswith(("training_step", "validation_step"))]
+    assert steps == [], f"Lightning rebuilt a step's signature {len(steps)} times: {sorted(set(steps))}"
+    monkeypatch.undo()
+    spec = inspect.getfullargspec(distiller(teacher_file).training_step)
+    assert spec.args == ["self", "batch", "batch_idx"]
 
 
 def test_compile_keeps_the_state_dict_keys(teacher_file):
