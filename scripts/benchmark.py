@@ -53,6 +53,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from kdlab.allocator import keep_freed_memory
 from kdlab.checkpoints import load_weights
 from kdlab.config import compose_config
 from kdlab.console import quiet_libraries
@@ -444,6 +445,7 @@ def machine(bench: Bench) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "threads": kdlab.threads.configure_threads().as_record(),
+        "memory": keep_freed_memory(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
         "lightning": L.__version__,
@@ -575,6 +577,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", default="auto", help="torch threads for every row, as runtime.threads")
+    parser.add_argument("--malloc", default="tuned", choices=["tuned", "default"], help="as runtime.malloc, every row")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--teacher-ckpt", default=None, help="teacher weights (default: a random teacher MLP)")
     parser.add_argument("--override", action="append", default=[], help="a config override for every row")
@@ -601,6 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plan = kdlab.threads.configure_threads(args.threads)  # kdlab.run.train keeps this choice for its rows
     print(f"{plan.describe()}", flush=True)
     torch.set_flush_denormal(True)  # as kdlab.run.train does, for every row alike
+    print(f"Memory: {keep_freed_memory(args.malloc)}.", flush=True)  # process-wide: the plain rows get it too
     with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
         root = Path(tmp)
         bench = Bench(args, root, torch.device(args.device), args.teacher_ckpt or "")

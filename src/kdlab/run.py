@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdlab.allocator import keep_freed_memory
 from kdlab.analysis import TestAnalysis
 from kdlab.analysis.omitted import logits_of, omitted_class_report
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
@@ -105,13 +106,14 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
     started = time.perf_counter()
     quiet_libraries()
     threads = kdlab.threads.configure_threads(OmegaConf.select(cfg, "runtime.threads", default="auto"))
+    memory = keep_freed_memory(OmegaConf.select(cfg, "runtime.malloc", default="tuned"))
     torch.set_flush_denormal(True)  # Adam's state decays into denormals on CPU: +50-70% steps/s
     validate_config(cfg)
     output_dir = resumed_run_folder(cfg) or Path(cfg.paths.output_dir)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     record = new_record(cfg, output_dir)
-    record.code["runtime"] = threads.as_record()
+    record.code["runtime"] = {**threads.as_record(), "memory": memory}
     objects: dict[str, Any] = {"cfg": cfg}
     interrupts = InterruptHandler(output_dir / "checkpoints")
     try:

@@ -303,3 +303,10 @@ def test_a_stream_the_checkpoint_lacks_restarts_from_the_seed_with_a_warning(mni
     fresh.setup()
     assert all(torch.equal(a, b) for a, b in zip(_shifts(resumed, rank=1), _shifts(fresh, rank=1), strict=True))
     assert "holds augmentation streams of ranks [0] on cpu; rank 1 on cpu cannot continue one" in caplog.text
+
+
+def test_a_batch_already_on_the_device_is_handed_on_as_it_is(dm):
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # no walk over it on the CPU
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)  # another device: Lightning moves it
+    assert [t.device.type for t in moved] == ["meta"] * 3 and [t.shape for t in moved] == [t.shape for t in batch]

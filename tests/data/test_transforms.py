@@ -25,6 +25,14 @@ def test_normalize_arithmetic():
     torch.testing.assert_close(out, torch.tensor([-2.0, 2.0, (0.2 - 0.5) / 0.25]))
 
 
+def test_normalize_in_place_gives_the_formulas_values_bit_for_bit_and_keeps_its_input():
+    x = torch.arange(256, dtype=torch.uint8).repeat(3).view(3, 1, 16, 16)
+    kept = x.clone()
+    out = normalize(x, mean=0.1307, std=0.3081)
+    assert torch.equal(out, (x.to(torch.float32) / 255.0 - 0.1307) / 0.3081)  # the same roundings, in the same order
+    assert torch.equal(x, kept)
+
+
 def test_normalize_refuses_float_input_to_catch_double_normalisation():
     with pytest.raises(TypeError, match="already"):
         normalize(torch.zeros(3))

@@ -212,3 +212,34 @@ def test_compile_keeps_the_state_dict_keys(teacher_file):
     )
     assert compiled.hparams.compile is True and "compile" not in plain_module.hparams
     assert list(compiled.net.state_dict()) == list(copy.deepcopy(plain_module.net).state_dict())
+
+
+class GradNorms(L.Callback):
+    """A typical step hook: it must see every backward, so the run keeps Lightning's path."""
+
+    def __init__(self) -> None:
+        self.norms: list[torch.Tensor] = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.norms.append(torch.stack([p.grad.norm() for p in pl_module.net.parameters()]).norm())
+
+
+def test_a_cpu_run_steps_directly_and_a_step_hook_brings_back_lightnings_path(teacher_file, mnist_dir, monkeypatch):
+    routed = []
+    lightning_backward = L.LightningModule.manual_backward
+
+    def counting_backward(self, loss, *args, **kwargs):
+        routed.append(1)
+        return lightning_backward(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(L.LightningModule, "manual_backward", counting_backward)
+    direct = distiller(teacher_file)
+    trainer = fit(direct, mnist_dir, epochs=1)
+    assert routed == [] and direct._direct_step  # one device, 32-bit, no step hook: loss.backward() and step
+    assert trainer.global_step == 16  # Lightning still counted every step
+
+    hooked, norms = distiller(teacher_file), GradNorms()
+    trainer = fit(hooked, mnist_dir, epochs=1, callbacks=[norms])
+    assert not hooked._direct_step and len(routed) == len(norms.norms) == trainer.global_step == 16
+    for key, value in direct.net.state_dict().items():  # both paths train the very same weights
+        assert torch.equal(value, hooked.net.state_dict()[key]), key

