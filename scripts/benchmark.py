@@ -464,6 +464,16 @@ def ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int, ke
     return found[numerator, batch_size].median(key) / found[denominator, batch_size].median(key)
 
 
+def paired_ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int) -> float | None:
+    """The median of the per-repeat ratios: each repeat's two rows ran minutes apart at most, so a change of
+    machine load between repeats, which moves both medians, cancels here."""
+    found = {(r.name, r.batch_size): r for r in rows if r.timings}
+    if (numerator, batch_size) not in found or (denominator, batch_size) not in found:
+        return None
+    pairs = zip(found[numerator, batch_size].timings, found[denominator, batch_size].timings, strict=False)
+    return statistics.median(a.rate / b.rate for a, b in pairs)
+
+
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
     """kdlab against its plain reference, per family and batch size, in wall time and in CPU time; targets marked."""
     pairs = []  # (what, numerator, denominator, batch size, target, target is a floor)
@@ -487,7 +497,8 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
         if value is None:
             continue
         item = {"what": what or f"{num} vs {den}", "batch_size": batch_size, "ratio": value,
-                "cpu_ratio": ratio(rows, num, den, batch_size, "cpu_rate")}  # fmt: skip
+                "cpu_ratio": ratio(rows, num, den, batch_size, "cpu_rate"),
+                "paired_ratio": paired_ratio(rows, num, den, batch_size)}  # fmt: skip
         if target is not None:
             item.update(target=target, floor=floor, met=value >= target if floor else value <= target)
         found.append(item)
@@ -521,12 +532,15 @@ def report(rows: list[Row], bench: Bench, load_before: tuple[float, ...], wall: 
             f"{row.median('cpu_rate'):>9.0f} {row.median('setup_s'):>7.2f} {row.median('warmup_s'):>9.2f}"
         )
     found = ratios(rows)
-    print(f"\n{'ratio (medians)':<56} {'batch':>5} {'wall':>6} {'cpu':>6}  target (on wall time)")
+    print(f"\n{'ratio (medians)':<56} {'batch':>5} {'wall':>6} {'cpu':>6} {'paired':>6}  target (on wall time)")
     for item in found:
         verdict = ""
         if "target" in item:
             verdict = f"{'>=' if item['floor'] else '<='} {item['target']:.2f} {'ok' if item['met'] else 'MISSED'}"
-        print(f"{item['what']:<56} {item['batch_size']:>5} {item['ratio']:>6.3f} {item['cpu_ratio']:>6.3f}  {verdict}")
+        print(
+            f"{item['what']:<56} {item['batch_size']:>5} {item['ratio']:>6.3f} {item['cpu_ratio']:>6.3f} "
+            f"{item['paired_ratio']:>6.3f}  {verdict}"
+        )
     cache = {}
     if "build_s" in bench.outputs:
         cache = {"build_s": bench.outputs["build_s"], "views": int(bench.outputs["cache"].views)}

@@ -38,6 +38,23 @@ def test_benchmark_quick_mode_emits_every_row_as_json(mnist_dir, tmp_path):
     ratios = {r["what"]: r for r in results["ratios"]}
     target = ratios["kdlab as users run it / plain+val, live teacher, 128"]
     assert target["target"] == 0.85 and isinstance(target["met"], bool) and target["ratio"] > 0
+    assert target["paired_ratio"] > 0
     assert results["teacher_cache"]["views"] == 25 and results["teacher_cache"]["build_s"] > 0
     assert results["machine"]["threads"]["threads"] == 1 and len(results["load_average"]["before"]) == 3
     assert "kdlab as users run it / plain+val" in done.stdout  # the printed table
+
+
+def test_the_paired_ratio_is_the_median_of_each_repeats_ratio():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+    def row(name, rates):
+        return benchmark.Row(name, 128, run=None, timings=[benchmark.Timing(r, 1.0, 1.0, 0.0, 0.0) for r in rates])
+
+    # Repeat 1 ran on a loaded machine, both rows alike; in repeat 2 a load spike hit the plain row alone.
+    rows = [row("distill/plain", [100, 100, 200]), row("distill/bare", [90, 180, 180])]
+    assert benchmark.paired_ratio(rows, "distill/bare", "distill/plain", 128) == 0.9  # ratios 0.9, 1.8, 0.9
+    assert benchmark.ratio(rows, "distill/bare", "distill/plain", 128) == 1.8  # medians 180 / 100 mix the loads
