@@ -4,12 +4,14 @@ In manual optimisation, `manual_backward` and `optimizer.step()` pass through th
 precision plugin so that loss scaling, DDP and the backward/optimiser-step hooks can act. A run on one
 device in 32-bit precision, where neither the module nor any callback overrides those hooks (nor the
 module's `backward`), has nothing for them to do: there they only cost time. Such a run calls
-`loss.backward()` and the optimiser itself, as a hand-written loop does. Together with handing CPU
-batches on untouched (MNISTDataModule.transfer_batch_to_device), a bare-Trainer distill_mlp step at
-batch 128 on CPU went from 8.59 to 8.41 ms (medians of 7 interleaved repeats, 2-core machine). Lightning still counts the step (`global_step`) and times it (a configured
-profiler) through the LightningOptimizer's own step callbacks, so checkpoints, schedules and
-`max_steps` see every step. Anything else (DDP, mixed precision, a hook that does something) keeps
-Lightning's path.
+`loss.backward()` and the optimiser itself, as a hand-written loop does. Lightning still counts the
+step (`global_step`) and times it (a configured profiler) through the LightningOptimizer's own step
+callbacks, so checkpoints, schedules and `max_steps` see every step. Anything else (DDP, mixed
+precision, a hook that does something) keeps Lightning's path.
+
+Together with handing CPU batches on untouched (MNISTDataModule.transfer_batch_to_device), a
+bare-Trainer distill_mlp step at batch 128 on CPU went from 8.59 to 8.41 ms (medians of 7
+interleaved repeats, 2-core machine).
 """
 
 from __future__ import annotations
