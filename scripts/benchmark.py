@@ -457,21 +457,26 @@ def machine(bench: Bench) -> dict[str, Any]:
     return info
 
 
-def ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int, key: str = "rate") -> float | None:
+def _pair(rows: list[Row], numerator: str, denominator: str, batch_size: int) -> tuple[Row, Row] | None:
+    """The two timed rows of a ratio, or None when either was not run."""
     found = {(r.name, r.batch_size): r for r in rows if r.timings}
     if (numerator, batch_size) not in found or (denominator, batch_size) not in found:
         return None
-    return found[numerator, batch_size].median(key) / found[denominator, batch_size].median(key)
+    return found[numerator, batch_size], found[denominator, batch_size]
+
+
+def ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int, key: str = "rate") -> float | None:
+    pair = _pair(rows, numerator, denominator, batch_size)
+    return None if pair is None else pair[0].median(key) / pair[1].median(key)
 
 
 def paired_ratio(rows: list[Row], numerator: str, denominator: str, batch_size: int) -> float | None:
     """The median of the per-repeat ratios: each repeat's two rows ran minutes apart at most, so a change of
     machine load between repeats, which moves both medians, cancels here."""
-    found = {(r.name, r.batch_size): r for r in rows if r.timings}
-    if (numerator, batch_size) not in found or (denominator, batch_size) not in found:
+    pair = _pair(rows, numerator, denominator, batch_size)
+    if pair is None:
         return None
-    pairs = zip(found[numerator, batch_size].timings, found[denominator, batch_size].timings, strict=False)
-    return statistics.median(a.rate / b.rate for a, b in pairs)
+    return statistics.median(a.rate / b.rate for a, b in zip(pair[0].timings, pair[1].timings, strict=False))
 
 
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
