@@ -30,7 +30,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
-# ~10 min on 2 CPU cores: every row x 3 interleaved repeats, batch 128 and 512, bf16/compile at 128 and 1024.
+# ~10 min on 2 CPU cores: every row x 3 interleaved repeats, batch 128 and 512, bf16/compile/fused at 128 and 1024.
 bench: setup
 	$(BIN)/python scripts/benchmark.py --json outputs/bench.json $(ARGS)
 

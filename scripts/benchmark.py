@@ -19,7 +19,8 @@ Rows, per family (`distill` = distill_mlp, `scratch` = student_scratch_mlp, `tea
                  rendering as in a terminal, TensorBoard, checkpoints, validation every epoch
 The `distill-cached` family reads the teacher's logits from the teacher-output cache instead of running
 the teacher (kdlab.teacher_outputs); `distill` rows run it live. `bare bf16-mixed` and `bare compile`
-rows measure CPU mixed precision and a compiled student.
+rows measure CPU mixed precision and a compiled student, `bare fused` the opt-in fused optimiser
+(`+optimizer.fused=true`), each against `bare` at the same batch size.
 
 Absolute numbers depend on the machine and its load: read the ratios, measured in one process.
 """
@@ -65,7 +66,7 @@ from kdlab.run import count_params, train
 FAMILIES = {"distill": "distill_mlp", "distill-cached": "distill_mlp", "scratch": "student_scratch_mlp",
             "teacher": "train_teacher_mlp"}  # fmt: skip
 KINDS = ("plain", "bare", "plain+val", "kdlab")
-EXTRA_KINDS = ("bare bf16-mixed", "bare compile")
+EXTRA_KINDS = ("bare bf16-mixed", "bare compile", "bare fused")
 QUICK_ROWS = "distill/*,distill-cached/*,scratch/kdlab"
 TARGETS = {  # (numerator row, denominator row, batch size): the ratio kdlab must reach (issue 9)
     "kdlab as users run it / plain+val, live teacher, 128": ("distill/kdlab", "distill/plain+val", 128, 0.85),
@@ -286,10 +287,12 @@ def plain_validation(net, teacher, x_val, y_val, mean, std, batch_size, cfg, ben
 
 
 # -- the Lightning rows -----------------------------------------------------------------------------------
-def bare_row(bench: Bench, family: str, batch_size: int, precision: str = "32-true", compiled: bool = False) -> Timing:
+def bare_row(
+    bench: Bench, family: str, batch_size: int, precision: str = "32-true", compiled: bool = False, fused: bool = False
+) -> Timing:
     """kdlab's LightningModule through a Trainer with everything optional switched off."""
     started = time.perf_counter()
-    cfg = bench.config(family, batch_size)
+    cfg = fused_config(bench, family, batch_size) if fused else bench.config(family, batch_size)
     dm = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, **({"compile": True} if compiled else {}))
     if family == "distill-cached":
@@ -312,6 +315,11 @@ def bare_row(bench: Bench, family: str, batch_size: int, precision: str = "32-tr
     )
     trainer.fit(module, datamodule=dm)
     return clock.timing()
+
+
+def fused_config(bench: Bench, family: str, batch_size: int) -> DictConfig:
+    """The row's config with `+optimizer.fused=true`, as a user opts in: one fused kernel per optimiser step."""
+    return compose(bench, family, batch_size, ("+optimizer.fused=true",))
 
 
 def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
@@ -426,6 +434,8 @@ def runner(bench: Bench, family: str, kind: str, batch_size: int) -> Callable[[]
         return lambda: bare_row(bench, family, batch_size, precision="bf16-mixed")
     if kind == "bare compile":
         return lambda: bare_row(bench, family, batch_size, compiled=True)
+    if kind == "bare fused":
+        return lambda: bare_row(bench, family, batch_size, fused=True)
     if kind == "kdlab":
         return lambda: kdlab_row(bench, family, batch_size)
     raise ValueError(kind)
@@ -588,7 +598,9 @@ def report(rows: list[Row], bench: Bench, load_before: tuple[float, ...], wall: 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", default="128,512", help="comma-separated training batch sizes")
-    parser.add_argument("--precision-batch-sizes", default="128,1024", help="batch sizes of the bf16/compile rows")
+    parser.add_argument(
+        "--precision-batch-sizes", default="128,1024", help="batch sizes of the bf16/compile/fused rows"
+    )
     parser.add_argument("--rows", default="*", help="comma-separated glob patterns of row names, e.g. 'distill/*'")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="shorter epochs (validation shrinks along)")
@@ -627,6 +639,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
         root = Path(tmp)
         bench = Bench(args, root, torch.device(args.device), args.teacher_ckpt or "")
+        rows = make_rows(bench)  # before any data is read: a pattern that matches nothing stops here
+        if not rows:
+            raise SystemExit(
+                f"benchmark: no row matches --rows {','.join(args.rows)} at --batch-sizes {args.batch_sizes} and "
+                f"--precision-batch-sizes {args.precision_batch_sizes}; the rows are <family>/<kind>, e.g. "
+                f"distill/bare (families {', '.join(FAMILIES)}; kinds {', '.join(KINDS + EXTRA_KINDS)})."
+            )
         if not bench.teacher_ckpt:  # random weights: a step costs the same as with a trained teacher
             cfg = compose_config(["experiment=distill_mlp", f"paths.root_dir={root}", *args.override])
             bench.teacher_ckpt = str(root / "teacher.pt")
@@ -635,10 +654,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.data = instantiate(cfg.data, _convert_="all")
         bench.data.prepare_data()
         bench.data.setup("fit")
-        rows = make_rows(bench)
         if any(row.family == "distill-cached" for row in rows):
             build_cached_outputs(bench)
-        teacher_params = count_params(instantiate(bench.config("distill", args.batch_sizes[0]).teacher.model))
+        teacher_params = count_params(instantiate(bench.config("distill", rows[0].batch_size).teacher.model))
         print(f"{len(rows)} rows x {args.repeats} repeats; teacher MLP {teacher_params:,} parameters", flush=True)
         for repeat in range(args.repeats):
             for row in rows:
