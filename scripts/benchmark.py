@@ -148,14 +148,18 @@ class Bench:
     root: Path
     device: torch.device
     teacher_ckpt: str
-    configs: dict[tuple[str, int], DictConfig] = field(default_factory=dict)
+    configs: dict[tuple[str, int, tuple[str, ...]], DictConfig] = field(default_factory=dict)
     data: Any = None  # a set-up MNISTDataModule, for the plain loops
     outputs: dict[str, Any] = field(default_factory=dict)  # the cached teacher logits, once built
 
     def config(self, family: str, batch_size: int) -> DictConfig:
-        if (family, batch_size) not in self.configs:
-            self.configs[family, batch_size] = compose(self, family, batch_size)
-        return self.configs[family, batch_size]
+        return self.variant(family, batch_size, ())
+
+    def variant(self, family: str, batch_size: int, extra: tuple[str, ...]) -> DictConfig:
+        """The row's config with `extra` overrides, composed once: every repeat of a row reuses it."""
+        if (family, batch_size, extra) not in self.configs:
+            self.configs[family, batch_size, extra] = compose(self, family, batch_size, extra)
+        return self.configs[family, batch_size, extra]
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -319,7 +323,7 @@ def bare_row(
 
 def fused_config(bench: Bench, family: str, batch_size: int) -> DictConfig:
     """The row's config with `+optimizer.fused=true`, as a user opts in: one fused kernel per optimiser step."""
-    return compose(bench, family, batch_size, ("+optimizer.fused=true",))
+    return bench.variant(family, batch_size, ("+optimizer.fused=true",))
 
 
 def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
