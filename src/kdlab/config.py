@@ -1,5 +1,8 @@
-"""Where the configs live, the typed schema for the keys users sweep most, and isolated composition."""
+"""Where the configs live, the typed schema for the keys users sweep most, composition, and what kind of run a config is."""
 
+from __future__ import annotations
+
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,12 +11,15 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.utils import JobRuntime
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 # Package data, so an installed wheel composes the same configs; the repo's conf/ is a link to it.
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, found before any training."""
 
 
 @dataclass
@@ -27,15 +33,20 @@ class DistillSchema:
 ConfigStore.instance().store(group="distill", name="schema", node=DistillSchema)
 
 
-def _safe_name(name: str) -> str:
-    from kdlab.validation import check_name
-
-    return check_name(name)
+def check_name(name: object) -> str:
+    """`name` names a folder under outputs/: one plain path component, never `..` or a path."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"name={name!r} cannot name a run folder: it must be one plain folder name (letters, digits and "
+            "_ . = , + -; no '/', no '..', not starting with '.'), because run folders live under "
+            "outputs/<name>/. Use e.g. name=my_experiment."
+        )
+    return name
 
 
 # Used in hydra.run.dir / hydra.sweep.dir, which Hydra resolves before it creates the run folder.
 if not OmegaConf.has_resolver("kdlab_name"):
-    OmegaConf.register_new_resolver("kdlab_name", _safe_name)
+    OmegaConf.register_new_resolver("kdlab_name", check_name)
 
 
 def plain(node: Any) -> Any:
@@ -51,21 +62,31 @@ def plain(node: Any) -> Any:
     return node
 
 
-def compose_config(
-    overrides: list[str] = (), config_name: str = "train", return_hydra_config: bool = False
-) -> DictConfig:
-    """Compose conf/ outside (or inside) a running Hydra app without disturbing its global state.
+def compose_config(overrides: list[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """conf/train.yaml with `overrides`, through Hydra's public compose API.
 
-    Used to build a teacher's training config from its recipe while a distillation job runs, also
-    in DDP child processes whose own Hydra search path points at the run folder, not at conf/.
+    Inside a running kdlab app (e.g. a teacher's recipe composed for provisioning) Hydra is initialised
+    with conf/ already and `compose` reads it; outside one (tests, scripts) conf/ is initialised for the call.
     """
-    saved = get_gh_backup()
-    job_name = JobRuntime.instance().conf.get("name")  # initialize_config_dir renames the job "app"
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
-    finally:
-        restore_gh_from_backup(saved)
-        if job_name is not None:
-            JobRuntime.instance().set("name", job_name)
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# -- what kind of run a config is: asked here and nowhere else ---------------------------------------------
+def is_distillation(cfg: DictConfig) -> bool:
+    """A run that distils a frozen teacher (module=distill), as opposed to training on the labels alone."""
+    return str(OmegaConf.select(cfg, "module._target_", default="")).endswith("DistillationModule")
+
+
+def is_ensemble(cfg: DictConfig) -> bool:
+    """A distillation run whose teacher is a list of members (teacher=ensemble)."""
+    return is_distillation(cfg) and OmegaConf.select(cfg, "teacher.members", default=None) is not None
+
+
+def teacher_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(config key, teacher config) of each teacher a run distils from: one, an ensemble's members, or none."""
+    if is_ensemble(cfg):
+        return [(f"teacher.members.{i}", member) for i, member in enumerate(cfg.teacher.members)]
+    return [("teacher", cfg.teacher)] if is_distillation(cfg) else []

@@ -22,6 +22,7 @@ _IGNORED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training.*",  # the frozen teacher, on purpose
     r"The number of training batches \(\d+\) is smaller than the logging interval.*",  # metrics are per epoch
     r".*does not have many workers which may be a bottleneck.*",  # batches are one in-memory gather
+    r"The `srun` command is available on your system but is not used.*",  # a machine with SLURM installed
 )
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Bump when what a recipe produces changes in a way the config cannot show (a fixed bug, new
 # defaults in code): every cached teacher and baseline of older code then misses, as it must.
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3
 
 # Keys that say where files live or how progress is shown, never what is learnt.
 IGNORED_KEYS = (
@@ -31,11 +31,13 @@ IGNORED_KEYS = (
     "train",  # train=false runs are evaluations; their records say so and never count as baselines
     "test",
     "optimized_metric",  # what a sweeper reads
-    "runtime",  # threads and wait policy: how fast, not what (see kdlab.threads)
+    "runtime",  # threads and the teacher-output cache: how fast, not what (the record keeps the thread count)
     "data.data_dir",  # location; the content checksums stand in for it
     "data.mirrors",
     "data.pypi_package",
-    "data.verify",  # whether files were checked; the checksums of what was read are hashed regardless
+    "data.files",  # which files hold the data: their content checksums are hashed regardless
+    "data.md5",  # the published checksums files were verified against, ditto
+    "data.verify",
     "teacher.ckpt_path",  # location; the teacher's weight checksum stands in for it
     "teacher.members.*.ckpt_path",  # the same for each member of an ensemble (`*`: every list item)
     "module.teacher_ckpt",

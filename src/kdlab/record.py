@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 RECORD_FILE = "metrics.json"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 Status = Literal["ok", "smoke", "diverged", "interrupted", "failed", "running"]
 Kind = Literal["supervised", "distillation"]
@@ -35,6 +35,8 @@ class TeacherRef:
     key: str | None = None  # the cache key, when the teacher came from kdlab's cache
     recipe: str | None = None  # the experiment that trained it (teacher.recipe), when cached
     seed: int | None = None
+    model: dict[str, Any] | None = None  # its net config (input shape and classes filled in)
+    data: dict[str, Any] | None = None  # the DataSpec it was trained on; None: unknown (a file given by path)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RunRecord:
     metrics: dict[str, float | None] = field(default_factory=dict)  # "test/acc", "val/acc_best", ...
     params: dict[str, int] = field(default_factory=dict)  # "student" (the trained net), "teacher"
     identity: dict[str, Any] = field(default_factory=dict)  # "run", "student", "data": see kdlab.identity
+    data: dict[str, Any] = field(default_factory=dict)  # the DataSpec of the data it ran on (kdlab.data.spec)
+    resumed: list[str] = field(default_factory=list)  # when each resume of this run started (ISO 8601)
     teacher: TeacherRef | None = None  # the one teacher; None when the teacher is an ensemble
     members: list[TeacherRef] = field(default_factory=list)  # an ensemble's teachers, in teacher.members order
     overrides: list[str] = field(default_factory=list)  # this job's overrides, as typed

@@ -67,7 +67,7 @@ class TestAnalysis(Callback):
         if not num_classes:
             raise ValueError(
                 "TestAnalysis needs the number of classes: give TestAnalysis(num_classes=...) or use a "
-                "datamodule with a `num_classes` attribute (kdlab.data.MNISTDataModule has one)."
+                "datamodule with a `num_classes` attribute (every kdlab.data.ImageDataModule has one)."
             )
         self.stats = PredictionStats(int(num_classes), self.n_bins).to(pl_module.device)
         self.results, self.images, self._seen, self._has_teacher = {}, {}, [], None

@@ -2,7 +2,7 @@
 
 Per batch only tensor ops run (argmax, softmax, index_add_): no `.item()`, no host sync. At the
 end every state is summed across DDP ranks once, so each test image counts exactly once when the
-sampler splits the test set without repeats (kdlab's MNISTDataModule does).
+sampler splits the test set without repeats (kdlab's datamodules do).
 """
 
 from __future__ import annotations

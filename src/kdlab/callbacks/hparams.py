@@ -30,7 +30,7 @@ class TensorBoardSession(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and logger not in self._started:
                 exp, ssi, _ = hparams_summary(self.hparams, dict.fromkeys(self.metric_tags, 0.0))
-                writer = logger.experiment._get_file_writer()
+                writer = logger.experiment.file_writer  # SummaryWriter makes it in __init__
                 writer.add_summary(exp)
                 writer.add_summary(ssi)
                 writer.flush()
@@ -44,12 +44,18 @@ class TensorBoardSession(L.Callback):
 
     @rank_zero_only
     def end(self, success: bool) -> None:
-        """Write the session end and close every writer; called once, when the run's record is final."""
+        """Write the session end (the run's status) once the record is final, beside the run's events.
+
+        Lightning has closed its writer by then; a FileWriter of its own adds one more events file to the
+        same folder, which TensorBoard reads as the same run.
+        """
+        from torch.utils.tensorboard.writer import FileWriter
+
         for logger in self._started:
-            writer = logger.experiment._get_file_writer()
-            writer.add_summary(session_end(success))
-            logger.experiment.flush()
             logger.experiment.close()
+            writer = FileWriter(logger.log_dir)
+            writer.add_summary(session_end(success))
+            writer.close()
         self._started = []
 
 

@@ -1,34 +1,35 @@
-"""MNIST for kdlab: fetching and checking the IDX files, batches, batch transforms, the DataModule."""
+"""Datasets for kdlab: one contract (DataSpec), in-memory batches, and each dataset's own reader.
+
+- ImageDataModule: splits, loaders, augmentation and normalisation shared by every dataset
+- IDXDataModule (MNIST, Fashion-MNIST, KMNIST, one's own IDX files), DigitsDataModule, CIFARDataModule
+"""
 
 from kdlab.data.batch import Batch
 from kdlab.data.batches import ShuffledBatches, derive_seed
-from kdlab.data.datamodule import MNISTDataModule, Split
-from kdlab.data.fingerprint import data_fingerprint
+from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
+from kdlab.data.fetch import DataUnavailableError, FileSpec, ForeignDataError, ensure_files
 from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
-from kdlab.data.sources import (
-    DEFAULT_MIRRORS,
-    MNIST_FILES,
-    MNIST_MD5,
-    MNISTUnavailableError,
-    ensure_mnist,
-)
-from kdlab.data.transforms import normalize, random_shift, shift_images
+from kdlab.data.mnist import IDXDataModule
+from kdlab.data.spec import DataSpec
+from kdlab.data.transforms import normalize, random_flip, random_shift, shift_images
 
 __all__ = [
-    "DEFAULT_MIRRORS",
-    "IDXFormatError",
-    "MNIST_FILES",
-    "MNIST_MD5",
     "Batch",
-    "MNISTDataModule",
-    "MNISTUnavailableError",
+    "DataSpec",
+    "DataUnavailableError",
+    "FileSpec",
+    "ForeignDataError",
+    "IDXDataModule",
+    "IDXFormatError",
+    "ImageDataModule",
+    "RawSplits",
     "ShuffledBatches",
     "Split",
-    "data_fingerprint",
     "derive_seed",
-    "ensure_mnist",
+    "ensure_files",
     "md5_uncompressed",
     "normalize",
+    "random_flip",
     "random_shift",
     "read_idx",
     "shift_images",

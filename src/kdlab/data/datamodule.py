@@ -1,17 +1,17 @@
-"""MNIST as a LightningDataModule: the whole dataset lives in memory as uint8 tensors.
+"""Any image classification dataset as a LightningDataModule: splits in memory as uint8, one DataSpec.
 
-``ShuffledBatches`` cuts each batch with one indexing op, in a seeded order a resumed run replays;
-batches leave it as uint8 (4x less to copy to the device). Normalisation and augmentation run on the
-device in ``on_after_batch_transfer``, which hands every step a ``Batch``.
+A dataset's own module only reads its files (`read_splits`) and fetches them (`prepare_data`); this
+base does the rest the same way for all: a seeded validation split carved out of the training set,
+``ShuffledBatches`` that cut each batch with one indexing op in an order a resumed run replays, and
+augmentation (random shifts, i.e. padded crops, and flips) plus normalisation on the device in
+``on_after_batch_transfer``, which hands every step a ``Batch``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,18 +20,15 @@ from torch import Tensor
 
 from kdlab.data.batch import Batch
 from kdlab.data.batches import AUGMENT_STREAM, ShuffledBatches, derive_seed
-from kdlab.data.idx import read_idx
-from kdlab.data.sources import DEFAULT_MIRRORS, DEFAULT_PYPI_PACKAGE, MNIST_FILES, ensure_mnist
-from kdlab.data.transforms import MNIST_MEAN, MNIST_STD, normalize, random_shift
+from kdlab.data.spec import DataSpec, as_channels
+from kdlab.data.transforms import normalize, random_flip, random_shift
 
 log = logging.getLogger(__name__)
-
-NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split in memory: images uint8 [N, 1, 28, 28] and labels int64 [N]."""
+    """One split in memory: images uint8 [N, C, H, W] and labels int64 [N]."""
 
     x: Tensor
     y: Tensor
@@ -40,98 +37,122 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class RawSplits:
+    """What a dataset's reader returns: its training and test files, and a digest of each part read."""
+
+    train: Split
+    test: Split
+    fingerprint: dict[str, str]
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class MNISTDataModule(LightningDataModule):
-    """MNIST train/val/test with a seeded val split carved out of the 60k training images.
+def _check_int(owner: str, name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+
+
+class ImageDataModule(LightningDataModule):
+    """Train/val/test of one image dataset, with a seeded val split carved out of the training set.
 
     Args:
-        data_dir: folder for the four raw IDX files; fetched there on first use.
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size (no gradients, so it can be larger).
-        val_size: images moved from the 60k training set into the validation set.
-        split_seed: seed of the train/val split, independent of the run's seed so that runs with
-            different seeds are still scored on the same validation images.
-        augment_shift: max random translation in pixels for training batches (0 = none).
-        seed: seed of the training order and of the augmentation shifts; ``None`` takes
+        name: the dataset, for the spec (the config group option: mnist, fashion_mnist, cifar10, ...).
+        input_shape: (channels, height, width) the files must hold; models size themselves from it.
+        classes: the class names, by label.
+        mean, std: per-channel normalisation on the 0..1 pixel scale (one value: every channel).
+        batch_size, eval_batch_size: training and validation/test batch sizes.
+        val_size: images moved from the training set into the validation set.
+        split_seed: seed of the train/val split, independent of the run's seed, so runs with
+            different seeds are scored on the same validation images.
+        augment_shift: max random translation in pixels of training images (0 = none); with a zero
+            border this is the padded random crop of CIFAR recipes.
+        augment_flip: mirror training images left-right with probability 1/2.
+        seed: seed of the training order and the augmentation draws; None takes
             ``torch.initial_seed()`` at setup (which ``seed_everything`` sets). These streams never
             touch the global RNG, so dropout and the like cannot change which batches a run sees.
-        exclude_classes: digits removed from the training split only, e.g. ``[3]`` for the
-            omitted-class transfer set of Hinton et al. (2015). Validation and test keep every digit,
-            and the val split is carved out before the removal, so it is the same either way.
-        mean, std: normalisation constants on the 0..1 pixel scale.
-        mirrors, pypi_package, verify: where and how to fetch MNIST; see ``ensure_mnist``.
+        exclude_classes: labels removed from the training split only (Hinton's omitted-class transfer
+            set); validation and test keep every class, and the val split is carved out first.
     """
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
+        name: str,
+        input_shape: Sequence[int],
+        classes: Sequence[str],
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
         augment_shift: int = 0,
+        augment_flip: bool = False,
         seed: int | None = None,
         exclude_classes: Sequence[int] = (),
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
-        mirrors: Sequence[str] = DEFAULT_MIRRORS,
-        pypi_package: str | None = DEFAULT_PYPI_PACKAGE,
-        verify: bool = True,
+        **dataset: Any,
     ) -> None:
         super().__init__()
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("val_size", val_size, 1),
-            ("augment_shift", augment_shift, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"MNISTDataModule: {name} must be an integer >= {low}, got {value!r}")
-        if augment_shift >= 28:
+        owner = type(self).__name__
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                ("val_size", val_size, 1), ("augment_shift", augment_shift, 0)):  # fmt: skip
+            _check_int(owner, key, value, low)
+        if seed is not None:
+            _check_int(owner, "seed", seed, 0)
+        spec = DataSpec(name, input_shape, classes, as_channels(mean, input_shape), as_channels(std, input_shape))
+        if augment_shift >= min(spec.input_shape[1:]):
             raise ValueError(
-                f"MNISTDataModule: augment_shift={augment_shift} would shift whole 28x28 digits out of view; "
-                "use a few pixels (2 is typical)"
+                f"{owner}: augment_shift={augment_shift} would shift whole {spec.input_shape[1]}x"
+                f"{spec.input_shape[2]} images out of view; use a few pixels (2 for MNIST, 4 for CIFAR)"
             )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"MNISTDataModule: seed must be an integer >= 0 or None (the run's seed), got {seed!r}")
-        if (
-            isinstance(exclude_classes, str)
-            or not isinstance(exclude_classes, Sequence)
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < NUM_CLASSES for c in exclude_classes)
+        n = spec.num_classes
+        if isinstance(exclude_classes, str) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in exclude_classes
         ):
             raise ValueError(
-                f"MNISTDataModule: exclude_classes must list digits 0..{NUM_CLASSES - 1} to remove from the "
-                f"training split, got {exclude_classes!r} (e.g. exclude_classes=[3]; [] keeps every digit)"
+                f"{owner}: exclude_classes must list labels 0..{n - 1} to remove from the training split, "
+                f"got {exclude_classes!r} (e.g. exclude_classes=[3]; [] keeps every class)"
             )
-        if len(set(exclude_classes)) == NUM_CLASSES:
-            raise ValueError("MNISTDataModule: exclude_classes lists every digit, which leaves nothing to train on")
-        if not std > 0:
-            raise ValueError(f"MNISTDataModule: std must be > 0, got {std!r}")
-        if not str(data_dir):
-            raise ValueError("MNISTDataModule: data_dir is empty; point it at a folder for the MNIST files")
-        data_dir = os.fspath(data_dir)  # a str in the saved hparams: weights-only checkpoint loading refuses Path
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir)
+        if len(set(exclude_classes)) == n:
+            raise ValueError(f"{owner}: exclude_classes lists every class, which leaves nothing to train on")
+        # Plain lists in the saved hparams: weights-only checkpoint loading refuses tuples of custom types
+        self.save_hyperparameters(
+            {**dict(name=name, input_shape=list(spec.input_shape), classes=list(spec.classes), mean=list(spec.mean),
+                    std=list(spec.std), batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
+                    split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip), seed=seed,
+                    exclude_classes=list(exclude_classes)), **dataset}  # fmt: skip
+        )
+        self.static_spec = spec  # everything but the fingerprint, known before any file is read
         self.exclude_classes = sorted(set(exclude_classes))
+        self.spec: DataSpec | None = None  # set by setup(): the static spec plus the fingerprint of what was read
         self.data_train: Split | None = None
         self.data_val: Split | None = None
         self.data_test: Split | None = None
-        self.train_indices: Tensor | None = None  # positions in the 60k training file, for the record
+        self.train_indices: Tensor | None = None  # positions in the training file
         self.val_indices: Tensor | None = None
         self._seed: int | None = None
         self._augment_rng: torch.Generator | None = None
         self._augment_resume: dict[str, Any] | None = None  # streams from a checkpoint, for the next batch
 
+    # -- what a dataset provides -------------------------------------------------------------------------
+    def read_splits(self) -> RawSplits:
+        """The dataset's training and test images (uint8 [N, C, H, W]) and labels, from its files."""
+        raise TypeError(f"{type(self).__name__} is not a dataset: a subclass reads its files in read_splits()")
+
+    # -- the contract ------------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES
+        return self.static_spec.num_classes
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
+    def input_shape(self) -> tuple[int, ...]:
+        return self.static_spec.input_shape
+
+    @property
+    def augmented(self) -> bool:
+        return self.hparams.augment_shift > 0 or self.hparams.augment_flip
 
     @property
     def seed(self) -> int:
@@ -140,29 +161,20 @@ class MNISTDataModule(LightningDataModule):
             self._seed = self.hparams.seed if self.hparams.seed is not None else torch.initial_seed()
         return self._seed
 
-    def prepare_data(self) -> None:
-        ensure_mnist(
-            self.data_dir,
-            mirrors=list(self.hparams.mirrors),
-            pypi_package=self.hparams.pypi_package,
-            verify=self.hparams.verify,
-        )
-
-    def _load(self, kind: str) -> tuple[Tensor, Tensor]:
-        paths = [self.data_dir / f"{kind}-images-idx3-ubyte", self.data_dir / f"{kind}-labels-idx1-ubyte"]
-        if missing := [str(p) for p in paths if not p.exists()]:
-            raise FileNotFoundError(
-                f"MNISTDataModule: {', '.join(missing)} not found. The Trainer calls prepare_data() to fetch "
-                "them; outside a Trainer call dm.prepare_data() before dm.setup(), or place "
-                f"{', '.join(MNIST_FILES)} in {self.data_dir}."
-            )
-        images, labels = read_idx(paths[0]), read_idx(paths[1])
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+    def _checked(self, split: Split, what: str) -> Split:
+        shape, n = self.static_spec.input_shape, self.static_spec.num_classes
+        if split.x.dtype != torch.uint8 or tuple(split.x.shape[1:]) != shape or split.y.shape != (len(split.x),):
             raise ValueError(
-                f"MNISTDataModule: {paths[0]} and {paths[1]} hold shapes {images.shape} and {labels.shape}; "
-                "expected (n, 28, 28) images with n labels. Replace them with the real MNIST files."
+                f"{type(self).__name__}: the {what} images have shape {tuple(split.x.shape[1:])} ({split.x.dtype}) "
+                f"and {tuple(split.y.shape)} labels, but data.input_shape says {list(shape)} uint8. The folder "
+                f"holds another dataset than data.name={self.static_spec.name!r}: choose the matching data= option."
             )
-        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+        if len(split.y) and not 0 <= int(split.y.min()) <= int(split.y.max()) < n:
+            raise ValueError(
+                f"{type(self).__name__}: the {what} labels run from {int(split.y.min())} to {int(split.y.max())}, "
+                f"but data.classes names {n} classes (labels 0..{n - 1}). Give every class a name in data.classes."
+            )
+        return split
 
     def setup(self, stage: str | None = None) -> None:
         if self._seed is None:
@@ -174,32 +186,30 @@ class MNISTDataModule(LightningDataModule):
                 self._seed = shared[0]
         if self.data_train is not None:  # every stage uses the same tensors; load once
             return
-        x, y = self._load("train")
-        n, val_size = len(x), self.hparams.val_size
+        raw = self.read_splits()
+        train, test = self._checked(raw.train, "training"), self._checked(raw.test, "test")
+        n, val_size = len(train), self.hparams.val_size
         if val_size >= n:
             raise ValueError(
-                f"MNISTDataModule: val_size={val_size} leaves no training images out of the {n} in "
-                f"{self.data_dir}; choose val_size < {n}"
+                f"{type(self).__name__}: val_size={val_size} leaves no training images out of the {n} read; "
+                f"choose data.val_size < {n}"
             )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.split_seed))
         self.val_indices, train_indices = order[:val_size], order[val_size:]
         if self.exclude_classes:  # after the val split, so val is the same with and without exclusion
-            train_indices = train_indices[~torch.isin(y[train_indices], torch.tensor(self.exclude_classes))]
+            train_indices = train_indices[~torch.isin(train.y[train_indices], torch.tensor(self.exclude_classes))]
             if len(train_indices) == 0:
-                raise ValueError(
-                    f"MNISTDataModule: exclude_classes={self.exclude_classes} removes all {n - val_size} "
-                    f"training images in {self.data_dir}; exclude fewer digits"
-                )
+                raise ValueError(f"exclude_classes={self.exclude_classes} removes every training image")
         self.train_indices = train_indices
-        self.data_train = Split(x[train_indices], y[train_indices])
-        self.data_val = Split(x[self.val_indices], y[self.val_indices])
-        self.data_test = Split(*self._load("t10k"))
+        self.data_train = Split(train.x[train_indices], train.y[train_indices])
+        self.data_val = Split(train.x[self.val_indices], train.y[self.val_indices])
+        self.data_test = test
+        s = self.static_spec
+        self.spec = DataSpec(s.name, s.input_shape, s.classes, s.mean, s.std, raw.fingerprint)
 
     def _loader(self, split: Split | None, training: bool) -> ShuffledBatches:
         if split is None:
-            raise RuntimeError(
-                "MNISTDataModule: call setup() before asking for a dataloader (the Trainer does this itself)"
-            )
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if training:
@@ -207,15 +217,8 @@ class MNISTDataModule(LightningDataModule):
                 split.x, split.y, self.hparams.batch_size, seed=self.seed, rank=rank, world_size=world_size
             )
         # Evaluation splits images exactly across ranks: padding would count some images twice.
-        return ShuffledBatches(
-            split.x,
-            split.y,
-            self.hparams.eval_batch_size,
-            shuffle=False,
-            rank=rank,
-            world_size=world_size,
-            pad_shards=False,
-        )
+        return ShuffledBatches(split.x, split.y, self.hparams.eval_batch_size, shuffle=False, rank=rank,
+                               world_size=world_size, pad_shards=False)  # fmt: skip
 
     def train_dataloader(self) -> ShuffledBatches:
         return self._loader(self.data_train, training=True)
@@ -226,9 +229,9 @@ class MNISTDataModule(LightningDataModule):
     def test_dataloader(self) -> ShuffledBatches:
         return self._loader(self.data_test, training=False)
 
-    # -- augmentation stream: one per rank, saved in checkpoints -----------------------------------
+    # -- augmentation stream: one per rank, saved in checkpoints -----------------------------------------
     def _augment_generator(self, device: torch.device) -> torch.Generator:
-        """This rank's generator of shifts, made on the device of the first batch it serves."""
+        """This rank's generator of shifts and flips, made on the device of the first batch it serves."""
         if self._augment_rng is None:
             rank = self.trainer.global_rank if self.trainer is not None else 0
             generator = torch.Generator(device=device)
@@ -237,14 +240,9 @@ class MNISTDataModule(LightningDataModule):
                 if saved["device"] == generator.device.type and rank in saved["states"]:
                     generator.set_state(saved["states"][rank])
                 else:
-                    log.warning(
-                        "The checkpoint holds augmentation streams of ranks %s on %s; rank %d on %s cannot "
-                        "continue one, so its shifts restart from the seed.",
-                        sorted(saved["states"]),
-                        saved["device"],
-                        rank,
-                        generator.device.type,
-                    )
+                    log.warning("The checkpoint holds augmentation streams of ranks %s on %s; rank %d on %s cannot "
+                                "continue one, so its draws restart from the seed.", sorted(saved["states"]),
+                                saved["device"], rank, generator.device.type)  # fmt: skip
             self._augment_resume = None
             self._augment_rng = generator
         return self._augment_rng
@@ -252,7 +250,7 @@ class MNISTDataModule(LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """What Lightning saves in checkpoints: the seed in use and every rank's augmentation stream."""
         state: dict[str, Any] = {"seed": self.seed}
-        if self.hparams.augment_shift > 0:
+        if self.augmented:
             rng = self._augment_rng
             rank = self.trainer.global_rank if self.trainer is not None else 0
             own = None if rng is None else (rank, rng.device.type, rng.get_state())
@@ -269,16 +267,15 @@ class MNISTDataModule(LightningDataModule):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue a checkpoint's streams: its seed, and each rank's shifts where it left off."""
+        """Continue a checkpoint's streams: its seed, and each rank's draws where it left off."""
         self._seed = int(state["seed"])
         self._augment_rng = None  # rebuilt at the next training batch, from the seed and the saved stream
         self._augment_resume = state.get("augment_rng")
 
-    # -- the batch every step sees ------------------------------------------------------------------
+    # -- the batch every step sees -------------------------------------------------------------------------
     def preprocess_batch(self, batch: Sequence[Tensor], training: bool = False) -> Batch:
-        """A loader's uint8 ``(x, y, index)`` to a ``Batch``: normalised, shifted first when training.
+        """A loader's uint8 ``(x, y, index)`` to a ``Batch``: augmented when training, then normalised.
 
-        Shifting before normalising makes the uncovered border black (0), as in real digits.
         Public for code that iterates the dataloaders without a Trainer.
         """
         if len(batch) != 3:
@@ -287,17 +284,12 @@ class MNISTDataModule(LightningDataModule):
                 "for a whole split pass (split.x, split.y, torch.arange(len(split)))"
             )
         x, y, index = batch
-        shift = None
+        shift = flip = None
         if training and self.hparams.augment_shift > 0:
             x, shift = random_shift(x, self.hparams.augment_shift, self._augment_generator(x.device))
-        return Batch(normalize(x, self.hparams.mean, self.hparams.std), y, index, shift)
-
-    def transfer_batch_to_device(self, batch: Sequence[Tensor], device: torch.device, dataloader_idx: int) -> Any:
-        # Already there when training on the CPU: Lightning's generic walk over the batch would
-        # only find that out, at ~60 us a step.
-        if isinstance(batch, (tuple, list)) and all(isinstance(t, Tensor) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if training and self.hparams.augment_flip:
+            x, flip = random_flip(x, self._augment_generator(x.device))
+        return Batch(normalize(x, self.static_spec.mean, self.static_spec.std), y, index, shift, flip, x)
 
     def on_after_batch_transfer(self, batch: Sequence[Tensor], dataloader_idx: int) -> Batch:
         # Lightning routes this hook to the DataModule when one is attached (trainer.fit(model,

@@ -1,16 +1,15 @@
-"""Content identity of the MNIST files a run read: what "the same data" means in a run's record.
+"""Content identity of the files a run read: what "the same data" means in a run's record.
 
-``verify=False`` (generated test data, a modified copy) skips the published checksums, so the path
-of the data folder says nothing about its content; this MD5 per file does.
+``verify=False`` (generated test data, one's own files) skips published checksums, so the path of the
+data folder says nothing about its content; the MD5 of each file's content does.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from kdlab.data.idx import md5_uncompressed
-from kdlab.data.sources import MNIST_FILES
 
 # (resolved path, size, mtime_ns, ctime_ns, inode) -> MD5 of the uncompressed content. ctime and the
 # inode change on any write or replacement, even one that restores the old size and mtime.
@@ -22,7 +21,12 @@ def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def _memoised_md5(path: Path) -> str:
+def memoised_md5(path: Path) -> str:
+    """MD5 of the file's (unpacked) content, remembered per process while the file is unchanged.
+
+    Every run of a sweep, teacher and student, then costs a few ``stat`` calls, while any rewrite of a
+    file is noticed.
+    """
     key = _stat_key(path)
     if (digest := _MD5_MEMO.get(key)) is None:
         digest = md5_uncompressed(path)
@@ -31,16 +35,7 @@ def _memoised_md5(path: Path) -> str:
     return digest
 
 
-def data_fingerprint(data_dir: str | os.PathLike) -> dict[str, str]:
-    """MD5 of the uncompressed content of each of the four MNIST files in ``data_dir``, by file name.
-
-    Memoised per process on each file's path, size, times and inode, so asking again (every run of a
-    sweep, teacher and student) costs a few ``stat`` calls, while any rewrite of a file is noticed.
-    """
-    data_dir = Path(data_dir).expanduser().resolve()
-    if missing := [name for name in MNIST_FILES if not (data_dir / name).is_file()]:
-        raise FileNotFoundError(
-            f"data_fingerprint: {', '.join(missing)} not found in {data_dir}. Fingerprint the folder a run "
-            "read, after MNISTDataModule.prepare_data() (or ensure_mnist) has put the four raw files there."
-        )
-    return {name: _memoised_md5(data_dir / name) for name in MNIST_FILES}
+def file_digests(folder: Path, names: Sequence[str]) -> dict[str, str]:
+    """MD5 of each named file's content in `folder`, by name."""
+    folder = Path(folder).expanduser().resolve()
+    return {name: memoised_md5(folder / name) for name in names}

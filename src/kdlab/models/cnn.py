@@ -17,11 +17,10 @@ class SmallCNN(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
+        input_shape: Sequence[int],
+        num_classes: int,
         channels: Sequence[int] = (32, 64),
         hidden: int = 128,
-        num_classes: int = 10,
-        image_size: int = 28,
         activation: str = "relu",
         batch_norm: bool = True,
         dropout: float = 0.0,
@@ -29,8 +28,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
             raise ValueError(f"SmallCNN channels must be positive integers, got {list(channels)}.")
-        if image_size >> len(channels) < 1:
-            raise ValueError(f"SmallCNN halves the image {len(channels)} times: {image_size}px is too small for that.")
+        in_channels, height, width = (int(d) for d in input_shape)
+        if min(height, width) >> len(channels) < 1:
+            raise ValueError(f"SmallCNN halves the image {len(channels)} times: {height}x{width} is too small for that.")
         widths = [in_channels, *map(int, channels)]
         self.features = nn.Sequential(
             *(
@@ -43,10 +43,10 @@ class SmallCNN(nn.Module):
                 for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
             )
         )
-        side = image_size >> len(channels)  # 28 -> 14 -> 7 with two blocks
+        h, w = height >> len(channels), width >> len(channels)  # 28 -> 14 -> 7 with two blocks
         self.neck = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(widths[-1] * side * side, hidden),
+            nn.Linear(widths[-1] * h * w, hidden),
             make_activation(activation),
             nn.Dropout(dropout),
         )

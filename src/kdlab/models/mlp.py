@@ -1,5 +1,6 @@
 """Multi-layer perceptron; the article's teacher is MLP(hidden=(512, 256)), its student (256, 128)."""
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,9 +18,9 @@ class MLP(nn.Module):
 
     def __init__(
         self,
-        in_features: int = 784,
+        input_shape: Sequence[int],
+        num_classes: int,
         hidden: Sequence[int] = (512, 256),
-        num_classes: int = 10,
         activation: str = "relu",
         dropout: float = 0.0,
     ) -> None:
@@ -28,7 +29,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP hidden sizes must be positive integers, got {list(hidden)}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MLP dropout must be in [0, 1), got {dropout}.")
-        widths = [in_features, *map(int, hidden)]
+        widths = [math.prod(input_shape), *map(int, hidden)]  # e.g. 1 x 28 x 28 = 784 inputs
         self.features = nn.Sequential(
             *(
                 nn.Sequential(nn.Linear(w_in, w_out), make_activation(activation), nn.Dropout(dropout))

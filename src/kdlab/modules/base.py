@@ -1,7 +1,13 @@
-"""The one training loop both systems share: a net, weighted loss terms, metrics, optimiser binding."""
+"""The one training loop both systems share: a net, weighted loss terms, metrics, optimiser binding.
+
+Plain Lightning: automatic optimisation (the Trainer runs backward, the optimiser and the per-step
+schedule, with precision plugins, clipping, accumulation and DDP as it documents them). What kdlab
+adds is per epoch, not per step: training values are tallied on the device and read once every
+CHECK_EVERY steps (kdlab.modules.tally), which is also where a non-finite loss stops the run.
+"""
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,17 +19,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.config import plain
 from kdlab.losses import LossInputs, build_terms
-from kdlab.modules.direct_step import can_step_directly, step_directly
-from kdlab.modules.noop_hooks import skip_noop_hooks
-from kdlab.modules.profiler import skip_profiling
+from kdlab.models import build_net, net_config
 from kdlab.modules.schedulers import bind_scheduler
-from kdlab.modules.signatures import fixed_signature
 from kdlab.modules.tally import StepTally
 
 STAGES = ("train", "val", "test")
-# Set by Lightning around every hook call (~30 times a step); nn.Module.__setattr__ would search its
-# parameter, buffer and submodule registries each time. They are plain values: stored directly.
-LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name"})
 CHECK_EVERY = 50  # steps between reads of the training values (each is one host sync; NaN/inf caught there)
 
 
@@ -32,6 +32,7 @@ class ClassifierSystem(LightningModule):
 
     Nets, terms, optimiser and scheduler arrive as configs (`_target_` dicts) and are built here, so
     `save_hyperparameters` stores plain data and `load_from_checkpoint` rebuilds the whole system.
+    The net config is completed with the data's `input_shape` and `num_classes` (kdlab.models).
     """
 
     def __init__(
@@ -41,32 +42,33 @@ class ClassifierSystem(LightningModule):
         optimizer: Mapping,
         scheduler: Mapping | None = None,
         num_classes: int = 10,
-        compile: bool = False,  # module.compile=true: torch.compile the net, in place (opt-in; see the README)
+        input_shape: Sequence[int] = (1, 28, 28),
+        compile: bool = False,  # module.compile=true: torch.compile the net, in place (opt-in)
         **extra: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
             {
-                "net": plain(net),
+                "net": net_config(plain(net), input_shape, num_classes),
                 "losses": {name: plain(term) for name, term in losses.items()},
                 "optimizer": plain(optimizer),
                 "scheduler": plain(scheduler),
                 "num_classes": num_classes,
-                **({"compile": True} if compile else {}),  # absent when off: older checkpoints stay alike
+                "input_shape": [int(d) for d in input_shape],
+                **({"compile": True} if compile else {}),
                 **{key: plain(value) for key, value in extra.items()},
             },
-            logger=False,  # run.py logs hparams once, with the final metrics, for TensorBoard's hparams tab
+            logger=False,  # the run logs hparams once, with the final metrics, for TensorBoard's hparams tab
         )
-        self.net: nn.Module = instantiate(self.hparams.net)
+        self.net: nn.Module = build_net(self.hparams.net)
         if compile:  # in place: the state_dict keeps its keys, so checkpoints and student.pt are unchanged
             self.net.compile()
         self.losses = nn.ModuleDict(build_terms(self.hparams.losses))
         # Terms with weight 0 are switched off: never computed, tapped or logged.
         self.active_terms = [name for name, term in self.losses.items() if term.weight]
-        # One set of epoch metrics per stage, logged once per epoch: every `self.log` call costs ~0.8 ms
-        # of Lightning bookkeeping, which was 40% of an MLP step on CPU. Training steps do not even
-        # update them (~0.1 ms a step for three metrics): their values are tallied on the device and
-        # fed in once per epoch (StepTally). Under DDP each metric syncs exactly (sums and counts).
+        # One set of epoch metrics per stage, logged once per epoch. Training steps do not update them:
+        # their values are tallied on the device and fed in once per epoch (StepTally). Under DDP each
+        # metric syncs exactly (sums and counts).
         self.train_metrics, self.val_metrics, self.test_metrics = (
             nn.ModuleDict(self.stage_metrics(stage, num_classes)) for stage in STAGES
         )
@@ -76,22 +78,6 @@ class ClassifierSystem(LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
         self.tally = StepTally(["total", *self.active_terms])
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in LIGHTNING_BOOKKEEPING:
-            self.__dict__[name] = value
-        else:
-            super().__setattr__(name, value)
-
-    def setup(self, stage: str) -> None:
-        # Lightning's per-step bookkeeping that does nothing, at no cost: its default no-op profiler
-        # (~0.1 ms a step) and its calls of hooks nobody overrode (~0.24 ms a step with kdlab's callbacks)
-        skip_profiling(self.trainer)
-        skip_noop_hooks(self.trainer, self)
-
-    def on_train_start(self) -> None:
-        # after the strategy built the optimisers, once the callbacks are final
-        self._direct_step = not self.automatic_optimization and can_step_directly(self.trainer, self)
 
     # -- what subclasses provide ------------------------------------------------------------------
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
@@ -104,9 +90,9 @@ class ClassifierSystem(LightningModule):
             return {**means, "acc": MeanMetric(nan_strategy="disable")}
         return {**means, "acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
 
-    def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
-        """Everything the loss terms may read for one batch (`teacher_logits`: known already, e.g. cached)."""
-        return LossInputs(student_logits=self.net(x), target=y)
+    def views(self, batch, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+        """Everything the loss terms may read for one `Batch` (`teacher_logits`: known already, e.g. cached)."""
+        return LossInputs(student_logits=self.net(batch.x), target=batch.y)
 
     def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
         """The teacher's logits for this batch when they need not be computed (a cache); None: compute them."""
@@ -120,8 +106,8 @@ class ClassifierSystem(LightningModule):
         return self.net(x)
 
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
-        x, y = batch[0], batch[1]  # a kdlab.data.Batch (x, y, index, shift)
-        inputs = self.views(x, y, self.known_teacher_logits(batch, stage))
+        y = batch.y  # a kdlab.data.Batch
+        inputs = self.views(batch, self.known_teacher_logits(batch, stage))
         active = [self.losses[name] for name in self.active_terms]
         terms = [term(inputs) for term in active]
         loss = active[0].weight * terms[0]
@@ -138,45 +124,8 @@ class ClassifierSystem(LightningModule):
         self.update_stage_metrics(inputs, metrics, stage)
         return loss, inputs
 
-    # -- the training step: kdlab's own optimisation unless the Trainer clips or accumulates -------------
-    @property
-    def automatic_optimization(self) -> bool:
-        """False (manual): `training_step` runs backward, step and schedule itself, without Lightning's
-        closure and its per-step hooks (~0.3 ms a step on CPU, 10-20% of a small MLP's step). True when
-        the Trainer clips (`gradient_clip_val`) or accumulates (`accumulate_grad_batches`) gradients:
-        Lightning's automatic loop implements those, at its own speed. Both give the same numbers.
-        """
-        if self._automatic is not None:
-            return self._automatic
-        trainer = self._trainer
-        if trainer is None:
-            return False
-        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool | None) -> None:
-        self._automatic = value  # None: choose by the Trainer, as above
-
-    _automatic: bool | None = None
-    _direct_step = False  # set per fit in on_train_start
-
-    @fixed_signature
     def training_step(self, batch, batch_idx):
-        loss = self.shared_step(batch, "train")[0]
-        if self.automatic_optimization:
-            return loss
-        # The automatic loop's order: forward, zero_grad, backward, step, then a step-interval schedule.
-        optimizer = self.optimizers()
-        if self._direct_step:  # one device, 32-bit, no step hooks: as a plain loop (kdlab.modules.direct_step)
-            step_directly(optimizer, loss)
-        else:
-            optimizer.zero_grad()
-            self.manual_backward(loss)  # through the precision plugin and strategy: loss scaling, DDP
-            optimizer.step()
-        for config in self.trainer.lr_scheduler_configs:  # as Lightning's loop: interval "step", every `frequency`
-            if config.interval == "step" and not config.reduce_on_plateau and (batch_idx + 1) % config.frequency == 0:
-                self.lr_scheduler_step(config.scheduler, None)
-        return None
+        return self.shared_step(batch, "train")[0]
 
     def on_train_epoch_start(self) -> None:
         self.tally.reset()
@@ -201,17 +150,13 @@ class ClassifierSystem(LightningModule):
             metrics[f"loss_{name}"].update(means[name], count)
         metrics["acc"].update(acc, count)
 
-    @fixed_signature
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")
 
-    @fixed_signature
     def test_step(self, batch, batch_idx):
         """Returns the batch's predictions for test-time analysis callbacks (kdlab.analysis)."""
         _, inputs = self.shared_step(batch, "test")
-        outputs = {"student_logits": inputs.student_logits.detach(), "target": inputs.target}
-        if len(batch) > 2:
-            outputs["index"] = batch[2]
+        outputs = {"student_logits": inputs.student_logits.detach(), "target": inputs.target, "index": batch.index}
         if inputs.teacher_logits is not None:
             outputs["teacher_logits"] = inputs.teacher_logits.detach()
         return outputs

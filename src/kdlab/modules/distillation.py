@@ -5,19 +5,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.checkpoints import CheckpointError, load_weights, sha256_file
 from kdlab.config import plain
+from kdlab.data.transforms import normalize
 from kdlab.losses import LossInputs
 from kdlab.losses.base import check_term_members
+from kdlab.models import build_net, net_config
 from kdlab.modules.base import ClassifierSystem
 from kdlab.modules.ensemble import TeacherEnsemble, check_combination
 from kdlab.modules.taps import FeatureTap
-from kdlab.teacher_outputs import TeacherOutputs, TeacherOutputsError
+from kdlab.teachers.outputs import TeacherOutputs, TeacherOutputsError
 
 TEACHER_PREFIX = "teacher."
 
@@ -30,7 +31,10 @@ class DistillationModule(ClassifierSystem):
     batch-norm statistics never change. Checkpoints leave the teacher out; it is re-read from
     `teacher_ckpt` on load.
 
-    An ensemble comes as `members` (each {net, ckpt, sha256}) and `combine` ({mode, temperature,
+    Each teacher sees the batch normalised as it was trained: `teacher_norm` ({mean, std} of the data
+    it was trained on) when that differs from this data's, else the student's very input.
+
+    An ensemble comes as `members` (each {net, ckpt, sha256, norm}) and `combine` ({mode, temperature,
     weights}) instead of `teacher_net`/`teacher_ckpt`: `self.teacher` is then a TeacherEnsemble,
     frozen in the same three ways, whose members are each re-read from their own file on load.
     """
@@ -46,6 +50,7 @@ class DistillationModule(ClassifierSystem):
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 28, 28),
         teacher_sha256: str | None = None,
+        teacher_norm: Mapping | None = None,
         members: Sequence[Mapping] | None = None,
         combine: Mapping | None = None,
         compile: bool = False,  # module.compile=true compiles the student (torch.compile)
@@ -58,17 +63,19 @@ class DistillationModule(ClassifierSystem):
             optimizer=optimizer,
             scheduler=scheduler,
             num_classes=num_classes,
+            input_shape=input_shape,
             compile=compile,
             teacher_net=teacher_net,
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
             teacher_sha256=teacher_sha256,
-            input_shape=tuple(input_shape),
+            teacher_norm=plain(teacher_norm),
             **ensemble,
         )
         terms = [self.losses[name] for name in self.active_terms]
         check_term_members({n: self.losses[n] for n in self.active_terms}, None if members is None else len(members))
         if members is not None:
-            self.teacher = self._load_members(self.hparams.members, self.hparams.combine, teacher_ckpt)
+            self.teacher = self._load_members(self.hparams.members, self.hparams.combine, teacher_ckpt, input_shape,
+                                              num_classes)  # fmt: skip
         else:
             if not teacher_ckpt:
                 raise ValueError(
@@ -76,7 +83,10 @@ class DistillationModule(ClassifierSystem):
                     "train.py so the teacher is found in the cache or trained first."
                 )
             _check_unchanged(teacher_ckpt, teacher_sha256, "teacher")
-            self.teacher = load_weights(instantiate(self.hparams.teacher_net), teacher_ckpt, role="teacher")
+            net = build_net(self.hparams.teacher_net, input_shape, num_classes)
+            self.teacher = load_weights(net, teacher_ckpt, role="teacher")
+        # {mean, std} per teacher net (members in order), None where it reads the student's input as it is
+        self.teacher_norms = [m.get("norm") for m in self.hparams.members] if members is not None else [teacher_norm]
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
@@ -90,14 +100,15 @@ class DistillationModule(ClassifierSystem):
         else:
             self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
             self.member_taps = []
-        self._build_terms(terms, input_shape)
-        # The teacher's logits of every training view, when cached (kdlab.teacher_outputs); not saved in
+        self._build_terms(terms, tuple(input_shape))
+        # The teacher's logits of every training view, when cached (kdlab.teachers.outputs); not saved in
         # checkpoints. Validation and test always run the teacher.
         self.teacher_outputs: list[TeacherOutputs] | None = None  # one per teacher net (ensemble members)
         self._check_outputs = False  # compare the first training batch of each fit with the live teacher
 
     @staticmethod
-    def _load_members(members: Sequence[Mapping], combine: Mapping, teacher_ckpt: str | None) -> TeacherEnsemble:
+    def _load_members(members: Sequence[Mapping], combine: Mapping, teacher_ckpt: str | None, input_shape,
+                      num_classes: int) -> TeacherEnsemble:  # fmt: skip
         """Each member's net from its own file (checked against its sha256), and their combination."""
         if teacher_ckpt or not members:
             raise ValueError(
@@ -112,8 +123,15 @@ class DistillationModule(ClassifierSystem):
                     f"from the teacher cache, or set teacher.members.{i}.ckpt_path."
                 )
             _check_unchanged(member["ckpt"], member.get("sha256"), f"teacher member {i}")
-            nets.append(load_weights(instantiate(member["net"]), member["ckpt"], role=f"teacher.members.{i}"))
+            net = build_net(member["net"], input_shape, num_classes)
+            nets.append(load_weights(net, member["ckpt"], role=f"teacher.members.{i}"))
         return TeacherEnsemble(nets, **check_combination(combine, len(nets), key="teacher.combine"))
+
+    def teacher_net_config(self, i: int = 0) -> dict:
+        """Teacher net `i`'s config (an ensemble's member `i`), its input shape and classes filled in."""
+        hp = self.hparams
+        net = hp.members[i]["net"] if self.is_ensemble else hp.teacher_net
+        return net_config(net, hp.input_shape, hp.num_classes)
 
     @property
     def student(self) -> nn.Module:
@@ -130,7 +148,8 @@ class DistillationModule(ClassifierSystem):
         with torch.no_grad():
             example = torch.zeros(2, *input_shape)
             self.net(example)
-            self.teacher(example)
+            for member in self.teacher.members if self.is_ensemble else [self.teacher]:
+                member(example)
         student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
         member_feats = [tap.pop() for tap in self.member_taps]
         for term in terms:  # weight-0 terms are neither tapped nor built
@@ -171,29 +190,28 @@ class DistillationModule(ClassifierSystem):
         """The cached logits of this training batch: [B, C] for one teacher, [members, B, C] for an ensemble."""
         if stage != "train" or self.teacher_outputs is None:
             return None
-        if len(batch) < 3:
-            raise ValueError(
-                "Cached teacher outputs need each training batch's `index` (a kdlab.data.Batch); this batch has "
-                f"{len(batch)} items. Use kdlab's MNISTDataModule, or runtime.teacher_cache=off."
-            )
-        shift = batch[3] if len(batch) > 3 else None
-        looked_up = [entry.lookup(batch[2], shift) for entry in self.teacher_outputs]
+        looked_up = [entry.lookup(batch.index, batch.shift, batch.flip) for entry in self.teacher_outputs]
         return torch.stack(looked_up) if self.is_ensemble else looked_up[0]
 
-    def views(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+    def teacher_input(self, batch, i: int = 0) -> torch.Tensor:
+        """What teacher net `i` reads: the student's input, or the pixels normalised by that teacher's own data."""
+        norm = self.teacher_norms[i]
+        return batch.x if norm is None else normalize(batch.pixels, norm["mean"], norm["std"])
+
+    def views(self, batch, teacher_logits: torch.Tensor | None = None) -> LossInputs:
         if self.is_ensemble:
-            return self.ensemble_views(x, y, teacher_logits)
+            return self.ensemble_views(batch, teacher_logits)
         if teacher_logits is None:
             with torch.no_grad():
-                teacher_logits = self.teacher(x)
+                teacher_logits = self.teacher(self.teacher_input(batch))
         elif self._check_outputs:  # the first cached batch of a fit: the very views must agree (trains on the cached)
             with torch.no_grad():
-                self._verify_cached(teacher_logits, self.teacher(x), self.teacher_outputs[0])
+                self._verify_cached(teacher_logits, self.teacher(self.teacher_input(batch)), self.teacher_outputs[0])
         teacher_feats = self.teacher_tap.pop()
-        student_logits = self.net(x)
+        student_logits = self.net(batch.x)
         return LossInputs(
             student_logits=student_logits,
-            target=y,
+            target=batch.y,
             teacher_logits=teacher_logits,
             student_features=self.student_tap.pop(),
             teacher_features=teacher_feats,
@@ -202,8 +220,8 @@ class DistillationModule(ClassifierSystem):
     def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor, entry: TeacherOutputs) -> None:
         """One host sync per fit: the cached logits of this batch's (image, shift) pairs against the teacher's."""
         self._check_outputs = False
-        rtol, atol = entry.tolerance
-        if not torch.allclose(cached, live.float(), rtol=rtol, atol=atol):
+        tol = entry.tolerance  # of the run's precision (kdlab.teachers.outputs.tolerance)
+        if not torch.allclose(cached, live.float(), rtol=tol, atol=tol):
             worst = float((cached - live.float()).abs().max())
             raise TeacherOutputsError(
                 f"The cached teacher outputs ({entry.path}) differ from the live teacher on the first "
@@ -213,29 +231,30 @@ class DistillationModule(ClassifierSystem):
             )
 
     # -- an ensemble's members ----------------------------------------------------------------------
-    def member_logits(self, x: torch.Tensor, cached: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def member_logits(self, batch, cached: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Each ensemble member's logits for this batch, in member order, without a graph.
 
         `cached` [members, B, C]: the members' cached logits of this training batch, used instead of
         running them (the first batch of a fit is checked against the live members first).
         """
+        members = self.teacher.members
         if cached is None:
             with torch.no_grad():
-                return [member(x) for member in self.teacher.members]
+                return [member(self.teacher_input(batch, i)) for i, member in enumerate(members)]
         if self._check_outputs:
             with torch.no_grad():
-                for member, entry, logits in zip(self.teacher.members, self.teacher_outputs, cached, strict=True):
-                    self._verify_cached(logits, member(x), entry)
+                for i, (member, entry) in enumerate(zip(members, self.teacher_outputs, strict=True)):
+                    self._verify_cached(cached[i], member(self.teacher_input(batch, i)), entry)
         return list(cached.unbind(0))
 
-    def ensemble_views(self, x: torch.Tensor, y: torch.Tensor, cached: torch.Tensor | None = None) -> LossInputs:
+    def ensemble_views(self, batch, cached: torch.Tensor | None = None) -> LossInputs:
         """views() for an ensemble: `teacher_logits` are the members combined, each member's kept too."""
-        members = self.member_logits(x, cached)
+        members = self.member_logits(batch, cached)
         member_feats = [tap.pop() for tap in self.member_taps]
-        student_logits = self.net(x)
+        student_logits = self.net(batch.x)
         return LossInputs(
             student_logits=student_logits,
-            target=y,
+            target=batch.y,
             teacher_logits=self.teacher.combine(members),
             student_features=self.student_tap.pop(),
             member_logits=members,

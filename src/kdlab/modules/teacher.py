@@ -1,6 +1,6 @@
 """Trains any classifier on hard labels: teachers, and the student-from-scratch baseline."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kdlab.modules.base import ClassifierSystem
 
@@ -15,6 +15,7 @@ class TeacherModule(ClassifierSystem):
         scheduler: Mapping | None = None,
         label_smoothing: float = 0.0,
         num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 28, 28),
         losses: Mapping | None = None,
         compile: bool = False,  # module.compile=true compiles the net (torch.compile); see ClassifierSystem
     ) -> None:
@@ -25,6 +26,7 @@ class TeacherModule(ClassifierSystem):
             optimizer=optimizer,
             scheduler=scheduler,
             num_classes=num_classes,
+            input_shape=input_shape,
             compile=compile,
             label_smoothing=label_smoothing,
         )

@@ -3,11 +3,9 @@
 - jobs.py: `sweep_job`, the `@hydra.main` wrapper that turns a failed job into NaN in a multirun
 - health.py: `SweepHealth`, the Hydra callback that exits 1 after all jobs ran if one was unhealthy
 - study.py: the resuming Optuna sweeper behind hydra_plugins.kdlab_optuna_sweeper
-- ddp.py: `sweep_job_ddp`, script-relaunching DDP inside a multirun, one job at a time
-- launchers.py: `check_launcher_strategy`, refusing relaunching DDP inside a submitit local job
+- launchers.py: `check_launcher_strategy`, refusing script-relaunching DDP inside a sweep's job
 """
 
-from kdlab.sweeps.ddp import sweep_job_ddp
 from kdlab.sweeps.health import SweepFailed, SweepHealth, job_health
 from kdlab.sweeps.jobs import in_multirun, sweep_job
 from kdlab.sweeps.launchers import RefuseRelaunchingDDP, check_launcher_strategy, in_submitit_local_job
@@ -21,5 +19,4 @@ __all__ = [
     "in_submitit_local_job",
     "job_health",
     "sweep_job",
-    "sweep_job_ddp",
 ]

@@ -1,10 +1,11 @@
-"""Refuse what cannot work: Lightning's script-relaunching DDP inside a submitit local job.
+"""Refuse what cannot work: Lightning's script-relaunching DDP inside a sweep's job.
 
 Lightning's `ddp` starts each extra process by re-running the main script with the job's
-arguments. Inside a submitit job the main script is submitit's job runner
-(`python -m submitit.core._submit <folder>`), so the "children" would be submitit runners that
-never join this job's process group. Spawned workers (`ddp_spawn`) are not re-runs of the script
-and work there; so does `ddp` under the basic launcher (kdlab.sweeps.ddp hands children the job).
+arguments. Inside a sweep that re-run is wrong whatever the launcher: under Hydra's basic launcher
+the children inherit `-m` and would start sweeps of their own in the run folder (not the job's);
+inside a submitit job the main script is submitit's job runner, whose "children" never join this
+job's process group. Spawned workers (`ddp_spawn`) are not re-runs of the script and work in sweeps;
+under SLURM with one task per device (hydra/launcher=slurm), srun starts the ranks and nothing is re-run.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
+from kdlab.config import ConfigError
 from kdlab.sweeps.health import SweepFailed
 
 SUBMITIT_LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+SUBMITIT_SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 SPAWNING = ("spawn", "fork", "forkserver")  # DDPStrategy start methods that do not re-run the script
 
 
 def refusal(strategy: Any) -> str:
     return (
         f"trainer.strategy={strategy} with several devices re-runs the training script in each extra "
-        "process, but inside a job of hydra/launcher=local (submitit) that script is submitit's job runner, "
-        "so the extra processes would never join the job. Use trainer=ddp_spawn with hydra/launcher=local "
-        "(its workers are spawned, not re-run), or drop hydra/launcher=local: the basic launcher runs the "
-        "sweep's jobs one after another in this process, and trainer=ddp works there."
+        "process, which cannot work inside a sweep (-m): the re-run would start a sweep of its own, or, in a job "
+        "of hydra/launcher=local, re-run submitit's job runner. Use trainer=ddp_spawn in sweeps (its workers "
+        "are spawned, not re-run), or run this job alone without -m, where trainer=ddp works."
     )
 
 
@@ -81,11 +83,13 @@ def relaunches_script(trainer_cfg: DictConfig) -> bool:
 
 
 def check_launcher_strategy(cfg: DictConfig) -> None:
-    """In a submitit local job, refuse a relaunching strategy before anything trains (config validation)."""
-    if "LOCAL_RANK" in os.environ:
-        return  # an already launched DDP process: Lightning starts no more
-    if in_submitit_local_job() and relaunches_script(cfg.trainer):
-        raise ValueError(refusal(cfg.trainer.strategy))
+    """In a sweep's job, refuse a relaunching strategy before anything trains (config validation)."""
+    from kdlab.sweeps.jobs import in_multirun
+
+    if "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return  # an already launched DDP process, or srun's tasks: Lightning starts no more
+    if (in_multirun() or in_submitit_local_job()) and relaunches_script(cfg.trainer):
+        raise ConfigError(refusal(cfg.trainer.strategy))
 
 
 class RefuseRelaunchingDDP(Callback):
@@ -96,7 +100,7 @@ class RefuseRelaunchingDDP(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        launcher = config.hydra.launcher.get("_target_")
         trainer = config.get("trainer")
-        if launcher == SUBMITIT_LOCAL_LAUNCHER and trainer is not None and relaunches_script(trainer):
+        launcher = config.hydra.launcher.get("_target_")
+        if trainer is not None and launcher != SUBMITIT_SLURM_LAUNCHER and relaunches_script(trainer):
             raise SweepFailed(refusal(trainer.strategy))  # an Exception would only be a warning here

@@ -1,14 +1,14 @@
 """Refuse a bad run in seconds, before a teacher or a student trains for minutes.
 
 Everything that can be checked without data or a teacher is checked here: values the constructors
-validate (data, trainer, nets, loss terms), the names feature terms tap, the launcher/strategy pair,
-and, for a resume, whether the checkpoint belongs to this very run. Messages name the full key.
+validate (data, trainer, nets, loss terms), the names feature terms tap, the numbers each term can
+compute with (kdlab.losses.base.check_numerics), `runtime.*`, the launcher/strategy pair. Messages name
+the full key and the fix.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,40 +16,16 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kdlab.checkpoints import CheckpointError, load_checkpoint
-from kdlab.config import CONFIG_DIR, plain
-from kdlab.identity import differences
+from kdlab.config import CONFIG_DIR, ConfigError, check_name, is_distillation, is_ensemble, plain
 from kdlab.losses import build_terms
-from kdlab.losses.base import check_term_members
+from kdlab.losses.base import check_numerics, check_term_members
+from kdlab.models import build_net
 from kdlab.modules.ensemble import check_combination
+from kdlab.run.threads import check_threads
 from kdlab.sweeps import check_launcher_strategy
+from kdlab.teachers.outputs import MODES
 
 log = logging.getLogger(__name__)
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, found before any training."""
-
-
-def check_name(name: object) -> str:
-    """`name` names a folder under outputs/: one plain path component, never `..` or a path."""
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
-        raise ConfigError(
-            f"name={name!r} cannot name a run folder: it must be one plain folder name (letters, digits and "
-            "_ . = , + -; no '/', no '..', not starting with '.'), because run folders live under "
-            "outputs/<name>/. Use e.g. name=my_experiment."
-        )
-    return name
-
-
-def is_distillation(cfg: DictConfig) -> bool:
-    return str(OmegaConf.select(cfg, "module._target_", default="")).endswith("DistillationModule")
-
-
-def is_ensemble(cfg: DictConfig) -> bool:
-    """A distillation run whose teacher is a list of members (teacher=ensemble)."""
-    return is_distillation(cfg) and OmegaConf.select(cfg, "teacher.members", default=None) is not None
 
 
 @contextmanager
@@ -112,10 +88,12 @@ def validate_config(cfg: DictConfig) -> None:
             f"ckpt_path={cfg.ckpt_path!r} does not exist: give a checkpoint of this run to resume "
             "(e.g. outputs/<name>/runs/<time>/checkpoints/last.ckpt), or drop ckpt_path."
         )
-    instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
+    _check_runtime(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
+    shape, classes = datamodule.input_shape, datamodule.num_classes
     _check_trainer(cfg)
-    check_launcher_strategy(cfg)  # script-relaunching DDP cannot run inside a submitit local job
-    student = instantiate(cfg.model)
+    check_launcher_strategy(cfg)  # script-relaunching DDP cannot run inside a sweep's job
+    student = _net(cfg.model, shape, classes, "model")
     if not is_distillation(cfg):
         return
     if cfg.get("teacher") is None or cfg.get("distill") is None:
@@ -124,11 +102,12 @@ def validate_config(cfg: DictConfig) -> None:
             "or start from experiment=distill_mlp."
         )
     terms = build_terms(cfg.distill.losses)
-    members = _check_members(cfg) if is_ensemble(cfg) else None
-    teacher = instantiate(cfg.teacher.model) if members is None else None
+    members = _check_members(cfg, shape, classes) if is_ensemble(cfg) else None
+    teacher = _net(cfg.teacher.model, shape, classes, "teacher.model") if members is None else None
     active = {name: term for name, term in terms.items() if term.weight}
     check_term_members(active, None if members is None else len(members))
     for name, term in active.items():
+        check_numerics(name, term, classes, None if members is None else len(members))
         _check_layers(student, set(term.student_layers), "student", f"distill.losses.{name}")
         if term.teacher_layers:
             if term.member is None:
@@ -142,7 +121,33 @@ MEMBER_KEYS = {"model", "recipe", "seed", "overrides", "ckpt_path"}  # one teach
 ENSEMBLE_KEYS = {"members", "combine", "nets"}  # nets: architectures the members refer to
 
 
-def _check_members(cfg: DictConfig) -> list[Any]:
+def _net(config: DictConfig, shape, classes: int, key: str):
+    try:
+        return build_net(plain(config), shape, classes)
+    except ConfigError:
+        raise
+    except Exception as err:  # the net's own ValueError, wrapped by hydra
+        raise ConfigError(f"{key} cannot be built for this data ({list(shape)} images, {classes} classes): {err}") from err
+
+
+def _check_runtime(cfg: DictConfig) -> None:
+    """`runtime.*` says how fast a run goes: checked here, before any teacher trains for minutes."""
+    runtime = cfg.get("runtime") or {}
+    if unknown := sorted(set(runtime) - {"threads", "teacher_cache"}):
+        raise ConfigError(f"runtime has unknown key(s) {unknown}: it takes threads and teacher_cache.")
+    try:
+        check_threads(runtime.get("threads", "auto"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if (mode := runtime.get("teacher_cache", "auto")) not in MODES:
+        raise ConfigError(
+            f"runtime.teacher_cache={mode!r} is not one of {', '.join(MODES)}: 'auto' reads the teacher's logits "
+            "from a cache when that is exact and builds one when that costs no more than this run's live teacher, "
+            "'on' always builds it, 'off' always runs the teacher."
+        )
+
+
+def _check_members(cfg: DictConfig, shape, classes: int) -> list[Any]:
     """Every member of teacher=ensemble is a whole teacher config that can work; returns their nets.
 
     All are checked before the first member is provisioned, so a typo in the third member never
@@ -173,10 +178,7 @@ def _check_members(cfg: DictConfig) -> list[Any]:
                 f"{key} lacks {missing}: a member needs its model, the recipe that trains it (an experiment name, "
                 f"e.g. train_teacher_cnn) and its own seed, like conf/teacher/cnn_small.yaml."
             )
-        try:
-            nets.append(instantiate(member.model))
-        except Exception as err:
-            raise ConfigError(f"{key}.model cannot be built: {err}") from err
+        nets.append(_net(member.model, shape, classes, f"{key}.model"))
         seed, overrides, ckpt = member.seed, member.get("overrides", []), member.get("ckpt_path")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigError(f"{key}.seed must be an integer or null, got {seed!r}.")
@@ -211,43 +213,3 @@ def _check_members(cfg: DictConfig) -> list[Any]:
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return nets
-
-
-# What an evaluation (train=false) may change: how training went is the checkpoint's business; the
-# nets, the data, the teacher (by checksum) and the code must still be the checkpoint's own.
-EVALUATION_FREE_KEYS = ("trainer", "optimizer", "scheduler", "seed", "callbacks", "distill")
-
-
-def _without(config: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    return None if config is None else {k: v for k, v in config.items() if k not in keys}
-
-
-def check_resume(
-    ckpt_path: str | Path, identity: dict[str, Any], parts: tuple[str, ...], evaluation: bool = False
-) -> None:
-    """Refuse to resume (or test) from a checkpoint of another run: another recipe, data or teacher.
-
-    `parts` are the entries of `identity` to compare now ("config", "data", "code"; "teacher" once
-    the teacher is known). Resuming with a longer `trainer.max_epochs` is refused here too: the
-    one-cycle schedule was laid over the original length, so the continuation would be another run.
-    """
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = checkpoint.get("kdlab", {}).get("identity")
-    if saved is None:
-        raise CheckpointError(
-            f"{ckpt_path} holds no kdlab run identity, so kdlab cannot tell which run it belongs to (it was "
-            "made by other code or an older kdlab). Resume only from checkpoints this kdlab wrote; to reuse "
-            "weights, give them as teacher.ckpt_path or load them into a new run's model."
-        )
-    if evaluation:  # only what the tested weights and their teacher depend on must match
-        saved = {**saved, "config": _without(saved.get("config"), EVALUATION_FREE_KEYS)}
-        identity = {**identity, "config": _without(identity.get("config"), EVALUATION_FREE_KEYS)}
-    found = [d for part in parts for d in differences({part: saved.get(part)}, {part: identity.get(part)})]
-    if found:
-        shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
-        raise CheckpointError(
-            f"{ckpt_path} belongs to another run than this one (checkpoint -> now: {shown}). Resuming or "
-            "testing it here would mix two experiments into one record. Run with the checkpoint's own "
-            "overrides (see its run folder's .hydra/overrides.yaml); to train longer or differently, start a "
-            "new run."
-        )

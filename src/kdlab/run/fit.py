@@ -1,0 +1,204 @@
+"""One training run in a folder: build the datamodule, system and Trainer, fit, test the best checkpoint.
+
+`fit_and_test` is the part every run shares; `fit_run` is the whole of a teacher's training (a plain
+function with explicit arguments: its config, its folder, a checkpoint to resume), which teacher
+provisioning calls before the student's run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from kdlab.analysis import TestAnalysis
+from kdlab.analysis.omitted import logits_of, omitted_class_report
+from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
+from kdlab.config import is_distillation, plain
+from kdlab.identity import code_versions, config_identity, digest, run_key, student_key
+from kdlab.modules.guards import DivergenceError
+from kdlab.record import RunRecord
+from kdlab.run.provenance import code_state, smoke_reasons
+from kdlab.run.summary import tensorboard_hparams
+
+log = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.pt"
+STUDENT_MODEL_FILE = "student_model.yaml"
+CONFIG_FILE = "config.yaml"  # the resolved config: what export and evaluation rebuild the run from
+
+
+def count_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def new_record(cfg: DictConfig, folder: Path, overrides: tuple[list, list, list] = ([], [], [])) -> RunRecord:
+    task, swept, fixed = overrides
+    return RunRecord(
+        name=cfg.name,
+        kind="distillation" if is_distillation(cfg) else "supervised",
+        mode="train" if cfg.train else "evaluate",
+        seed=cfg.seed,
+        smoke=smoke_reasons(cfg),
+        overrides=list(task),
+        swept=list(swept),
+        fixed=list(fixed),
+        output_dir=str(folder),
+        code=code_state(),
+        started_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def prepare_data(cfg: DictConfig, record: RunRecord) -> tuple[L.LightningDataModule, dict[str, Any]]:
+    """The datamodule, its files fetched and read; the run's identity so far (config, data, code) in `record`."""
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain lists in checkpoints
+    datamodule.prepare_data()  # fetch and verify before anything depends on the data's checksums
+    datamodule.setup("fit")
+    record.data = datamodule.spec.to_dict()
+    fingerprint = datamodule.spec.fingerprint
+    identity = {"config": config_identity(cfg), "data": fingerprint, "code": code_versions()}
+    record.identity = {"setup": digest(identity), "student": student_key(cfg, fingerprint), "data": fingerprint}
+    return datamodule, identity
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks; without a terminal the Rich bar gives way to one line per epoch."""
+    show_bar = cfg.trainer.enable_progress_bar and sys.stdout.isatty()
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None or (name == "progress_bar" and not show_bar) or (name == "epoch_lines" and show_bar):
+            continue
+        callbacks.append(instantiate(conf))
+    return callbacks
+
+
+def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: RunRecord, objects: dict,
+                 interrupts: InterruptHandler, datamodule, identity: dict, module_args: dict) -> None:  # fmt: skip
+    """Build the system and Trainer (outputs into `folder`), fit (from `ckpt_path`), test the best checkpoint."""
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder)  # checkpoints, TensorBoard, analysis: callbacks interpolate it
+    record.identity["run"] = run_key(cfg, identity["data"], identity.get("teacher"))
+    if cfg.seed is not None:  # after provisioning: a cached teacher and a fresh one give the same student
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    spec = datamodule.spec
+    module = instantiate(cfg.module, num_classes=spec.num_classes, input_shape=list(spec.input_shape), **module_args)
+    record.params = {"student": count_params(module.net)}
+    objects.update(datamodule=datamodule, module=module)
+    if is_distillation(cfg):
+        from kdlab.teachers.outputs import provide_teacher_outputs
+
+        record.params["teacher"] = count_params(module.teacher)
+        refs = record.members or [record.teacher]
+        record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, refs,
+                                                                     cfg.paths.teacher_dir)  # fmt: skip
+    session = TensorBoardSession(tensorboard_hparams(cfg, record))
+    analysis = TestAnalysis(output_dir=folder)  # confusion, calibration, disagreements
+    interrupts.dirpath = folder / "checkpoints"
+    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]
+    loggers = [instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
+    show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     enable_progress_bar=show_bar)  # fmt: skip
+    objects.update(trainer=trainer, session=session)
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if (stopped := interrupts.interrupted()) is not None:
+            raise stopped
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        record.files["best_checkpoint"] = best or ""
+    record.metrics.update(metrics_of(trainer, "val/"))
+    if cfg.test:
+        tested = (record.files.get("best_checkpoint") or None) if cfg.train else ckpt_path
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+        record.metrics.update(metrics_of(trainer, "test/"))
+        record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
+        record.files.update({Path(f).stem: f for f in analysis.results.get("files", [])})
+        if datamodule.exclude_classes and trainer.is_global_zero:
+            record.analysis["omitted"] = omitted_analysis(module.net, datamodule)
+
+
+def omitted_analysis(net: torch.nn.Module, dm) -> dict[str, Any]:
+    """Hinton's omitted-class numbers for the tested (best) student: errors before and after the bias fix."""
+    norm = dm.static_spec.normalization
+    val = (logits_of(net, dm.data_val.x, **norm), dm.data_val.y)
+    test = (logits_of(net, dm.data_test.x, **norm), dm.data_test.y)
+    return omitted_class_report(val, test, dm.exclude_classes)
+
+
+def metrics_of(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def conclude(record: RunRecord, objects: dict, wall: float) -> None:
+    """The record's final fields from the trainer (epochs, steps, last val metrics) and the wall time."""
+    trainer: L.Trainer | None = objects.get("trainer")
+    if trainer is not None:
+        record.metrics.update({k: v for k, v in metrics_of(trainer, "val/").items() if k not in record.metrics})
+        record.epochs, record.global_step = trainer.current_epoch, trainer.global_step
+    record.wall_time_s = round(record.wall_time_s + wall, 2)  # a resumed run adds to its earlier time
+    record.finished_at = datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def save_outputs(cfg: DictConfig, record: RunRecord, objects: dict, folder: Path) -> None:
+    """The record, the resolved config and, for a finished run, the student: from rank zero only."""
+    module = objects.get("module")
+    folder.mkdir(parents=True, exist_ok=True)
+    if record.finished and module is not None:
+        torch.save(module.net.state_dict(), folder / STUDENT_FILE)
+        OmegaConf.save(OmegaConf.create(module.hparams.net), folder / STUDENT_MODEL_FILE)
+        record.files.update(weights=STUDENT_FILE, model=STUDENT_MODEL_FILE)
+    try:
+        resolved = {key: plain(cfg[key]) for key in cfg if key != "hydra"}
+        OmegaConf.save(OmegaConf.create(resolved), folder / CONFIG_FILE)
+        record.files["config"] = CONFIG_FILE
+    except Exception as err:  # an unresolvable value is no reason to lose the record
+        log.warning("Could not write the resolved config: %s", err)
+    record.write(folder)
+
+
+def outcome(record: RunRecord, err: BaseException, interrupts: InterruptHandler) -> BaseException:
+    """Set the record's status for an error that ended the run; returns what to raise."""
+    if isinstance(err, DivergenceError):
+        record.status, record.message = "diverged", str(err)
+        return err
+    stopped = err if isinstance(err, Interrupted) else interrupts.interrupted()
+    if stopped is not None:
+        record.status, record.message = "interrupted", f"Stopped by {stopped}."
+        return stopped
+    record.status, record.message = "failed", f"{type(err).__name__}: {err}"
+    return err
+
+
+def fit_run(cfg: DictConfig, folder: Path, ckpt_path: Path | None, overrides: list[str]) -> tuple[RunRecord, Any]:
+    """Train one run (a teacher's) in `folder`, resuming from `ckpt_path`; returns (record, system).
+
+    The record is written into `folder` however the run ends; an interrupted run leaves its checkpoint there.
+    """
+    started, objects = time.perf_counter(), {}
+    record = new_record(cfg, folder, (overrides, [], []))
+    interrupts = InterruptHandler(folder / "checkpoints")
+    try:
+        with interrupts:
+            datamodule, identity = prepare_data(cfg, record)
+            fit_and_test(cfg, folder, ckpt_path, record, objects, interrupts, datamodule, identity, {})
+        record.status = "smoke" if record.smoke else "ok"
+    except BaseException as err:
+        if (stop := outcome(record, err, interrupts)) is err:
+            raise
+        raise stop from None
+    finally:
+        conclude(record, objects, time.perf_counter() - started)
+        if (session := objects.get("session")) is not None:
+            session.end(success=record.finished)
+        trainer = objects.get("trainer")
+        if trainer is None or trainer.is_global_zero:
+            save_outputs(cfg, record, objects, folder)
+    return record, objects.get("module")

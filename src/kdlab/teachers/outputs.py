@@ -1,0 +1,374 @@
+"""The frozen teacher's logits for every view of every training image, computed once and read during distillation.
+
+A frozen teacher in eval mode is a fixed function of its input, and the augmentation has finitely
+many views: (2s + 1)^2 shifts per image (x2 with flips), 25 for MNIST's s = 2. So its logits for every
+(training image, view) pair can be computed once, in large no-grad batches, and each training step
+reads the logits of the very view each image received (`Batch.index`, `.shift`, `.flip`) instead of
+running the teacher: 55k images x 25 views x 10 logits = 55 MB in float32.
+
+Rules that keep it exact:
+- used only when the teacher contributes logits alone (no loss term taps a teacher feature);
+- keyed by everything the logits depend on: the teacher's weights (sha256) and net, its input
+  normalisation, the data's fingerprint and training split, the views, how the table is computed
+  and the run's precision (a bf16-mixed run's live teacher computes in bf16, and so does its table);
+- every entry carries the sha256 of its logits, verified on every read: a damaged entry is moved aside
+  and rebuilt, never trained on; a seeded sample of entries is also checked against the live teacher
+  before use, and the first training batch of every fit again, within the tolerance of the precision;
+- validation and test always run the live teacher.
+
+Entries live beside the teacher they came from: `<teacher entry>/outputs/<key>.safetensors`, or
+`<teacher_dir>/outputs-by-sha256/<sha256[:16]>/<key>.safetensors` for a teacher given by path.
+`runtime.teacher_cache=auto|on|off`: `auto` reads an entry when there is one and builds a missing one
+only when the run puts at least as many images through the teacher as the build does; `on` always builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from kdlab.data.batches import derive_seed
+from kdlab.data.transforms import normalize, shift_images
+from kdlab.identity import digest
+from kdlab.locks import file_lock
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # bump when what an entry holds changes: older entries then miss
+OUTPUTS_DIR = "outputs"  # inside a cached teacher's entry
+BY_SHA_DIR = "outputs-by-sha256"  # under teacher_dir, for teachers given by path
+BUILD_BATCH = 4096  # at most this many images per teacher forward while building: large GEMMs
+BUILD_ACTIVATION_BYTES = 32 * 2**20  # ...and fewer where the teacher's largest activation would outgrow this
+SAMPLE = 512  # (image, view) pairs checked against the live teacher on every use
+MODES = ("auto", "on", "off")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # precisions whose teacher runs under autocast
+FULL = ("32-true", "32", 32)
+
+
+class TeacherOutputsError(RuntimeError):
+    """Cached teacher outputs disagree with the live teacher even after a rebuild."""
+
+
+def view_offsets(max_shift: int, flip: bool) -> Tensor:
+    """(dy, dx, flip) of every view, in storage order: v = flip * side^2 + (dy + s) * side + (dx + s)."""
+    r = torch.arange(-max_shift, max_shift + 1)
+    shifts = torch.cartesian_prod(r, r)
+    flips = [0, 1] if flip else [0]
+    return torch.cat([torch.cat([shifts, torch.full((len(shifts), 1), f)], 1) for f in flips])
+
+
+def tolerance(precision: Any) -> float:
+    """rtol = atol of a cached logit against a live one: float32's 1e-4, or 4 eps of the autocast dtype."""
+    dtype = AUTOCAST.get(str(precision))
+    return 1e-4 if dtype is None else 4 * torch.finfo(dtype).eps
+
+
+@dataclass
+class TeacherOutputs:
+    """The teacher's logits [N, V, C] for N training images in V views (shifts, x2 with flips)."""
+
+    logits: Tensor
+    max_shift: int
+    flip: bool
+    key: str = ""
+    path: str = ""
+    tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        views = len(view_offsets(self.max_shift, self.flip))
+        if self.logits.ndim != 3 or self.logits.shape[1] != views:
+            raise ValueError(f"TeacherOutputs: logits must be [images, {views} views, classes] for max_shift="
+                             f"{self.max_shift}, flip={self.flip}; got {tuple(self.logits.shape)}")  # fmt: skip
+        self._flat = self.logits.reshape(-1, self.logits.shape[2])
+
+    @property
+    def views(self) -> int:
+        return self.logits.shape[1]
+
+    def rows(self, index: Tensor, shift: Tensor | None, flip: Tensor | None) -> Tensor:
+        s, side = self.max_shift, 2 * self.max_shift + 1
+        view = torch.full_like(index, s * side + s) if shift is None else (shift[:, 0] + s) * side + shift[:, 1] + s
+        if flip is not None:
+            view = view + flip.long() * side * side
+        return index * self.views + view
+
+    def lookup(self, index: Tensor, shift: Tensor | None, flip: Tensor | None = None) -> Tensor:
+        """float32 logits [B, C] of training images `index` seen with `shift` [B, 2] and `flip` [B] (None: none)."""
+        if self._flat.device != index.device:  # once: the whole table moves to the training device
+            self._flat = self._flat.to(index.device)
+        return self._flat.index_select(0, self.rows(index, shift, flip)).float()
+
+
+def logits_sha256(logits: Tensor) -> str:
+    return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy()).hexdigest()
+
+
+def precision_context(precision: Any, device: torch.device):
+    dtype = AUTOCAST.get(str(precision))
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def views_of(images: Tensor, offsets: Tensor) -> Tensor:
+    """uint8 images shifted (zero fill) and flipped as the datamodule's augmentation would, one view per row."""
+    x = shift_images(images, offsets[:, :2])
+    flips = offsets[:, 2].bool().to(x.device)
+    return torch.where(flips[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def build_batch_size(teacher: nn.Module, image_shape, device) -> int:
+    """The largest batch (a power of two, at most BUILD_BATCH) whose largest activation fits BUILD_ACTIVATION_BYTES."""
+    largest = 0
+
+    def measure(module, inputs, output) -> None:
+        nonlocal largest
+        if isinstance(output, Tensor):
+            largest = max(largest, output[0].numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(measure) for m in teacher.modules() if next(m.children(), None) is None]
+    was_training = teacher.training
+    try:
+        teacher.eval()(torch.zeros(1, *image_shape, device=device))
+    finally:
+        teacher.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    fits = max(1, BUILD_ACTIVATION_BYTES // max(largest, 1))
+    return min(BUILD_BATCH, 1 << (fits.bit_length() - 1))
+
+
+@torch.no_grad()  # not inference_mode: the table must stay an ordinary tensor, usable in training
+def compute_teacher_outputs(teacher: nn.Module, images: Tensor, max_shift: int, flip: bool, norm: dict,
+                            device="cpu", precision: Any = "32-true", batch_size: int | None = None) -> TeacherOutputs:  # fmt: skip
+    """The teacher's logits for every image of `images` (uint8 [N, C, H, W]) in every view.
+
+    Each view is shifted and flipped in uint8, then normalised by the teacher's `norm` ({mean, std}):
+    bitwise the training input. The teacher itself is left as it was.
+    """
+    device = torch.device(device)
+    batch_size = batch_size or build_batch_size(teacher, images.shape[1:], device)
+    net = copy.deepcopy(teacher).eval()  # a copy: the live teacher keeps its mode
+    offsets = view_offsets(max_shift, flip)
+    out: Tensor | None = None
+    with precision_context(precision, device):
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            for v, offset in enumerate(offsets):
+                view = views_of(x, offset.expand(len(x), 3).to(device))
+                logits = net(normalize(view, norm["mean"], norm["std"])).float()
+                if out is None:
+                    out = torch.empty(len(images), len(offsets), logits.shape[1])
+                out[start : start + len(x), v] = logits.cpu()
+    return TeacherOutputs(out, max_shift, flip, tolerance=tolerance(precision))
+
+
+@torch.no_grad()
+def check_sample(outputs: TeacherOutputs, teacher: nn.Module, images: Tensor, norm: dict, device, precision,
+                 seed: int, size: int = SAMPLE) -> tuple[bool, str]:  # fmt: skip
+    """Compare `size` seeded (image, view) entries with the live teacher: (all within tolerance, details)."""
+    generator = torch.Generator().manual_seed(seed)
+    n, views = outputs.logits.shape[:2]
+    index, view = torch.randint(0, n, (size,), generator=generator), torch.randint(0, views, (size,), generator=generator)
+    offsets = view_offsets(outputs.max_shift, outputs.flip)[view]
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with precision_context(precision, torch.device(device)):
+            x = views_of(images.index_select(0, index).to(device), offsets.to(device))
+            live = teacher(normalize(x, norm["mean"], norm["std"])).float().cpu()
+    finally:
+        teacher.train(was_training)
+    cached = outputs.logits[index, view].float()
+    tol = outputs.tolerance
+    error = (cached - live).abs()
+    bad = error > tol + tol * live.abs()
+    worst = float(error.max()) if size else 0.0
+    if bool(bad.any()):
+        i = int(bad.any(1).nonzero()[0])
+        return False, (f"{int(bad.any(1).sum())} of {size} sampled entries differ, e.g. image {int(index[i])} in view "
+                       f"{tuple(offsets[i].tolist())}: max |difference| {worst:.3g}")  # fmt: skip
+    return True, f"{size} sampled entries match the live teacher (max |difference| {worst:.2g})"
+
+
+# -- storage --------------------------------------------------------------------------------------------
+def save(outputs: TeacherOutputs, path: Path) -> None:
+    """Atomically, with the logits' sha256: readers see no entry or a complete one, and can check it."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    meta = {"key": outputs.key, "sha256": logits_sha256(outputs.logits), "max_shift": str(outputs.max_shift),
+            "flip": str(int(outputs.flip))}  # fmt: skip
+    save_file({"logits": outputs.logits.contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load(path: Path, key: str, tol: float) -> TeacherOutputs | None:
+    """The entry at `path`, checksum verified; None if absent. A damaged entry is moved aside (then rebuilt)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            logits = f.get_tensor("logits")
+        if meta.get("key") != key:
+            raise ValueError(f"it holds key {meta.get('key')!r}")
+        if (found := logits_sha256(logits)) != meta.get("sha256"):
+            raise ValueError(f"its logits have sha256 {found[:16]}..., its header says {str(meta.get('sha256'))[:16]}...")
+        return TeacherOutputs(logits, int(meta["max_shift"]), bool(int(meta["flip"])), key, str(path), tol)
+    except Exception as err:  # a truncated, altered or foreign file: never trained on
+        aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        log.warning("The teacher-output entry %s is damaged (%s): moved aside to %s, rebuilding it.", path, err, aside.name)
+        return None
+
+
+# -- what a run asks for ------------------------------------------------------------------------------
+def mode_of(cfg: DictConfig) -> str:
+    return OmegaConf.select(cfg, "runtime.teacher_cache", default="auto")
+
+
+def why_live(cfg: DictConfig, module, datamodule) -> str | None:
+    """Why the teacher must run live for this run (None: its outputs can be cached)."""
+    if mode_of(cfg) == "off":
+        return "runtime.teacher_cache=off"
+    if not OmegaConf.select(cfg, "train", default=True):
+        return "nothing is trained (train=false)"
+    if feature_terms := module.teacher_feature_terms():
+        return f"the loss term(s) {', '.join(feature_terms)} read teacher features, which are not cached"
+    precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    if precision not in FULL and str(precision) not in AUTOCAST:
+        return f"trainer.precision={precision} runs the whole teacher in that dtype"
+    return None
+
+
+def planned_images(cfg: DictConfig, n_train: int) -> int | None:
+    """About how many training images this run puts through the teacher (None: unknown), from its Trainer limits."""
+    batch = int(OmegaConf.select(cfg, "data.batch_size", default=0) or 0)
+    trainer = OmegaConf.select(cfg, "trainer", default=None)
+    if not batch or trainer is None:
+        return None
+    if fast := trainer.get("fast_dev_run"):
+        return (1 if fast is True else int(fast)) * batch
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, float):  # Lightning: a float is a fraction of the epoch, an int a number of batches
+        per_epoch = int(n_train * limit)
+    else:
+        per_epoch = n_train if limit is None else min(n_train, int(limit) * batch)
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    known = [per_epoch * epochs] if epochs not in (None, -1) else []
+    known += [steps * batch] if steps not in (None, -1) else []
+    return min(known) if known else None
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    """Where the build runs: this process's GPU (LOCAL_RANK, as launchers set it) on a GPU run, else the CPU."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+    if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def provide_teacher_outputs(cfg: DictConfig, module, datamodule, refs: list, teacher_dir: str) -> dict[str, Any]:
+    """Give `module` the cached teacher outputs when they are exact for this run; build them first if absent.
+
+    `refs` holds one TeacherRef per teacher net (an ensemble's members in order): each net reads its own
+    entry, the one a single-teacher run of it uses too. Returns what the run record keeps.
+    """
+    if (reason := why_live(cfg, module, datamodule)) is not None:
+        log.info("The teacher runs live in training: %s.", reason)
+        return {"used": False, "reason": reason}
+    nets = list(module.teacher.members) if module.is_ensemble else [module.teacher]
+    precision, device = OmegaConf.select(cfg, "trainer.precision", default="32-true"), device_of(cfg)
+    images, hp = train_images(datamodule), datamodule.hparams
+    views = len(view_offsets(hp.augment_shift, hp.augment_flip))
+    norms = [norm or datamodule.static_spec.normalization for norm in module.teacher_norms]
+    plans = []
+    for net, ref, norm in zip(nets, refs, norms, strict=True):
+        net.to(device)
+        batch = build_batch_size(net, images.shape[1:], device)
+        key = digest({"format": FORMAT_VERSION, "teacher": ref.sha256, "net": module.teacher_net_config(len(plans)),
+                      "norm": norm, "data": datamodule.spec.fingerprint, "split": [hp.val_size, hp.split_seed,
+                      sorted(hp.exclude_classes)], "views": [hp.augment_shift, hp.augment_flip], "batch": batch,
+                      "precision": str(precision)})  # fmt: skip
+        folder = (Path(ref.checkpoint).parent / OUTPUTS_DIR if ref.key else
+                  Path(teacher_dir).expanduser().resolve() / BY_SHA_DIR / ref.sha256[:16])  # fmt: skip
+        plans.append((net, norm, key, folder / f"{key}.safetensors", batch))
+    if mode_of(cfg) == "auto" and any(not path.is_file() for *_, path, _ in plans):
+        planned = planned_images(cfg, len(images))
+        if planned is not None and planned < views * len(images):
+            reason = (f"building the teacher's outputs ({views} views x {len(images)} images) would cost more teacher "
+                      f"forwards than this run's ~{planned} training images; runtime.teacher_cache=on builds them anyway")  # fmt: skip
+            log.info("The teacher runs live in training: %s.", reason)
+            return {"used": False, "reason": reason}
+    entries = [_provide_one(net, images, norm, key, path, batch, hp, device, precision)
+               for net, norm, key, path, batch in plans]  # fmt: skip
+    module.use_teacher_outputs([outputs for outputs, _ in entries])
+    infos = [info for _, info in entries]
+    return {"used": True, "members": infos} if module.is_ensemble else {"used": True, **infos[0]}
+
+
+def _provide_one(net, images, norm, key, path, batch, hp, device, precision) -> tuple[TeacherOutputs, dict]:
+    """One teacher net's entry: read (checksum and sample checked) or built, and what the record keeps of it."""
+    started, built, tol = time.perf_counter(), False, tolerance(precision)
+    writable = _writable(path.parent)
+    with file_lock(path.parent / f".{key}.lock") if writable else contextlib.nullcontext():
+        outputs = load(path, key, tol)
+        for attempt in range(2):
+            if outputs is None:
+                log.info("Computing the teacher's outputs for %d images x %d views (once) into %s", len(images),
+                         len(view_offsets(hp.augment_shift, hp.augment_flip)), path)  # fmt: skip
+                outputs = compute_teacher_outputs(net, images, hp.augment_shift, hp.augment_flip, norm, device,
+                                                  precision, batch)  # fmt: skip
+                outputs.key, outputs.path = key, str(path)
+                save(outputs, path) if writable else log.warning("%s is not writable: the teacher outputs are kept "
+                                                                 "in memory for this run only.", path.parent)  # fmt: skip
+                built = True
+            ok, detail = check_sample(outputs, net, images, norm, device, precision, derive_seed(0, int(key[:12], 16)))
+            if ok:
+                break
+            if attempt == 1:
+                raise TeacherOutputsError(
+                    f"The teacher outputs in {path} disagree with the live teacher right after being rebuilt: {detail}. "
+                    "The teacher is not a fixed function of its input here (a layer that stays random in eval "
+                    "mode?). Run with runtime.teacher_cache=off."
+                )
+            log.warning("The cached teacher outputs %s do not match the live teacher (%s): rebuilding.", path, detail)
+            outputs = None
+    seconds = time.perf_counter() - started
+    log.info("Teacher outputs %s (%s; %s): training reads them instead of running the teacher.",
+             f"built in {seconds:.1f} s" if built else "read from the cache", path, detail)  # fmt: skip
+    return outputs, {"key": key, "path": str(path), "built_s": round(seconds, 2) if built else None}
+
+
+def train_images(datamodule) -> Tensor:
+    """The uint8 training split exactly as the run will see it, without touching the datamodule's own state.
+
+    A copy of the datamodule is set up (seed 0: the split does not depend on it), so the run's
+    datamodule still resolves its seed when the Trainer sets it up (under DDP, shared from rank 0).
+    """
+    probe = type(datamodule)(**{**datamodule.hparams, "seed": 0})
+    probe.setup("fit")
+    return probe.data_train.x
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
