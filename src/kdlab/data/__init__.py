@@ -6,7 +6,9 @@
 
 from kdlab.data.batch import Batch
 from kdlab.data.batches import ShuffledBatches, derive_seed
+from kdlab.data.cifar import CIFARDataModule
 from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
+from kdlab.data.digits import DigitsDataModule
 from kdlab.data.fetch import DataUnavailableError, FileSpec, ForeignDataError, ensure_files
 from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
 from kdlab.data.mnist import IDXDataModule
@@ -15,8 +17,10 @@ from kdlab.data.transforms import normalize, random_flip, random_shift, shift_im
 
 __all__ = [
     "Batch",
+    "CIFARDataModule",
     "DataSpec",
     "DataUnavailableError",
+    "DigitsDataModule",
     "FileSpec",
     "ForeignDataError",
     "IDXDataModule",

@@ -193,6 +193,17 @@ def provision(cfg: DictConfig, record: RunRecord, identity: dict, spec) -> dict[
     return {"teacher_net": None, "teacher_ckpt": None, "members": members, "combine": combine}
 
 
+def provision_only(cfg: DictConfig) -> list:
+    """The teachers `cfg` distils from, found or trained, without starting its run (scripts/provision.py)."""
+    quiet_libraries()
+    validate_config(cfg)
+    apply_threads(plan_threads(OmegaConf.select(cfg, "runtime.threads", default="auto")))
+    record = new_record(cfg, Path(cfg.paths.log_dir))
+    datamodule, identity = prepare_data(cfg, record)
+    provision(cfg, record, identity, datamodule.spec)
+    return record.members or ([record.teacher] if record.teacher else [])
+
+
 def move_into(target: Path, folder: Path, owned: Claim | None) -> tuple[Path, Claim | None]:
     """Leave this process's fresh folder for the resumed run's own, once every check has passed."""
     taken = claim(target)  # FolderTaken while that run is still going
