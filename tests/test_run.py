@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 
 from kdlab.config import CONFIG_DIR, compose_config
 from kdlab.identity import student_recipe
-from kdlab.models import MLP
+from kdlab.models import MLP, build_net
 from kdlab.record import RunRecord
 from kdlab.run import train
 
@@ -22,11 +21,12 @@ TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment, make_cfg):
     cfg = make_cfg(f"experiment={experiment}")
-    assert isinstance(instantiate(cfg.model), torch.nn.Module)
+    shape, classes = cfg.data.input_shape, len(cfg.data.classes)
+    assert isinstance(build_net(cfg.model, shape, classes), torch.nn.Module)
     assert cfg.name == experiment
     if cfg.module._target_.endswith("DistillationModule"):
         teachers = [m.model for m in cfg.teacher.members] if "members" in cfg.teacher else [cfg.teacher.model]
-        assert all(isinstance(instantiate(t), torch.nn.Module) for t in teachers)
+        assert all(isinstance(build_net(t, shape, classes), torch.nn.Module) for t in teachers)
         # the student's recipe is the scratch baseline's, so the comparison is fair
         if experiment in ("distill_mlp", "distill_cnn_mlp", "distill_ensemble_mlp"):
             full = compose_config([f"experiment={experiment}", "paths.root_dir=/r"])
@@ -53,13 +53,13 @@ def test_teacher_run_writes_record_events_and_student(make_cfg):
     assert RunRecord.read(out) == record
 
     # the saved student alone gives the reported test accuracy
-    net = MLP(hidden=(256, 128))
+    net = MLP((1, 28, 28), 10, hidden=(256, 128))
     net.load_state_dict(torch.load(out / record.files["weights"], weights_only=True))
     dm = objects["datamodule"]
     test_set = (dm.data_test.x, dm.data_test.y, torch.arange(len(dm.data_test)))
     batch = dm.preprocess_batch(test_set)  # the whole test set, as tested
     with torch.no_grad():
-        acc = (net.eval()(batch[0]).argmax(1) == batch[1]).float().mean().item()
+        acc = (net.eval()(batch.x).argmax(1) == batch.y).float().mean().item()
     assert acc == pytest.approx(record.metrics["test/acc"], abs=1e-6)
 
 
@@ -93,7 +93,7 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
 
     caplog.clear()
     second, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))
-    assert "Reusing cached" in caplog.text and "training it first" not in caplog.text
+    assert "Teacher teacher:" in caplog.text and "training it first" not in caplog.text
     assert first.teacher == second.teacher
     # same seed, fresh or cached teacher: the same student
     assert first.metrics["test/acc"] == second.metrics["test/acc"]
@@ -113,21 +113,20 @@ def test_scratch_baseline_shows_up_in_distillation_record(make_cfg):
     assert distilled.baseline == {"mean": scratch.metrics["test/acc"], "std": 0.0, "runs": 1, "seeds": [0]}
 
 
-@pytest.mark.filterwarnings("error:The dirpath has changed")  # Lightning would drop the best-model state
-def test_resume_from_a_mid_run_checkpoint_continues_the_run(make_cfg):
-    """Resume from the epoch-0 checkpoint of a 2-epoch run: the same schedule, carried to its end."""
+def test_resuming_a_finished_run_is_a_no_op_that_changes_nothing(make_cfg):
+    """Even from a mid-run checkpoint of it: a finished run's record is never rewritten."""
     cfg = make_cfg(
         "experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"
     )
-    train(cfg)
-    first = Path(cfg.paths.output_dir) / "checkpoints" / "epoch_000.ckpt"
-    record, objects = train(
-        make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2", f"ckpt_path={first}")
-    )
-    assert objects["trainer"].current_epoch == 2
-    assert objects["trainer"].global_step == 2 * 8  # 1000 train images / batch 128 = 8 steps per epoch
-    assert record.output_dir == cfg.paths.output_dir  # it continued in the run's own folder
-    assert record.status == "ok"
+    done, _ = train(cfg)
+    folder = Path(cfg.paths.output_dir)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    again = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2",
+                     f"ckpt_path={folder / 'checkpoints' / 'epoch_000.ckpt'}")  # fmt: skip
+    record, objects = train(again)
+    assert record == done and "trainer" not in objects  # nothing trained
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert not Path(again.paths.output_dir).exists()  # the folder made for the resume command is gone
 
 
 @pytest.mark.parametrize("override", ["distill.temperature=abc", "no_such_key=1", "trainer=no_such_trainer"])
@@ -141,4 +140,4 @@ def test_record_file_is_strict_json(make_cfg):
     train(cfg)
     text = (Path(cfg.paths.output_dir) / "metrics.json").read_text()
     data = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
-    assert data["status"] == "ok" and data["kind"] == "supervised" and data["version"] == 2
+    assert data["status"] == "ok" and data["kind"] == "supervised" and data["version"] == 3

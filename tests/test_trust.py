@@ -19,13 +19,14 @@ import lightning as L
 import pytest
 import torch
 
-import kdlab.run
-import kdlab.teachers
+import kdlab.run.fit
 from kdlab.checkpoints import CheckpointError
 from kdlab.modules.guards import DivergenceError
 from kdlab.record import RunRecord
 from kdlab.run import train
-from kdlab.summary import scratch_baseline
+from kdlab.run.fit import fit_run
+from kdlab.run.summary import scratch_baseline
+from kdlab.teachers import TeacherCacheError, provision_teacher
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,13 @@ class CrashAtEpoch(L.Callback):
         (["model.activation=sigmoidish"], "Unknown activation 'sigmoidish'"),
         (["trainer.accelerator=gpu"], "trainer"),
         (["trainer.max_epochs=0"], "trains nothing"),
+        (["runtime.teacher_cache=of"], r"runtime\.teacher_cache='of' is not one of auto, on, off"),
+        (["runtime.threads=0"], r"runtime\.threads=0"),
+        (["+runtime.malloc=tuned"], r"runtime has unknown key\(s\) \['malloc'\]"),
+        (["distill.temperature=1e-30"], r"(?s)distill\.losses\.kd would train on nothing: it underflows.*1e-30 is outside"),
+        (["distill.temperature=1e30"], r"(?s)distill\.losses\.kd would train on nothing: it overflows"),
+        (["distill.losses.ce.weight=1e-50"], r"distill\.losses\.ce would train on nothing"),
+        (["seed=abc"], "seed must be an integer"),
     ],
 )
 def test_bad_values_fail_before_any_teacher_is_trained(make_cfg, overrides, match):
@@ -88,7 +96,7 @@ def test_a_name_with_a_path_is_refused_before_any_folder_exists(tmp_path, tiny_c
     ("overrides", "term"),
     [
         (["experiment=student_scratch_mlp", "optimizer.lr=1e6"], "ce"),
-        (["experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1e-300"], "kd"),
+        (["experiment=distill_mlp", TINY_TEACHER, "optimizer.lr=1e8"], "(kd|ce)"),
     ],
 )
 def test_divergence_stops_the_run_and_is_recorded(make_cfg, overrides, term):
@@ -134,7 +142,7 @@ def test_other_data_content_gets_its_own_teacher(make_cfg, tmp_path, mnist_dir):
     labels = read_idx(mnist_dir / "train-labels-idx1-ubyte")
     write_idx(shuffled / "train-labels-idx1-ubyte", labels[torch.randperm(len(labels)).numpy()])
 
-    poisoned, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, f"paths.data_dir={shuffled}"))
+    poisoned, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, f"data.data_dir={shuffled}"))
     clean, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))
     assert poisoned.teacher.key != clean.teacher.key
     assert poisoned.teacher.sha256 != clean.teacher.sha256
@@ -151,48 +159,23 @@ def test_a_damaged_cached_teacher_is_moved_aside_and_retrained(make_cfg, caplog)
     assert list(weights.parent.parent.glob(f".{weights.parent.name}.bad-*"))
 
 
-def test_staging_folders_of_dead_trainings_are_cleaned(make_cfg):
-    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.fast_dev_run=true")
-    root = Path(cfg.paths.teacher_dir)
-    dead = root / f".abc.tmp-{socket.gethostname()}-999999999"
-    alive = root / f".abc.tmp-{socket.gethostname()}-{os.getpid()}"
-    dead.mkdir(parents=True)
-    alive.mkdir()
-    train(cfg)
-    assert not dead.exists() and alive.exists()
-
-
-def test_only_global_rank_zero_trains_the_teacher(make_cfg, monkeypatch):
+def test_a_job_of_several_processes_never_trains_a_missing_teacher_in_each(make_cfg, monkeypatch):
+    """torchrun/SLURM start every rank at once: a missing teacher is refused in all, with the command that
+    provisions it once; a cached one is found by every rank."""
     cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(kdlab.teachers, "POLL_SECONDS", 0.05)
-
-    def must_not_train(tcfg, announce=True):
-        raise AssertionError("a non-zero rank trained the teacher")
-
-    holder = {}
-
-    def rank_zero_elsewhere():  # what rank 0 does meanwhile, in its own process
-        time.sleep(0.5)
-        zero_cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER)
+    fingerprint = {"x": "1"}
+    for rank in ("0", "1"):
         with monkeypatch.context() as m:
-            m.setenv("RANK", "0")
-            holder["ref"] = kdlab.teachers.provision_teacher(zero_cfg, {"x": "1"}, train)
-
-    worker = threading.Thread(target=rank_zero_elsewhere)
-    worker.start()
-    ref = kdlab.teachers.provision_teacher(cfg, {"x": "1"}, must_not_train)
-    worker.join()
-    assert ref == holder["ref"]
-
-
-def test_rank_zero_of_a_torchrun_job_trains_the_teacher_alone(make_cfg, monkeypatch):
-    for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setenv("MASTER_PORT", "29999")
-    ref = kdlab.teachers.provision_teacher(make_cfg("experiment=distill_mlp", TINY_TEACHER), {"x": "1"}, train)
-    assert Path(ref.checkpoint).is_file()
-    assert os.environ["WORLD_SIZE"] == "2"  # restored for the student's own DDP
+            m.setenv("WORLD_SIZE", "2")
+            m.setenv("RANK", rank)
+            with pytest.raises(TeacherCacheError, match=r"scripts/provision\.py"):
+                provision_teacher(cfg, cfg.teacher, fingerprint, cfg.paths.teacher_dir, fit_run)
+    assert not list(Path(cfg.paths.teacher_dir).glob("*/teacher.safetensors"))
+    ref = provision_teacher(cfg, cfg.teacher, fingerprint, cfg.paths.teacher_dir, fit_run)  # one process: trains
+    with monkeypatch.context() as m:
+        m.setenv("WORLD_SIZE", "2")
+        m.setenv("RANK", "1")
+        assert provision_teacher(cfg, cfg.teacher, fingerprint, cfg.paths.teacher_dir, fit_run) == ref
 
 
 # -- resume -----------------------------------------------------------------------------------------
@@ -223,9 +206,9 @@ def _hard(make_cfg, *overrides):
 def test_resume_after_a_crash_gives_the_uninterrupted_result(make_cfg, monkeypatch):
     whole, _ = train(_hard(make_cfg))
     crashed = _hard(make_cfg)
-    build = kdlab.run.build_callbacks
+    build = kdlab.run.fit.build_callbacks
     with monkeypatch.context() as m:  # not in the config: the resumed run must be the same run
-        m.setattr(kdlab.run, "build_callbacks", lambda cfg: [*build(cfg), CrashAtEpoch(2)])
+        m.setattr(kdlab.run.fit, "build_callbacks", lambda cfg: [*build(cfg), CrashAtEpoch(2)])
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(crashed)
     last = Path(crashed.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -330,8 +313,8 @@ def test_kill_9_then_the_readme_resume_command_gives_the_uninterrupted_result(
     folder = _wait_for_epoch(tmp_path, "distill_mlp", 2, process)
     process.kill()  # SIGKILL: no handler runs, nothing is saved at the interrupt
     process.wait()
-    # the README's command: the same overrides, the run's folder and its last.ckpt
-    run_script("train.py", *args, f"hydra.run.dir={folder}", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")
+    # the README's command: the same overrides and the run's last.ckpt (the resume continues in its folder)
+    run_script("train.py", *args, f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")
     resumed, uninterrupted = RunRecord.read(folder), RunRecord.read(whole)
     assert resumed.status == "ok" and resumed.epochs == 5
     for key in ("test/acc", "val/acc_best", "test/loss", "test/agreement"):

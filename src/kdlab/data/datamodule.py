@@ -177,7 +177,9 @@ class ImageDataModule(LightningDataModule):
         return split
 
     def setup(self, stage: str | None = None) -> None:
-        if self._seed is None:
+        # The seed is resolved when the Trainer sets the data up (after seed_everything), not when a run
+        # reads the data early for its spec: an early setup must not fix the data order from an unseeded RNG.
+        if self._seed is None and self.trainer is not None:
             self._seed = self.hparams.seed if self.hparams.seed is not None else torch.initial_seed()
             if self.hparams.seed is None and _distributed():
                 # Without seed_everything each process has its own initial seed; all must share one order.

@@ -248,7 +248,8 @@ def degenerate(term: LossTerm, num_classes: int, members: int | None) -> str | N
     if not finite:
         return "it overflows: its value or gradient is inf or NaN"
     if one == 0.0:
-        return "it underflows: its weighted value is exactly 0 although student and teacher disagree"
+        wrong = "student and teacher disagree" if term.needs_teacher else "the student is wrong on half the batch"
+        return f"it underflows: its weighted value is exactly 0 although {wrong}"
     if term.needs_teacher and _probe_value(term, 2, num_classes, members)[0] == one:
         return "it no longer depends on the teacher: two different teachers give the very same value"
     return None
@@ -287,8 +288,10 @@ def check_numerics(name: str, term: LossTerm, num_classes: int, members: int | N
             if not span[0] <= value <= span[1]:
                 ranges.append(f"{prefix}.{name}.{key}={value:g} is outside {span[0]:.0e} .. {span[1]:.0e}, "
                               "the range in which it works in float32")  # fmt: skip
+    # A term that reads the teacher and adds nothing leaves the labels alone; one that reads the labels, the teacher.
+    left = "learning from labels alone" if term.needs_teacher else "learning from the teacher alone"
     raise ValueError(
         f"{prefix}.{name} would train on nothing: {why} ({type(term).__name__} at its settings, computed in "
-        f"float32). {'; '.join(ranges) or 'Change its settings'}. A run would report distillation while learning "
-        "from labels alone, so it is refused."
+        f"float32). {'; '.join(ranges) or 'Change its settings'}. A run would report this term while {left}, "
+        "so it is refused."
     )

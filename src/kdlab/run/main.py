@@ -137,6 +137,7 @@ def resume_source(
         target = run_folder_of(ckpt) if cfg.train else None
         previous = _record(target) if target is not None else None
         if previous is not None and previous.finished and previous.mode == "train":
+            check_given_teachers(cfg, previous, ckpt)
             raise Finished(previous)
         return ckpt, target if target is not None and target != (owned.folder if owned else None) else None
     if owned is None or owned.fresh:
@@ -160,6 +161,19 @@ def resume_source(
     check_resume(ckpt, identity, ("config", "data", "code"))
     log.info("Continuing the run in %s from %s.", owned.folder, ckpt.name)
     return ckpt, None  # already in its folder
+
+
+def check_given_teachers(cfg: DictConfig, previous: RunRecord, ckpt: Path) -> None:
+    """A teacher file given now must be the one the finished run distilled from (cached ones: the config says)."""
+    from kdlab.checkpoints import sha256_file
+
+    then = [ref.sha256 for ref in previous.members or [previous.teacher] if ref is not None]
+    for (name, teacher), sha in zip(teacher_configs(cfg), then, strict=False):
+        if teacher.get("ckpt_path") and Path(teacher.ckpt_path).is_file() and sha256_file(teacher.ckpt_path) != sha:
+            raise CheckpointError(
+                f"{ckpt} belongs to a run distilled from another teacher than {name}.ckpt_path={teacher.ckpt_path} "
+                f"(sha256 {sha[:12]}... then). Resuming it would mix two experiments; start a new run."
+            )
 
 
 def _record(folder: Path) -> RunRecord | None:
