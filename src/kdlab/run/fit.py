@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.analysis import TestAnalysis
@@ -105,8 +106,11 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
     callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]
     loggers = [instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
     show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    # Under SLURM, Lightning would requeue on SIGUSR1 and later resume from its own hpc checkpoint, past
+    # kdlab's resume checks; a preempted job resumes through kdlab instead (its folder's checkpoint).
+    slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     enable_progress_bar=show_bar)  # fmt: skip
+                                     enable_progress_bar=show_bar, **slurm)  # fmt: skip
     objects.update(trainer=trainer, session=session)
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

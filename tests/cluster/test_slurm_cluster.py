@@ -1,0 +1,159 @@
+"""The one-node SLURM test cluster (tests/cluster/slurm_up.sh) and the submitit launcher on it, with the
+toy app (tests/cluster/toy_app.py), not kdlab: that a preempted sweep job is requeued into its own job
+folder and finds its interrupt checkpoint there. Skipped unless run as root with Debian's slurm-wlm and
+munge installed (apt-get install -y --no-install-recommends slurm-wlm munge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+STATE = Path(os.environ.get("KDLAB_SLURM_DIR", "/tmp/kdlab-slurm"))
+NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not all(shutil.which(exe) for exe in NEEDED),
+        reason="needs root and slurm-wlm + munge (apt-get install slurm-wlm munge)",
+    ),
+]
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """The cluster up (left as found: stopped afterwards only if this fixture started it), and the
+    environment its clients need: SLURM_CONF, and tests/cluster/bin first on PATH for submitit's sacct."""
+    was_up = _alive(STATE / "run" / "slurmctld.pid")
+    up = subprocess.run([HERE / "slurm_up.sh", STATE], capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    env = {
+        **os.environ,
+        "SLURM_CONF": str(STATE / "slurm.conf"),
+        "PATH": f"{HERE / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "1",
+    }
+    yield env
+    if not was_up:
+        subprocess.run([HERE / "slurm_down.sh", STATE], capture_output=True, timeout=180)
+
+
+def _sh(env: dict, *cmd: str, timeout: float = 120) -> str:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def _wait_job(env: dict, job: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = _sh(env, "scontrol", "show", "job", "-o", job)
+        states = {part.split("=", 1)[1] for part in out.split() if part.startswith("JobState=")}
+        if states and states <= {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}:
+            return " ".join(sorted(states))
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} not finished after {timeout}s")
+
+
+def test_batch_job_step_and_array(slurm_env, tmp_path):
+    host = _sh(slurm_env, "hostname", "-s").strip()
+    job = _sh(slurm_env, "sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "hostname -s").strip()
+    assert _wait_job(slurm_env, job) == "COMPLETED"
+    assert (tmp_path / f"{job}.out").read_text().strip() == host
+
+    assert _sh(slurm_env, "srun", "-n1", "printenv", "SLURM_STEP_ID").strip() == "0"
+
+    array = _sh(
+        slurm_env,
+        "sbatch",
+        "--parsable",
+        "--array=0-2",
+        "-o",
+        str(tmp_path / "a_%a.out"),
+        "--wrap",
+        "echo $SLURM_ARRAY_TASK_ID",
+    ).strip()
+    assert _wait_job(slurm_env, array) == "COMPLETED"
+    assert [(tmp_path / f"a_{i}.out").read_text().strip() for i in range(3)] == ["0", "1", "2"]
+
+
+def _expected(seed: int, steps: int) -> int:  # the toy app's LCG, uninterrupted
+    value = seed + 1
+    for step in range(steps):
+        value = (value * 1103515245 + 12345 + step) % 2**31
+    return value
+
+
+def _events(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "events.log").read_text().splitlines()]
+
+
+def test_requeued_sweep_job_resumes_in_its_own_folder(slurm_env, tmp_path):
+    """`scontrol requeue` (what PreemptMode=REQUEUE does): SIGTERM mid-run, the app saves and exits; SLURM
+    restarts the same array task with SLURM_RESTART_COUNT=1; submitit replays the same pickled launcher
+    call, so Hydra gives it the same job folder, where it finds checkpoints/interrupted.ckpt."""
+    steps = 40
+    sweep_dir = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "toy_app.py"),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=60",
+            f"steps={steps}",
+            "step_s=0.25",
+            "seed=0,1",
+        ],
+        env=slurm_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    task = None
+    try:
+        progress = sweep_dir / "0" / "progress"
+        deadline = time.monotonic() + 120
+        while not (progress.is_file() and progress.read_text() and int(progress.read_text()) >= 8):
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
+            time.sleep(0.1)
+        (task,) = [d.name for d in (sweep_dir / ".submitit").glob("*_0")]
+        _sh(slurm_env, "scontrol", "requeue", task)
+        out, _ = sweep.communicate(timeout=180)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            if task:
+                subprocess.run(["scancel", task.split("_")[0]], env=slurm_env)
+    assert sweep.returncode == 0, out[-3000:]
+
+    first, stop, again, done = _events(sweep_dir / "0")
+    assert [e["event"] for e in (first, stop, again, done)] == ["start", "interrupted", "start", "done"]
+    assert "SLURM_RESTART_COUNT" not in first["env"] and again["env"]["SLURM_RESTART_COUNT"] == "1"
+    assert again["env"]["SLURM_JOB_ID"] == first["env"]["SLURM_JOB_ID"]  # the same job, requeued
+    assert 0 < again["resumed_from"] == stop["step"] < steps
+    assert done["value"] == _expected(0, steps)
+
+    untouched = _events(sweep_dir / "1")
+    assert [e["event"] for e in untouched] == ["start", "done"] and untouched[-1]["value"] == _expected(1, steps)
