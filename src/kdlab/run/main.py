@@ -83,6 +83,8 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
                 folder, owned = move_into(target, folder, owned)
                 record = continued(record, _record(target))
                 record.output_dir = str(folder)
+            elif ckpt is not None and owned is not None and not owned.fresh:  # a job continuing in its own folder
+                record = continued(record, owned.previous)
                 interrupts.dirpath = folder / "checkpoints"
             writable = owned is not None
             if writable:
