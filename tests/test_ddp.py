@@ -67,12 +67,9 @@ def test_ddp_trains_a_teacher_and_distils(tmp_path, mnist_dir, cli, run):
     assert (folder / "student.pt").is_file()
 
 
-def test_ddp_inside_a_multirun_stays_in_its_job(tmp_path, mnist_dir, cli, run):
-    run("-m", *cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1,4", *DDP)
-    sweeps = list((tmp_path / "outputs" / "distill_mlp" / "multirun").iterdir())
-    assert len(sweeps) == 1, f"DDP children started sweeps of their own: {sweeps}"
-    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["0", "1"]
-    temps = [RunRecord.read(sweeps[0] / j).overrides for j in jobs]
-    assert ["distill.temperature=1" in t for t in temps] == [True, False]
-    assert not (tmp_path / "outputs" / "distill_mlp" / "runs").exists()
+def test_script_relaunching_ddp_inside_a_multirun_is_refused_before_any_job(tmp_path, mnist_dir, cli, run_script):
+    """Its children would re-run train.py with -m and start sweeps of their own: refused at the start."""
+    args = ["-m", *cli(tmp_path, mnist_dir), "experiment=distill_mlp", TINY_TEACHER, "distill.temperature=1,4", *DDP]
+    done = run_script("train.py", *args, check=False)
+    assert done.returncode != 0 and "Use trainer=ddp_spawn in sweeps" in done.stdout + done.stderr
+    assert not (tmp_path / "outputs" / "teachers").exists()  # refused before any teacher or job ran

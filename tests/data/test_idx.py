@@ -11,6 +11,8 @@ import pytest
 from kdlab.data import IDXFormatError, md5_uncompressed, read_idx, write_idx
 from kdlab.data.idx import MAX_IDX_BYTES, MAX_PAYLOAD_BYTES
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
 def test_round_trip_images(tmp_path, name):

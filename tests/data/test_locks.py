@@ -5,6 +5,8 @@ from filelock import FileLock, SoftFileLock
 
 from kdlab.locks import SOFT_LOCKS_ENV, file_lock
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("value", [None, "", "0", "false", "OFF"])
 def test_default_is_an_fcntl_lock(tmp_path, monkeypatch, value):

@@ -1,13 +1,12 @@
 """A run resumed from a mid-epoch checkpoint trains on exactly the batches, and shifts, it had left."""
 
 import contextlib
+import functools
 import warnings
 
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-
-from kdlab.data import MNISTDataModule
 
 BATCHES_PER_EPOCH = 16  # 1000 training images / 64 = 15 full batches + 1 of 40
 
@@ -47,16 +46,13 @@ class CheckpointThenCrash(Callback):
             raise Crash
 
 
-def fit(mnist_dir, callbacks=(), ckpt_path=None, model=None) -> Recorder:
-    dm = MNISTDataModule(
-        data_dir=mnist_dir,
-        val_size=200,
-        batch_size=64,
-        augment_shift=2,
-        verify=False,
-        mirrors=[],
-        pypi_package=None,
-    )  # seed=None: the order and shifts follow torch.initial_seed()
+@pytest.fixture
+def fit(mnist_dir, make_dm):
+    return functools.partial(_fit, make_dm, mnist_dir)
+
+
+def _fit(make_dm, mnist_dir, callbacks=(), ckpt_path=None, model=None) -> Recorder:
+    dm = make_dm(mnist_dir, val_size=200, batch_size=64, augment_shift=2)  # seed=None: torch.initial_seed()
     model = model or Recorder()
     trainer = Trainer(
         max_epochs=3,
@@ -75,25 +71,25 @@ def fit(mnist_dir, callbacks=(), ckpt_path=None, model=None) -> Recorder:
 
 
 @pytest.mark.parametrize(("epoch", "batch_idx"), [(0, 4), (1, 0), (1, 9), (0, BATCHES_PER_EPOCH - 1)])
-def test_resumed_run_replays_the_rest_of_the_epoch(mnist_dir, tmp_path, epoch, batch_idx):
+def test_resumed_run_replays_the_rest_of_the_epoch(fit, tmp_path, epoch, batch_idx):
     torch.manual_seed(11)
-    full = fit(mnist_dir).seen
+    full = fit().seen
     assert len(full) == 3 * BATCHES_PER_EPOCH
 
     torch.manual_seed(11)
     ckpt = tmp_path / "mid.ckpt"
-    before = fit(mnist_dir, [CheckpointThenCrash(ckpt, epoch, batch_idx)]).seen
+    before = fit([CheckpointThenCrash(ckpt, epoch, batch_idx)]).seen
     assert len(before) == epoch * BATCHES_PER_EPOCH + batch_idx + 1
 
     torch.manual_seed(22)  # another process, another initial seed: the checkpoint's seed must win
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        after = fit(mnist_dir, ckpt_path=ckpt).seen
+        after = fit(ckpt_path=ckpt).seen
     assert not [w for w in caught if "resumable" in str(w.message)]
     assert before + after == full
 
 
-def test_the_data_order_is_not_perturbed_by_the_global_rng(mnist_dir):
+def test_the_data_order_is_not_perturbed_by_the_global_rng(fit):
     """Dropout-like draws from torch's RNG between steps leave the order and the shifts alone."""
 
     class Noisy(Recorder):
@@ -102,6 +98,6 @@ def test_the_data_order_is_not_perturbed_by_the_global_rng(mnist_dir):
             return super().training_step(batch, batch_idx)
 
     torch.manual_seed(5)
-    quiet = fit(mnist_dir).seen
+    quiet = fit().seen
     torch.manual_seed(5)
-    assert fit(mnist_dir, model=Noisy()).seen == quiet  # same batches, same shifts
+    assert fit(model=Noisy()).seen == quiet  # same batches, same shifts

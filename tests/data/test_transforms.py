@@ -1,11 +1,14 @@
-"""Batch transforms: normalisation arithmetic and the direction, bounds and seeding of shifts."""
+"""Batch transforms: normalisation arithmetic (one value or one per channel), the direction, bounds and
+seeding of shifts, and seeded flips."""
 
 import itertools
 
 import pytest
 import torch
 
-from kdlab.data import normalize, random_shift, shift_images
+from kdlab.data import normalize, random_flip, random_shift, shift_images
+
+pytestmark = pytest.mark.unit
 
 
 def _reference_shift(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -33,9 +36,19 @@ def test_normalize_in_place_gives_the_formulas_values_bit_for_bit_and_keeps_its_
     assert torch.equal(x, kept)
 
 
+def test_normalize_per_channel_is_each_channels_formula_bit_for_bit():
+    x = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
+    mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]  # CIFAR-10's
+    out = normalize(x, mean, std)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    for c in range(3):
+        assert torch.equal(out[:, c], (x[:, c].to(torch.float32) / 255.0 - mean[c]) / std[c])
+    assert torch.equal(normalize(x, [0.5], [0.25]), normalize(x, 0.5, 0.25))  # one value: every channel
+
+
 def test_normalize_refuses_float_input_to_catch_double_normalisation():
     with pytest.raises(TypeError, match="already"):
-        normalize(torch.zeros(3))
+        normalize(torch.zeros(3), 0.5, 0.25)
 
 
 def test_shift_images_moves_a_pixel_down_and_left():
@@ -113,3 +126,17 @@ def test_random_shift_equals_the_reference_for_every_offset_channel_and_layout(c
     generator = torch.Generator().manual_seed(3)
     drawn, drawn_offsets = random_shift(images, 2, generator)
     assert torch.equal(drawn, shift_images(images, drawn_offsets))
+
+
+def test_random_flip_mirrors_the_drawn_images_exactly_and_is_seeded():
+    x = torch.randint(0, 256, (64, 3, 4, 7), dtype=torch.uint8)
+    out, flips = random_flip(x, torch.Generator().manual_seed(0))
+    assert flips.dtype == torch.bool and flips.shape == (64,) and out.dtype == torch.uint8
+    assert 0 < int(flips.sum()) < 64  # one coin per image
+    for image, flipped, result in zip(x, flips.tolist(), out, strict=True):
+        expected = image[:, :, torch.arange(6, -1, -1)] if flipped else image  # column c -> 6 - c
+        assert torch.equal(result, expected)
+    again, same = random_flip(x, torch.Generator().manual_seed(0))
+    other, _ = random_flip(x, torch.Generator().manual_seed(1))
+    assert torch.equal(again, out) and torch.equal(same, flips)
+    assert not torch.equal(other, out)

@@ -1,4 +1,4 @@
-"""Refusing script-relaunching DDP inside a submitit local job, and knowing when we are in one."""
+"""Refusing script-relaunching DDP inside a sweep's job, and knowing when we are in a submitit job."""
 
 import os
 
@@ -7,7 +7,8 @@ import submitit
 from omegaconf import OmegaConf
 
 from kdlab.sweeps import RefuseRelaunchingDDP, SweepFailed, check_launcher_strategy, in_submitit_local_job
-from kdlab.sweeps.launchers import SUBMITIT_LOCAL_LAUNCHER, relaunches_script
+from kdlab.config import ConfigError
+from kdlab.sweeps.launchers import SUBMITIT_LOCAL_LAUNCHER, SUBMITIT_SLURM_LAUNCHER, relaunches_script
 
 
 def trainer(**values):
@@ -38,15 +39,25 @@ def test_relaunches_script(values, relaunches):
 SUBMITIT_TASK_ENV = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242"}
 
 
-def test_ddp_is_refused_inside_a_submitit_local_job_only(monkeypatch):
+def test_ddp_is_refused_inside_a_sweeps_job_only(monkeypatch):
     cfg = OmegaConf.create({"trainer": trainer(strategy="ddp", devices=2)})
-    check_launcher_strategy(cfg)  # not in a submitit job: fine
+    check_launcher_strategy(cfg)  # a single run, not in a sweep: fine
     for key, value in SUBMITIT_TASK_ENV.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(ValueError, match=r"trainer=ddp_spawn with hydra/launcher=local"):
+    with pytest.raises(ConfigError, match=r"Use trainer=ddp_spawn in sweeps"):
         check_launcher_strategy(cfg)
     check_launcher_strategy(OmegaConf.create({"trainer": trainer(strategy="ddp_spawn", devices=2)}))
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child launched by Lightning: it launches nothing
+    check_launcher_strategy(cfg)
+
+
+def test_ddp_is_refused_in_a_multirun_of_the_basic_launcher(monkeypatch):
+    """Its children would inherit -m and start sweeps of their own (the trap kdlab.sweeps.ddp once patched)."""
+    cfg = OmegaConf.create({"trainer": trainer(strategy="ddp", devices=2)})
+    monkeypatch.setattr("kdlab.sweeps.jobs.in_multirun", lambda: True)
+    with pytest.raises(ConfigError, match=r"cannot work inside a sweep"):
+        check_launcher_strategy(cfg)
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # srun started the ranks (hydra/launcher=slurm): nothing re-runs
     check_launcher_strategy(cfg)
 
 
@@ -56,11 +67,12 @@ def test_the_sweep_driver_refuses_before_any_job_starts():
             {"hydra": {"launcher": {"_target_": launcher}}, "trainer": trainer(strategy=strategy, devices=2)}
         )
 
-    with pytest.raises(SweepFailed, match=r"drop hydra/launcher=local"):
-        RefuseRelaunchingDDP().on_multirun_start(config(SUBMITIT_LOCAL_LAUNCHER, "ddp"))
-    RefuseRelaunchingDDP().on_multirun_start(config(SUBMITIT_LOCAL_LAUNCHER, "ddp_spawn"))
     basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-    RefuseRelaunchingDDP().on_multirun_start(config(basic, "ddp"))
+    for launcher in (SUBMITIT_LOCAL_LAUNCHER, basic):
+        with pytest.raises(SweepFailed, match=r"Use trainer=ddp_spawn in sweeps"):
+            RefuseRelaunchingDDP().on_multirun_start(config(launcher, "ddp"))
+        RefuseRelaunchingDDP().on_multirun_start(config(launcher, "ddp_spawn"))
+    RefuseRelaunchingDDP().on_multirun_start(config(SUBMITIT_SLURM_LAUNCHER, "ddp"))  # srun starts the ranks
 
 
 @pytest.mark.slow

