@@ -5,6 +5,7 @@ the run records; the logic lives in kdlab.listing.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from kdlab.listing import render, run_rows, teacher_rows
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outputs", nargs="?", default="outputs", help="the outputs folder (default: outputs)")
+    default = str(Path(os.environ.get("KDLAB_ROOT", ".")) / "outputs")  # where train.py puts them (conf/paths)
+    parser.add_argument("outputs", nargs="?", default=default, help=f"the outputs folder (default: {default})")
     parser.add_argument("--teachers", action="store_true", help="list the cached teachers instead of the runs")
     args = parser.parse_args(argv)
     root = Path(args.outputs)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import kdlab.run.fit
+from kdlab.callbacks import Interrupted
 from kdlab.checkpoints import CheckpointError
 from kdlab.modules.guards import DivergenceError
 from kdlab.record import RunRecord
@@ -30,6 +31,27 @@ from kdlab.teachers import TeacherCacheError, provision_teacher
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
 REPO = Path(__file__).resolve().parents[1]
+
+
+class SignalAt(L.Callback):
+    """Sends this process `signum`, as a scheduler or Ctrl+C would, once training step `step` is done,
+    or during the validation after it (after its first batch)."""
+
+    def __init__(self, signum: int, step: int, during_validation: bool = False) -> None:
+        self.signum, self.step, self.during_validation, self.sent = signum, step, during_validation, False
+
+    def _send(self, trainer) -> None:
+        if not self.sent and trainer.global_step == self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.during_validation:
+            self._send(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.during_validation and not trainer.sanity_checking:
+            self._send(trainer)
 
 
 class CrashAtEpoch(L.Callback):
@@ -217,6 +239,50 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(make_cfg, monkeypat
     for key in ("test/acc", "test/loss", "val/acc_best", "test/kl"):
         assert resumed.metrics[key] == whole.metrics[key], key
     assert Path(resumed.files["best_checkpoint"]).name == Path(whole.files["best_checkpoint"]).name
+
+
+@pytest.mark.parametrize(
+    ("signum", "step", "during_validation"),
+    [(signal.SIGTERM, 8, False), (signal.SIGINT, 8, False), (signal.SIGTERM, 24, True)],
+    ids=["sigterm-mid-epoch", "sigint-mid-epoch", "sigterm-mid-validation"],
+)
+def test_a_signal_then_the_resume_command_gives_the_uninterrupted_result(
+    make_cfg, monkeypatch, signum, step, during_validation
+):
+    """Step 8 is the 3rd of epoch 1: the rest of that epoch's data order must follow. Step 24 ends epoch 3:
+    its validation (4 batches) must count whole, for val/acc_best and the checkpoint selected."""
+    whole, _ = train(_hard(make_cfg, "data.eval_batch_size=50"))
+    stopped_cfg = _hard(make_cfg, "data.eval_batch_size=50")
+    build = kdlab.run.fit.build_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(kdlab.run.fit, "build_callbacks", lambda c: [*build(c), SignalAt(signum, step, during_validation)])
+        with pytest.raises(Interrupted) as stopped:
+            train(stopped_cfg)
+    assert stopped.value.exit_code == 128 + signum and stopped.value.checkpoint.name == "interrupted.ckpt"
+    resumed, _ = train(_hard(make_cfg, "data.eval_batch_size=50", f"ckpt_path={stopped.value.checkpoint}"))
+    assert resumed.output_dir == stopped_cfg.paths.output_dir and resumed.global_step == whole.global_step
+    for key in ("test/acc", "test/loss", "val/acc_best", "val/loss", "test/kl"):
+        assert resumed.metrics[key] == whole.metrics[key], key
+    assert Path(resumed.files["best_checkpoint"]).name == Path(whole.files["best_checkpoint"]).name
+    last = [torch.load(Path(r.output_dir) / "checkpoints" / "last.ckpt", weights_only=True) for r in (resumed, whole)]
+    assert last[0]["state_dict"].keys() == last[1]["state_dict"].keys()
+    assert all(torch.equal(last[0]["state_dict"][k], last[1]["state_dict"][k]) for k in last[1]["state_dict"])
+    # every epoch's training loss, as logged, is the uninterrupted one too (the epoch's tally is checkpointed)
+    assert scalars(Path(resumed.output_dir), "train/loss") == scalars(Path(whole.output_dir), "train/loss")
+
+
+def scalars(folder: Path, tag: str) -> dict[int, float]:
+    """The values TensorBoard shows for `tag` in a run folder, by step (the last one logged at a step wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in sorted((folder / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update({event.step: event.value for event in accumulator.Scalars(tag)})
+    assert values, f"no {tag} in {folder}"
+    return values
 
 
 def test_resume_with_more_epochs_is_refused_before_training(make_cfg):

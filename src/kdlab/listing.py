@@ -29,6 +29,21 @@ def _size(path: Path) -> str:
     return f"{total / 1e6:.1f} MB"
 
 
+def running(folder: Path) -> bool:
+    """Whether a live process holds the run's folder (kdlab.run.folder); a "running" record without one was killed."""
+    from filelock import Timeout
+
+    from kdlab.locks import file_lock
+
+    lock = file_lock(folder / ".kdlab-run.lock", timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):
+        return True
+    lock.release()
+    return False
+
+
 def key_overrides(record: RunRecord) -> str:
     """The overrides that say what this run was, without the plumbing every run passes."""
     plumbing = ("paths.", "hydra.", "data.data_dir", "data.mirrors", "data.pypi_package", "trainer.enable_progress_bar")
@@ -48,7 +63,8 @@ def run_rows(root: str | os.PathLike, teachers_dir: str | os.PathLike | None = N
         if isinstance(record, RecordError):
             rows.append(Row(["?", "unreadable", "-", "-", str(record).split(":")[0], rel]))
             continue
-        status = record.status + (" (smoke)" if record.smoke and record.status != "smoke" else "")
+        status = "killed" if record.status == "running" and not running(folder) else record.status
+        status += " (smoke)" if record.smoke and record.status != "smoke" else ""
         status += " [eval]" if record.mode == "evaluate" else ""
         rows.append(
             Row(

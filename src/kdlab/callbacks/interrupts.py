@@ -4,6 +4,10 @@ During `trainer.fit` Lightning's own SIGTERM handler stops the loop cleanly afte
 (raising SIGTERMException, a SystemExit with code 0 unless caught). Ctrl+C is routed through the
 same path, so both end with a consistent checkpoint at the interrupt; outside fit (data download,
 teacher provisioning, test) the handler raises `Interrupted` at once.
+
+A signal during validation is passed on only once that validation has ended. Lightning would stop
+after the current validation batch, and a run resumed from there never finishes that validation:
+the epoch's val/acc, its checkpoint and its place in val/acc_best would be missing.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class InterruptHandler(L.Callback):
         self.checkpoint: Path | None = None
         self.in_fit = False
         self._previous: dict[int, object] = {}
+        self._lightning_sigterm = None  # Lightning's SIGTERM handler of the fit under way
+        self._validating = False
+        self._held: int | None = None  # a signal that came during validation, passed on at its end
 
     # -- the process-wide handlers --------------------------------------------------------------------
     def __enter__(self) -> InterruptHandler:
@@ -64,15 +71,41 @@ class InterruptHandler(L.Callback):
             # Lightning stops cleanly on SIGTERM only (a KeyboardInterrupt would land mid-step).
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def _handle_in_fit(self, signum: int, frame) -> None:
+        """In front of Lightning's SIGTERM handler from the start of training: holds a signal during validation."""
+        if self._validating:
+            self._held = signum
+        elif self._lightning_sigterm is not None:
+            self._lightning_sigterm(signum, frame)
+        else:
+            self._handle(signum, frame)
+
     # -- the Trainer's side ------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         self.in_fit = True
+        self._lightning_sigterm = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning has installed its SIGTERM handler for this fit; it puts back the one before at the end
+        handler = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread() and callable(handler):
+            self._lightning_sigterm = handler
+            signal.signal(signal.SIGTERM, self._handle_in_fit)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validating = self._lightning_sigterm is not None and not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._validating = False
+        if (signum := self._held) is not None:
+            self._held = None
+            self._lightning_sigterm(signum, None)  # Lightning stops at the next step or epoch boundary
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self.in_fit = False
+        self.in_fit = self._validating = False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.in_fit = False
+        self.in_fit = self._validating = False
         if isinstance(exception, SIGTERMException):
             # At a step boundary: a consistent state to continue from (every rank takes part).
             self.checkpoint = self.dirpath / INTERRUPT_CHECKPOINT

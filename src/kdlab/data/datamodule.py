@@ -135,6 +135,7 @@ class ImageDataModule(LightningDataModule):
         self._seed: int | None = None
         self._augment_rng: torch.Generator | None = None
         self._augment_resume: dict[str, Any] | None = None  # streams from a checkpoint, for the next batch
+        self._order_resume: dict[str, int] | None = None  # the training order's place, from a checkpoint
 
     # -- what a dataset provides -------------------------------------------------------------------------
     def read_splits(self) -> RawSplits:
@@ -223,7 +224,16 @@ class ImageDataModule(LightningDataModule):
                                world_size=world_size, pad_shards=False)  # fmt: skip
 
     def train_dataloader(self) -> ShuffledBatches:
-        return self._loader(self.data_train, training=True)
+        loader = self._loader(self.data_train, training=True)
+        if self._order_resume is not None:
+            loader.load_state_dict(self._order_resume)
+            self._order_resume = None
+        return loader
+
+    def _fit_loader(self) -> ShuffledBatches | None:
+        """The training loader of the Trainer's fit, once it has one."""
+        loader = getattr(self.trainer, "train_dataloader", None)  # None without a Trainer
+        return loader if isinstance(loader, ShuffledBatches) else None
 
     def val_dataloader(self) -> ShuffledBatches:
         return self._loader(self.data_val, training=False)
@@ -250,8 +260,17 @@ class ImageDataModule(LightningDataModule):
         return self._augment_rng
 
     def state_dict(self) -> dict[str, Any]:
-        """What Lightning saves in checkpoints: the seed in use and every rank's augmentation stream."""
+        """What Lightning saves in checkpoints: the seed, where the training order stands, every rank's augmentation.
+
+        The order's place is in Lightning's loop state too, but Lightning restores that only into a loader it
+        builds after reading the checkpoint; `configure_optimizers` asks for `estimated_stepping_batches`
+        (a schedule's length), which builds the loader before, and the saved place is then dropped (Lightning
+        issue #20550): a resumed epoch would start again at its first batch. The datamodule is restored before
+        any loader is built, so its loader starts where the checkpoint stopped.
+        """
         state: dict[str, Any] = {"seed": self.seed}
+        if (loader := self._fit_loader()) is not None:
+            state["order"] = loader.state_dict()
         if self.augmented:
             rng = self._augment_rng
             rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -273,6 +292,10 @@ class ImageDataModule(LightningDataModule):
         self._seed = int(state["seed"])
         self._augment_rng = None  # rebuilt at the next training batch, from the seed and the saved stream
         self._augment_resume = state.get("augment_rng")
+        self._order_resume = state.get("order")
+        if self._order_resume is not None and (loader := self._fit_loader()) is not None:
+            loader.load_state_dict(self._order_resume)  # built already (strategies that restore after setup)
+            self._order_resume = None
 
     # -- the batch every step sees -------------------------------------------------------------------------
     def preprocess_batch(self, batch: Sequence[Tensor], training: bool = False) -> Batch:

@@ -24,6 +24,7 @@ from kdlab.modules.schedulers import bind_scheduler
 from kdlab.modules.tally import StepTally
 
 STAGES = ("train", "val", "test")
+TALLY_KEY = "kdlab_train_tally"
 CHECK_EVERY = 50  # steps between reads of the training values (each is one host sync; NaN/inf caught there)
 
 
@@ -128,7 +129,19 @@ class ClassifierSystem(LightningModule):
         return self.shared_step(batch, "train")[0]
 
     def on_train_epoch_start(self) -> None:
-        self.tally.reset()
+        if not self._tally_restored:  # a resumed epoch goes on from the checkpoint's tally
+            self.tally.reset()
+        self._tally_restored = False
+
+    _tally_restored = False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TALLY_KEY] = self.tally.state_dict()  # mid-epoch (a signal): the epoch's train metrics so far
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if TALLY_KEY in checkpoint:
+            self.tally.load_state_dict(checkpoint[TALLY_KEY])
+            self._tally_restored = True
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # A host sync every CHECK_EVERY steps and at the end of the epoch, never per step.

@@ -85,6 +85,16 @@ class StepTally:
         means = {name: sums[i] / count for i, name in enumerate(self.names)}
         return means, sums[-2] / count, count
 
+    def state_dict(self) -> dict:
+        """The epoch so far, as it stands (folded sums and the pending window): a resumed epoch adds up the same."""
+        return {"sums": self._sums, "values": list(self._values), "logits": list(self._logits),
+                "targets": list(self._targets), "sizes": list(self._sizes), "steps": list(self._steps)}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sums = state["sums"]
+        self._values, self._logits, self._targets = list(state["values"]), list(state["logits"]), list(state["targets"])
+        self._sizes, self._steps = list(state["sizes"]), list(state["steps"])
+
     def reset(self, keep_sums: bool = False) -> None:
         self._values, self._logits, self._targets, self._sizes, self._steps = [], [], [], [], []
         if not keep_sums:

@@ -116,6 +116,10 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if (stopped := interrupts.interrupted()) is not None:
             raise stopped
+        if ckpt_path is not None and not metrics_of(trainer, "val/"):
+            # Resumed with nothing left to train (stopped after the last validation): validate the final
+            # weights again for the record, as that validation did (val/acc_best, val/acc, ...).
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         record.files["best_checkpoint"] = best or ""
     record.metrics.update(metrics_of(trainer, "val/"))

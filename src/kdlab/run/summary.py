@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kdlab.config import plain
 from kdlab.record import RunRecord, find_records
@@ -109,7 +110,7 @@ def print_summary(record: RunRecord, console: Console | None = None) -> None:
     table.add_column("", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")  # paths wrap, never "…"
     for row in summary_rows(record):
-        table.add_row(*row)
+        table.add_row(*(Text(str(cell)) for cell in row))  # plain text: a message's "[...]" is not Rich markup
     (console or Console()).print(table)
 
 

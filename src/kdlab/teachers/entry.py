@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 
 from kdlab.checkpoints import sha256_file
 from kdlab.data.spec import DataSpec
+from kdlab.listing import LAST_USED_FILE  # noqa: F401 - touched on every reuse, for `scripts/runs.py --teachers`
 from kdlab.record import RECORD_FILE, RecordError, RunRecord, TeacherRef
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "teacher.safetensors"
 MODEL_FILE = "teacher_model.yaml"
-LAST_USED_FILE = "last_used"  # touched on every reuse, for `scripts/runs.py --teachers`
 
 
 class TeacherContractError(ValueError):
@@ -43,11 +43,24 @@ def read_entry(folder: Path) -> RunRecord | None:
         if not weights.is_file() or expected is None or sha256_file(weights) != expected:
             raise RecordError(f"{weights} is missing or does not match the checksum in its record")
     except RecordError as err:
-        aside = folder.with_name(f".{folder.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside = aside_path(folder, hidden=True)
         log.warning("The cached teacher %s is damaged (%s). Moved it aside to %s; training it again.", folder, err, aside)
         os.replace(folder, aside)
         return None
     return record
+
+
+def aside_path(path: Path, hidden: bool = False) -> Path:
+    """A free name beside `path` for a damaged file or folder: `<name>.bad-<time>-<pid>`, `-1`, `-2`... when taken.
+
+    Never an existing name: a second damaged copy set aside in the same second must not replace the first.
+    """
+    stem = f"{'.' if hidden else ''}{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside, n = path.with_name(stem), 0
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{stem}-{n}")
+    return aside
 
 
 def write_entry(folder: Path, net: torch.nn.Module, model: dict, record: RunRecord) -> None:
