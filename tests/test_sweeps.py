@@ -1,7 +1,8 @@
 """Sweeps through train.py as a user types them: a grid multirun and its report, submitit, Optuna.
 
 Also sweeps that survive: a failed job ends only itself and the sweep exits 1 after all jobs ran,
-naming it; a stopped Optuna search resumes; Optuna + DDP runs one study.
+naming it; a stopped Optuna search resumes; Optuna runs n_jobs trials at once with the local launcher;
+Optuna + DDP runs one study.
 """
 
 import os
@@ -183,6 +184,21 @@ def test_a_stopped_optuna_search_resumes_where_it_stopped(tmp_path, mnist_dir, c
     assert trials[2].params != trials[0].params  # the resumed sampler did not replay trial 0's draws
     temperature = trials[2].params["distill.temperature"]
     assert f"distill.temperature={temperature}" in job_overrides(sweep / "2")
+
+
+def test_optuna_with_the_local_launcher_runs_n_jobs_trials_at_once(tmp_path, mnist_dir, cli, run_script):
+    """hydra/launcher=local runs a batch of n_jobs=2 trials as two processes: both asked before either is told."""
+    args = ["-m", "hydra/launcher=local", "experiment=distill_mlp", "hparams_search=kd_optuna"]
+    args += [*cli(tmp_path, mnist_dir), "trainer.limit_train_batches=2"]
+    run_script("train.py", *args, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    sweep = tmp_path / "sweep"
+    assert sorted(job_metrics(sweep)) == ["0", "1"]
+    assert len({p.parent for p in sweep.glob(".submitit/*/*_result.pkl")}) == 2  # each job its own process
+    first, second = study_trials(sweep)
+    assert [first.state.name, second.state.name] == ["COMPLETE", "COMPLETE"]
+    assert second.datetime_start < first.datetime_complete  # one batch: trial 1 ran alongside trial 0
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(first.value, second.value)
 
 
 def test_optuna_with_ddp_runs_one_study(tmp_path, mnist_dir, tiny_cli, run_script):
