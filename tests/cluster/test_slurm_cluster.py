@@ -7,81 +7,26 @@ munge installed (apt-get install -y --no-install-recommends slurm-wlm munge).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from slurm import HERE, NEEDS_SLURM, sh, wait_job
 
-HERE = Path(__file__).resolve().parent
-STATE = Path(os.environ.get("KDLAB_SLURM_DIR", "/tmp/kdlab-slurm"))
-NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo")
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not all(shutil.which(exe) for exe in NEEDED),
-        reason="needs root and slurm-wlm + munge (apt-get install slurm-wlm munge)",
-    ),
-]
-
-
-def _alive(pidfile: Path) -> bool:
-    try:
-        os.kill(int(pidfile.read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def slurm_env():
-    """The cluster up (left as found: stopped afterwards only if this fixture started it), and the
-    environment its clients need: SLURM_CONF, and tests/cluster/bin first on PATH for submitit's sacct."""
-    was_up = _alive(STATE / "run" / "slurmctld.pid")
-    up = subprocess.run([HERE / "slurm_up.sh", STATE], capture_output=True, text=True, timeout=120)
-    assert up.returncode == 0, up.stdout + up.stderr
-    env = {
-        **os.environ,
-        "SLURM_CONF": str(STATE / "slurm.conf"),
-        "PATH": f"{HERE / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-        "HYDRA_FULL_ERROR": "1",
-    }
-    yield env
-    if not was_up:
-        subprocess.run([HERE / "slurm_down.sh", STATE], capture_output=True, timeout=180)
-
-
-def _sh(env: dict, *cmd: str, timeout: float = 120) -> str:
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{cmd}: {done.stdout}{done.stderr}"
-    return done.stdout
-
-
-def _wait_job(env: dict, job: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = _sh(env, "scontrol", "show", "job", "-o", job)
-        states = {part.split("=", 1)[1] for part in out.split() if part.startswith("JobState=")}
-        if states and states <= {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}:
-            return " ".join(sorted(states))
-        time.sleep(0.5)
-    raise AssertionError(f"job {job} not finished after {timeout}s")
+pytestmark = [pytest.mark.slow, NEEDS_SLURM]
 
 
 def test_batch_job_step_and_array(slurm_env, tmp_path):
-    host = _sh(slurm_env, "hostname", "-s").strip()
-    job = _sh(slurm_env, "sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "hostname -s").strip()
-    assert _wait_job(slurm_env, job) == "COMPLETED"
+    host = sh(slurm_env, "hostname", "-s").strip()
+    job = sh(slurm_env, "sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "hostname -s").strip()
+    assert wait_job(slurm_env, job) == "COMPLETED"
     assert (tmp_path / f"{job}.out").read_text().strip() == host
 
-    assert _sh(slurm_env, "srun", "-n1", "printenv", "SLURM_STEP_ID").strip() == "0"
+    assert sh(slurm_env, "srun", "-n1", "printenv", "SLURM_STEP_ID").strip() == "0"
 
-    array = _sh(
+    array = sh(
         slurm_env,
         "sbatch",
         "--parsable",
@@ -91,7 +36,7 @@ def test_batch_job_step_and_array(slurm_env, tmp_path):
         "--wrap",
         "echo $SLURM_ARRAY_TASK_ID",
     ).strip()
-    assert _wait_job(slurm_env, array) == "COMPLETED"
+    assert wait_job(slurm_env, array) == "COMPLETED"
     assert [(tmp_path / f"a_{i}.out").read_text().strip() for i in range(3)] == ["0", "1", "2"]
 
 
@@ -139,7 +84,7 @@ def test_requeued_sweep_job_resumes_in_its_own_folder(slurm_env, tmp_path):
             assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
             time.sleep(0.1)
         (task,) = [d.name for d in (sweep_dir / ".submitit").glob("*_0")]
-        _sh(slurm_env, "scontrol", "requeue", task)
+        sh(slurm_env, "scontrol", "requeue", task)
         out, _ = sweep.communicate(timeout=180)
     finally:
         if sweep.poll() is None:
