@@ -69,7 +69,7 @@ def test_a_preempted_sweep_job_is_resumed_from_its_interrupt_checkpoint(slurm_en
     preempted, untouched = RunRecord.read(sweep_dir / "0"), RunRecord.read(sweep_dir / "1")
     assert preempted.status == "ok" and len(preempted.resumed) == 1  # it stopped, then continued in its folder
     assert untouched.status == "ok" and untouched.resumed == []
-    stopped_at = (sweep_dir / "0" / "checkpoints" / "interrupted.ckpt", sweep_dir / "1" / "checkpoints" / "interrupted.ckpt")
+    stopped_at = [sweep_dir / job / "checkpoints" / "interrupted.ckpt" for job in ("0", "1")]
     assert [path.is_file() for path in stopped_at] == [True, False]
     whole = RunRecord.read(reference)
     assert preempted.global_step == whole.global_step == 2 * 375
