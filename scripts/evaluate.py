@@ -1,8 +1,9 @@
 """Error analysis of a finished run: `python scripts/evaluate.py <run folder> [--data-dir DIR]`.
 
-Re-runs the test pass from the folder's saved weights and configs and writes per-class accuracy,
-calibration (ECE) and student-teacher disagreements into its metrics.json (`analysis`), the
-figures into <run folder>/analysis/ and, if the run logged to TensorBoard, into tensorboard/.
+Re-runs the test pass from the folder's saved weights and configs (the student, and the teacher or
+each ensemble member, combined as in training) and writes per-class accuracy, calibration (ECE) and
+student-teacher disagreements into its metrics.json (`analysis`), the figures into
+<run folder>/analysis/ and, if the run logged to TensorBoard, into tensorboard/.
 The logic lives in kdlab.analysis.evaluate; this file only parses arguments.
 """
 
@@ -10,26 +11,29 @@ import argparse
 import sys
 
 from kdlab.analysis.evaluate import evaluate_run
-from kdlab.checkpoints import CheckpointError
-from kdlab.record import RecordError
+from kdlab.runfolder import RunFolderError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run folder holding metrics.json, e.g. outputs/distill_mlp/runs/<time>")
-    parser.add_argument("--data-dir", default=None, help="where the MNIST files are now (default: the run's data_dir)")
+    parser.add_argument("--data-dir", default=None, help="where the dataset's files are now (default: the run's)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default), gpu, auto")
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per batch")
     args = parser.parse_args(argv)
     try:
         record = evaluate_run(args.run_dir, args.data_dir, args.accelerator, args.batch_size)
-    except (FileNotFoundError, RecordError, CheckpointError, ValueError) as err:
+    except RunFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     analysis = record.analysis
     line = f"student: acc {analysis['student']['acc']:.4f}, ECE {analysis['student']['ece']:.4f}"
     if "teacher" in analysis:
-        line += f"; teacher: acc {analysis['teacher']['acc']:.4f}, ECE {analysis['teacher']['ece']:.4f}"
+        members = analysis.get("members", [])
+        teacher = f"ensemble of {len(members)}" if members else "teacher"
+        line += f"; {teacher}: acc {analysis['teacher']['acc']:.4f}, ECE {analysis['teacher']['ece']:.4f}"
+        if members:
+            line += " (members: acc " + ", ".join(f"{m['acc']:.4f}" for m in members) + ")"
         line += f"; {analysis['disagreements']} disagreements"
     print(line)
     print("wrote " + ", ".join(["metrics.json", *analysis["files"]]) + f" in {args.run_dir}")

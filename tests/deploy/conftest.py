@@ -1,35 +1,35 @@
-"""Fixtures: hand-made run folders (see deploy_runs.py), one of them exported once per module."""
+"""Fixtures: hand-made run folders (see deploy_runs.py), one of them exported once per session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from deploy_runs import STUDENT, TEACHER, Nets, train_tiny, write_distill_run, write_teacher_cache
+from deploy_runs import Nets, tiny_nets, write_distill_run, write_teacher_cache
 
 
 @pytest.fixture(scope="session")
-def tiny_nets(mnist_dir: Path) -> Nets:
-    return Nets(teacher=train_tiny(TEACHER, mnist_dir, seed=0), student=train_tiny(STUDENT, mnist_dir, seed=1))
+def nets(mnist_dir: Path) -> Nets:
+    return tiny_nets(mnist_dir)
 
 
 @pytest.fixture
-def teacher_cache(tmp_path: Path, tiny_nets: Nets, mnist_dir: Path) -> Path:
-    return write_teacher_cache(tmp_path / "teachers" / "abc123", tiny_nets, mnist_dir)
+def teacher_cache(tmp_path: Path, nets: Nets, mnist_dir: Path) -> Path:
+    return write_teacher_cache(tmp_path / "teachers" / "abc123", nets, mnist_dir)
 
 
 @pytest.fixture
-def distill_run(tmp_path: Path, teacher_cache: Path, tiny_nets: Nets, mnist_dir: Path) -> Path:
-    return write_distill_run(tmp_path / "run", tiny_nets, mnist_dir, teacher_cache / "teacher.safetensors")
+def distill_run(tmp_path: Path, teacher_cache: Path, nets: Nets, mnist_dir: Path) -> Path:
+    return write_distill_run(tmp_path / "run", nets, mnist_dir, teacher_cache / "teacher.safetensors")
 
 
 @pytest.fixture(scope="session")
-def shipped_run(tmp_path_factory: pytest.TempPathFactory, tiny_nets: Nets, mnist_dir: Path) -> Path:
+def shipped_run(tmp_path_factory: pytest.TempPathFactory, nets: Nets, mnist_dir: Path) -> Path:
     """A distillation run exported once (both formats, --quick timing). Read it; copy it to change it."""
     from kdlab.deploy import QUICK, export_run
 
     root = tmp_path_factory.mktemp("shipped")
-    teacher = write_teacher_cache(root / "teachers" / "abc123", tiny_nets, mnist_dir)
-    run = write_distill_run(root / "run", tiny_nets, mnist_dir, teacher / "teacher.safetensors")
+    teacher = write_teacher_cache(root / "teachers" / "abc123", nets, mnist_dir)
+    run = write_distill_run(root / "run", nets, mnist_dir, teacher / "teacher.safetensors")
     export_run(run, settings=QUICK)
     return run

@@ -8,10 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_runs import perturb_export
+from deploy_runs import (
+    STUDENT,
+    TEACHER,
+    TEACHER_MEAN,
+    TEACHER_STD,
+    data_config,
+    datamodule,
+    perturb_export,
+    teacher_ref,
+    train_tiny,
+    write_run,
+)
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from kdlab.deploy import INSTALL_HINT, main
 from kdlab.deploy.speed import available_threads
+
+pytestmark = pytest.mark.unit
 
 ROLES_RUNTIMES = [(role, rt) for role in ("teacher", "student") for rt in ("eager", "torchscript", "onnxruntime")]
 
@@ -52,11 +67,13 @@ def test_report_has_every_row(shipped_run: Path):
     ]  # and no .partial file left behind
 
 
-def test_script_exports_a_cached_teacher_alone(teacher_cache: Path, run_script):
-    done = run_script("scripts/export.py", str(teacher_cache), "--formats", "torchscript", "--quick", "--threads", "1")
-    assert "parity model torchscript: ok" in done.stdout
+def test_a_cached_teacher_exports_alone_with_its_own_normalisation(teacher_cache: Path, capsys):
+    assert main([str(teacher_cache), "--formats", "torchscript", "--quick", "--threads", "1"]) == 0
+    assert "parity model torchscript: ok" in capsys.readouterr().out
     report = json.loads((teacher_cache / "deploy.json").read_text())
-    assert [n["role"] for n in report["nets"]] == ["model"]
+    assert [(n["role"], n["normalization"]) for n in report["nets"]] == [
+        ("model", {"mean": [TEACHER_MEAN], "std": [TEACHER_STD]})
+    ]
     assert [(r["role"], r["runtime"], r["threads"]) for r in report["speed"]["rows"]] == [
         ("model", "eager", 1),
         ("model", "torchscript", 1),
@@ -135,9 +152,39 @@ def test_a_folder_without_a_record_exits_2(tmp_path: Path, capsys):
     assert "No run record" in capsys.readouterr().err
 
 
+def test_test_files_of_other_data_are_refused(distill_run: Path, tmp_path: Path, capsys):
+    """--data-dir at other files: the fingerprint in metrics.json says they are not what the run read."""
+    other = Path(shutil.copytree(OmegaConf.load(distill_run / "config.yaml").data.data_dir, tmp_path / "other"))
+    labels = other / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + bytes([(labels.read_bytes()[-1] + 1) % 10]))
+    assert main([str(distill_run), "--no-bench", "--data-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "are not the data this run read: t10k-labels-idx1-ubyte differ" in err and "--data-dir" in err
+
+
 def test_threads_option():
     from kdlab.deploy.command import parse_threads
 
     assert parse_threads("1,all,1") == tuple(dict.fromkeys((1, available_threads())))
     with pytest.raises(ValueError, match="positive integers or 'all'"):
         parse_threads("0")
+
+
+def test_a_colour_run_ships_with_its_shape_and_per_channel_normalisation(tmp_path: Path, cifar_dir: Path, capsys):
+    """A CIFAR-10 run (generated files): the test set from its own datamodule, no 28x28 anywhere."""
+    data = data_config("cifar10", cifar_dir)
+    dm = datamodule(data)
+    mean, std = list(dm.spec.mean), list(dm.spec.std)
+    teacher = tmp_path / "teacher.safetensors"
+    save_file(train_tiny(TEACHER, dm, seed=0, mean=mean, std=std, steps=3), str(teacher))
+    student = train_tiny(STUDENT, dm, seed=1, mean=mean, std=std, steps=3)
+    run = write_run(tmp_path / "run", student, data, dm.spec, [teacher_ref(teacher, dm.spec)], name="distill_cifar10")
+    assert main([str(run), "--formats", "torchscript", "--no-bench"]) == 0
+    report = json.loads((run / "deploy.json").read_text())
+    assert report["test"] == {"images": 60, "source": str(cifar_dir), "data": "cifar10", "input_shape": [3, 32, 32]}
+    assert [n["normalization"] for n in report["nets"]] == [{"mean": mean, "std": std}] * 2
+    assert [n["flops_per_image"] for n in report["nets"]] == [
+        2 * (3072 * 32 + 32 * 16 + 16 * 10),
+        2 * (3072 * 8 + 8 * 10),
+    ]
+    assert "raw uint8 pixels [N, 3, 32, 32]" in (run / "deploy.md").read_text()

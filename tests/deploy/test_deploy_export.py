@@ -1,51 +1,76 @@
-"""Exported files: raw uint8 in, logits out, any batch, normalisation inside; bad files refused."""
+"""Exported files: raw uint8 in, logits out, any batch, each net's own normalisation inside; bad files refused."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from deploy_runs import MEAN, STD, perturb_export
+from deploy_runs import MEAN, STD, TEACHER_MEAN, TEACHER_STD, perturb_export
 from deploy_runs import STUDENT as STUDENT_CFG
 from omegaconf import OmegaConf
 
-from kdlab.data import normalize
+from kdlab.data import DataSpec, normalize
 from kdlab.deploy import ExportError, RawPixelClassifier, load_bundle, open_export, verify_export
-from kdlab.deploy.bundle import BundleError, DeployNet, build_net
-from kdlab.deploy.export import EXAMPLE_BATCH, export_path, probe_batch, write_export
+from kdlab.deploy.bundle import DeployNet
+from kdlab.deploy.export import EXAMPLE_BATCH, export_path, probe_batch, read_manifest, write_export
 from kdlab.deploy.parity import parity_limit
-from kdlab.models import MLP
+from kdlab.models import MLP, net_config
 from kdlab.record import RunRecord
+from kdlab.runfolder import RunFolderError, build_kdlab_net
+
+pytestmark = pytest.mark.unit
 
 FORMATS = ["torchscript", "onnx"]
 REPO = Path(__file__).resolve().parents[2]
+MNIST = DataSpec("mnist", (1, 28, 28), [str(i) for i in range(10)], [MEAN], [STD])
+RGB = DataSpec("cifar10", (3, 32, 32), [str(i) for i in range(10)], [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
 
 
-def raw_batch(n: int, seed: int = 3) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+def raw_batch(n: int, seed: int = 3, shape=(1, 28, 28)) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_raw_pixel_classifier_is_net_of_normalize():
-    net = MLP(hidden=(8,)).eval()
-    x = raw_batch(5)
+@pytest.mark.parametrize("spec", [MNIST, RGB], ids=["grey", "rgb"])
+def test_raw_pixel_classifier_is_net_of_normalize(spec: DataSpec):
+    net = MLP(spec.input_shape, 10, hidden=(8,)).eval()
+    x = raw_batch(5, shape=spec.input_shape)
     with torch.inference_mode():
-        folded = RawPixelClassifier(net, MEAN, STD)(x)
-        assert torch.equal(folded, net(normalize(x, MEAN, STD)))  # bit for bit: the same ops
-        # MNIST's own constants give other logits, by far more than parity lets through
-        assert (folded - net(normalize(x))).abs().max() > 100 * parity_limit(folded)
+        folded = RawPixelClassifier(net, spec)(x)
+        assert torch.equal(folded, net(normalize(x, spec.mean, spec.std)))  # bit for bit: the same ops, per channel
+        # another normalisation gives other logits, by far more than parity lets through
+        assert (folded - net(normalize(x, 0.5, 0.25))).abs().max() > 100 * parity_limit(folded)
 
 
-def test_bundle_reads_both_nets_with_the_runs_normalisation(distill_run: Path, tiny_nets):
+def test_bundle_reads_each_net_with_its_own_normalisation(distill_run: Path, nets):
     bundle = load_bundle(distill_run)
     assert [n.role for n in bundle.nets] == ["teacher", "student"]
-    assert (bundle.mean, bundle.std) == (MEAN, STD)
-    student = bundle.net("student").model
-    assert (student.mean, student.std) == (MEAN, STD)
-    assert torch.equal(student.net.head.weight, tiny_nets.student["head.weight"])
-    assert bundle.test.images.dtype == torch.uint8 and bundle.test.images.shape == (400, 1, 28, 28)
+    student, teacher = bundle.net("student"), bundle.net("teacher")
+    assert (student.spec.mean, student.spec.std) == ((MEAN,), (STD,))  # the run's data
+    assert (teacher.spec.mean, teacher.spec.std) == ((TEACHER_MEAN,), (TEACHER_STD,))  # the data it was trained on
+    assert torch.equal(student.model.net.head.weight, nets.student["head.weight"])
+    assert bundle.test.x.dtype == torch.uint8 and bundle.test.x.shape == (400, 1, 28, 28)
     assert bundle.notes == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_exported_teacher_carries_its_own_normalisation(shipped_run: Path, fmt: str):
+    """The teacher learnt TEACHER_MEAN/STD, the student's data is MEAN/STD: each file holds its own net's."""
+    runner = open_export(export_path(shipped_run / "export", "teacher", fmt), fmt, threads=1)
+    assert {k: read_manifest(runner)[k] for k in ("mean", "std")} == {"mean": [TEACHER_MEAN], "std": [TEACHER_STD]}
+    net = load_bundle(shipped_run).net("teacher").model.net
+    x = raw_batch(7)
+    with torch.inference_mode():
+        own = net(normalize(x, TEACHER_MEAN, TEACHER_STD))
+        assert (net(normalize(x, MEAN, STD)) - own).abs().max() > 100 * parity_limit(own)  # the run's is wrong
+    assert (runner.logits(x) - own).abs().max() <= parity_limit(own)
+    report = json.loads((shipped_run / "deploy.json").read_text())
+    assert [n["normalization"] for n in report["nets"]] == [
+        {"mean": [TEACHER_MEAN], "std": [TEACHER_STD]},
+        {"mean": [MEAN], "std": [STD]},
+    ]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -73,19 +98,23 @@ def test_onnx_graph_declares_uint8_pixels_and_a_symbolic_batch(shipped_run: Path
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_cnn_teacher_exports_too(tmp_path: Path, fmt: str):
-    """conf/model/cnn_small.yaml: convolutions, batch norm (its running statistics) and max-pool survive."""
-    cfg = OmegaConf.load(REPO / "conf" / "model" / "cnn_small.yaml")
-    net = build_net(cfg, "cnn_small.yaml")
+@pytest.mark.parametrize("spec", [MNIST, RGB], ids=["grey", "rgb"])
+def test_the_cnn_exports_too(tmp_path: Path, fmt: str, spec: DataSpec):
+    """conf/model/cnn_small.yaml: convolutions, batch norm (its running statistics) and max-pool survive,
+    on one channel and on three (a per-channel normalisation, another input shape)."""
+    cfg = net_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "cnn_small.yaml")),
+                     spec.input_shape, spec.num_classes)  # fmt: skip
+    net = build_kdlab_net(cfg, "cnn_small.yaml")
     torch.manual_seed(0)
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):  # not the identity statistics of a fresh layer
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    model = RawPixelClassifier(net, MEAN, STD).eval()
-    deploy_net = DeployNet("teacher", model, tmp_path / "teacher.pt", OmegaConf.to_container(cfg))
+    model = RawPixelClassifier(net, spec).eval()
+    deploy_net = DeployNet("teacher", model, tmp_path / "teacher.pt", cfg, spec)
     runner = verify_export(write_export(deploy_net, fmt, export_path(tmp_path, "teacher", fmt)), fmt, deploy_net)
-    x = raw_batch(3)
+    assert read_manifest(runner)["input"] == f"uint8[N,{','.join(map(str, spec.input_shape))}] raw pixels 0..255"
+    x = raw_batch(3, shape=spec.input_shape)
     with torch.inference_mode():
         expected = model(x)
     assert (runner.logits(x) - expected).abs().max() <= parity_limit(expected)
@@ -95,7 +124,7 @@ def test_the_cnn_teacher_exports_too(tmp_path: Path, fmt: str):
 def test_verify_accepts_the_genuine_export(shipped_run: Path, fmt: str):
     net = load_bundle(shipped_run).net("student")
     runner = verify_export(export_path(shipped_run / "export", "student", fmt), fmt, net)
-    assert runner.logits(probe_batch()).shape == (7, 10)
+    assert runner.logits(probe_batch((1, 28, 28))).shape == (7, 10)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -137,9 +166,12 @@ def test_verify_refuses_a_file_without_manifest(shipped_run: Path, tmp_path: Pat
 
 
 def test_nested_targets_in_a_model_yaml_are_not_called(tmp_path: Path):
-    cfg = {**STUDENT_CFG, "activation": {"_target_": "os.makedirs", "name": str(tmp_path / "pwned")}}
-    with pytest.raises(BundleError, match="cannot build kdlab.models.MLP"):  # handed to MLP as data, not called
-        build_net(cfg, "student_model.yaml")
+    cfg = {
+        **net_config(STUDENT_CFG, (1, 28, 28), 10),
+        "activation": {"_target_": "os.makedirs", "name": str(tmp_path / "pwned")},
+    }
+    with pytest.raises(RunFolderError, match="cannot build kdlab.models.MLP"):  # handed to MLP as data, not called
+        build_kdlab_net(cfg, "student_model.yaml")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -147,7 +179,7 @@ def test_bundle_refuses_a_model_yaml_that_is_not_a_kdlab_net(distill_run: Path):
     OmegaConf.save(
         OmegaConf.create({"_target_": "os.system", "command": "echo pwned"}), distill_run / "student_model.yaml"
     )
-    with pytest.raises(BundleError, match="kdlab's own nets only"):
+    with pytest.raises(RunFolderError, match="kdlab rebuilds its own nets only"):
         load_bundle(distill_run)
 
 
@@ -155,7 +187,7 @@ def test_bundle_refuses_a_failed_run(distill_run: Path):
     record = RunRecord.read(distill_run)
     record.status, record.message = "diverged", "loss became NaN at step 12"
     record.write(distill_run)
-    with pytest.raises(BundleError, match="status 'diverged' \\(loss became NaN"):
+    with pytest.raises(RunFolderError, match="status 'diverged' \\(loss became NaN"):
         load_bundle(distill_run)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from kdlab.data import DataSpec
 from kdlab.deploy import RawPixelClassifier, count_flops, measure
 from kdlab.deploy.speed import SpeedSettings
 from kdlab.models import MLP, SmallCNN
+
+pytestmark = pytest.mark.unit
 
 TINY = SpeedSettings(rounds=3, warmup=1, latency_calls=(4, 4), throughput_calls=(2, 2), batch=16)
 
@@ -50,8 +54,13 @@ def test_rounds_visit_every_cell_once_before_any_cell_again():
 
 
 def test_flops_per_image_count_multiply_adds_twice():
-    mlp = RawPixelClassifier(MLP(hidden=(32, 16)), 0.1, 0.3)
+    grey = DataSpec("mnist", (1, 28, 28), [str(i) for i in range(10)], [0.1], [0.3])
+    mlp = RawPixelClassifier(MLP((1, 28, 28), 10, hidden=(32, 16)), grey)
     assert count_flops(mlp) == 2 * (784 * 32 + 32 * 16 + 16 * 10)
-    cnn = RawPixelClassifier(SmallCNN(channels=(4,), hidden=8, batch_norm=False), 0.1, 0.3)
+    cnn = RawPixelClassifier(SmallCNN((1, 28, 28), 10, channels=(4,), hidden=8, batch_norm=False), grey)
     # conv 3x3, 1 -> 4 channels, on 28 x 28; then 4 x 14 x 14 -> 8 -> 10
     assert count_flops(cnn) == 2 * (28 * 28 * 4 * 9 + 4 * 14 * 14 * 8 + 8 * 10)
+    rgb = DataSpec("cifar10", (3, 32, 32), [str(i) for i in range(10)], [0.5] * 3, [0.25] * 3)
+    cnn = RawPixelClassifier(SmallCNN((3, 32, 32), 10, channels=(4,), hidden=8, batch_norm=False), rgb)
+    # conv 3x3, 3 -> 4 channels, on 32 x 32; then 4 x 16 x 16 -> 8 -> 10: the image comes from the spec
+    assert count_flops(cnn) == 2 * (32 * 32 * 4 * 3 * 9 + 4 * 16 * 16 * 8 + 8 * 10)

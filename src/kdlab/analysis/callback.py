@@ -3,7 +3,8 @@
 Contract with the LightningModule: `test_step` returns
     {"student_logits": [B, C] (detached), "target": [B], "index": [B] positions in the test set,
      "teacher_logits": [B, C] (distillation runs only)}
-and the raw uint8 test images are `trainer.datamodule.data_test.x` ([N, 1, 28, 28]).
+and the raw uint8 test images are `trainer.datamodule.data_test.x` ([N, C, H, W]; three channels are drawn in
+colour, any other count in grey from the first channel).
 """
 
 from __future__ import annotations

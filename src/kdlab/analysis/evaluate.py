@@ -1,64 +1,57 @@
 """Re-run the test pass of a finished run from its folder and write the analysis into it.
 
-The folder holds `metrics.json` (a RunRecord) whose `files` name the student's weights
-("weights"), its `_target_` config ("model") and the resolved run config ("config"); a
-distillation run's record also names its teacher's weights. Test images are normalised here from
-the raw uint8 tensors, so this does not depend on the data module's batch format.
+The folder is read by kdlab.runfolder (the same reader as export): the student, and the teacher or
+each ensemble member, every net fed the test images normalised by the data it was trained on. An
+ensemble is tested as in training: its members' logits combined by `teacher.combine`. The test set
+is the run's own datamodule's, so any dataset a run can train on can be evaluated again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
 
 from kdlab.analysis.callback import TestAnalysis, log_images
-from kdlab.checkpoints import load_weights
 from kdlab.data import normalize
 from kdlab.record import RunRecord
+from kdlab.runfolder import RunFolder, read_run_folder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILES = {"weights": "student.pt", "model": "student_model.yaml", "config": "config.yaml"}
 TENSORBOARD_DIR = "tensorboard"
 
 
 class FrozenNets(L.LightningModule):
-    """Trained student (and teacher) on the raw test tensors; test_step follows TestAnalysis's contract."""
+    """The folder's trained nets on the raw test tensors; test_step follows TestAnalysis's contract."""
 
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module | None,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: float,
-        std: float,
-    ) -> None:
+    def __init__(self, run: RunFolder, images: torch.Tensor, labels: torch.Tensor) -> None:
         super().__init__()
-        self.student, self.teacher = student, teacher
-        self.register_buffer("images", images, persistent=False)  # [N, 1, 28, 28] uint8: 7.8 MB for 10k
+        self.run = run
+        self.nets = torch.nn.ModuleList(n.net for n in run.nets)
+        self.register_buffer("images", images, persistent=False)  # uint8 [N, C, H, W]: 7.8 MB for MNIST's 10k
         self.register_buffer("labels", labels, persistent=False)
-        self.mean, self.std = mean, std
+        self.register_buffer("member_hits", torch.zeros(len(run.record.members), dtype=torch.long), persistent=False)
 
     def test_step(self, index: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        x = normalize(self.images[index], self.mean, self.std)
-        out = {"student_logits": self.student(x), "target": self.labels[index], "index": index}
-        if self.teacher is not None:
-            out["teacher_logits"] = self.teacher(x)
+        pixels, target = self.images[index], self.labels[index]
+        logits = [
+            net(normalize(pixels, n.spec.mean, n.spec.std)) for net, n in zip(self.nets, self.run.nets, strict=True)
+        ]
+        out = {"student_logits": logits[0], "target": target, "index": index}
+        if len(logits) > 1:
+            out["teacher_logits"] = self.run.teacher_logits(logits[1:])
+        if self.run.combine is not None:  # each member too, as training's test/member<i>_acc
+            self.member_hits += torch.stack([(m.argmax(1) == target).sum() for m in logits[1:]])
         return out
 
 
 class TestIndices(L.LightningDataModule):
-    """Batches of test-set positions; `data_test` is the real data module's (its `.x` feeds the image grid)."""
+    """Batches of test-set positions; `data_test` is the real datamodule's (its `.x` feeds the image grid)."""
 
     __test__ = False
 
@@ -70,64 +63,15 @@ class TestIndices(L.LightningDataModule):
         return DataLoader(torch.arange(len(self.data_test.x)), batch_size=self.batch_size)
 
 
-def _file(run_dir: Path, record: RunRecord, role: str) -> Path:
-    path = run_dir / record.files.get(role, DEFAULT_FILES[role])
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: scripts/evaluate.py rebuilds a run from its {', '.join(DEFAULT_FILES.values())} "
-            f"(named in metrics.json's files as {', '.join(DEFAULT_FILES)}). Runs written before kdlab saved "
-            "these cannot be re-evaluated; re-run the experiment instead."
-        )
-    return path
-
-
-def teacher_weights(run_dir: Path, record: RunRecord) -> Path:
-    """The teacher file the run distilled from, checked against the sha256 in its record."""
-    ref = record.teacher
-    if ref is None:
-        raise ValueError(
-            f"{run_dir / 'metrics.json'} is a distillation run without a teacher entry; cannot rebuild it."
-        )
-    path = Path(ref.checkpoint).expanduser()
-    if not path.is_absolute() and not path.is_file():
-        path = run_dir / path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The teacher weights this run distilled from, {ref.checkpoint}, are gone (teacher caches can be "
-            "cleared). Restore the file or re-run the experiment; its teacher numbers cannot be rebuilt without it."
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if ref.sha256 and not digest.startswith(ref.sha256.lower()):  # the record may keep the full hex or a prefix
-        raise ValueError(
-            f"{path} has changed since the run read it (sha256 {digest[:16]}..., the record says "
-            f"{ref.sha256[:16]}...): the teacher numbers would describe another net. Restore the original file."
-        )
-    return path
-
-
 def evaluate_run(
     run_dir: str | os.PathLike, data_dir: str | None = None, accelerator: str = "cpu", batch_size: int = 1000
 ) -> RunRecord:
-    """Test the run's saved student (and teacher) again; write PNGs, TensorBoard images and `record.analysis`."""
+    """Test the run's saved student (and teacher or ensemble) again; write PNGs, TensorBoard images and
+    `record.analysis` (plus `analysis.members`, each ensemble member's accuracy)."""
     run_dir = Path(run_dir)
-    record = RunRecord.read(run_dir)
-    cfg = OmegaConf.load(_file(run_dir, record, "config"))
-    student = load_weights(
-        instantiate(OmegaConf.load(_file(run_dir, record, "model"))), _file(run_dir, record, "weights"), role="student"
-    )
-    teacher = None
-    if record.is_distillation:
-        teacher = load_weights(instantiate(cfg.teacher.model), teacher_weights(run_dir, record), role="teacher")
-
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    if data_dir is not None:
-        data_cfg["data_dir"] = str(data_dir)
-    datamodule = instantiate(data_cfg, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    test = datamodule.data_test
-    mean, std = float(datamodule.hparams.mean), float(datamodule.hparams.std)  # the defaults if config.yaml omits them
-    module = FrozenNets(student, teacher, test.x, test.y, mean, std)
+    run = read_run_folder(run_dir)
+    test = run.datamodule(data_dir).data_test
+    module = FrozenNets(run, test.x, test.y)
 
     analysis = TestAnalysis(run_dir)
     trainer = L.Trainer(
@@ -140,22 +84,31 @@ def evaluate_run(
         enable_checkpointing=False,
         default_root_dir=run_dir,
     )
-    trainer.test(module, datamodule=TestIndices(test, datamodule.num_classes, batch_size), verbose=False)
+    trainer.test(module, datamodule=TestIndices(test, run.spec.num_classes, batch_size), verbose=False)
 
     if analysis.images and (run_dir / TENSORBOARD_DIR).is_dir():  # only runs that logged to TensorBoard
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR)) as writer:
-            log_images(writer, analysis.images, record.global_step)
-    recorded, measured = record.metric("test/acc"), analysis.results["student"]["acc"]
-    if recorded is not None and measured is not None and abs(recorded - measured) > 1e-6:
-        log.warning(
-            "%s: the saved student scores %.4f on the test set, the record says test/acc=%.4f; "
-            "the weights file may not be the tested checkpoint.",
-            run_dir,
-            measured,
-            recorded,
-        )
-    record.analysis = analysis.results
+            log_images(writer, analysis.images, run.record.global_step)
+    record, results = run.record, analysis.results
+    if run.combine is not None:
+        results["members"] = [{"acc": hits / len(test)} for hits in module.member_hits.tolist()]
+    measured = {"test/acc": results["student"]["acc"], "test/teacher_acc": results.get("teacher", {}).get("acc")}
+    measured.update({f"test/member{i}_acc": m["acc"] for i, m in enumerate(results.get("members", []))})
+    for key, value in measured.items():
+        recorded = record.metric(key)
+        if recorded is not None and value is not None and abs(recorded - value) > 1e-6:
+            log.warning(
+                "%s: the saved nets score %s=%.4f on the test set, the record says %.4f; the weights file may not "
+                "be the tested checkpoint, or the test set is another.",
+                run_dir,
+                key,
+                value,
+                recorded,
+            )
+    if "omitted" in record.analysis:  # training's omitted-class numbers: this pass does not recompute them
+        results["omitted"] = record.analysis["omitted"]
+    record.analysis = results
     record.write(run_dir)
     return record

@@ -129,25 +129,30 @@ def reliability_figure(models: dict[str, dict[str, Any]], n_bins: int):
 
 
 def disagreement_figure(images: np.ndarray, student: list[int], teacher: list[int], labels: list[int], total: int):
-    """A grid of [K, 1, H, W] uint8 test images, each titled with both predictions and the label.
+    """A grid of [K, C, H, W] uint8 test images, each titled with both predictions and the label.
 
+    Three channels are drawn in colour (as RGB); any other count in grey, from the first channel only.
     One mosaic image on one axes with K text labels: 64 subplots would take ~10 s to lay out and draw.
     """
+    images = images.reshape(len(images), -1, *images.shape[-2:])  # [K, H, W] (one channel) is read as [K, 1, H, W]
+    colour = images.shape[1] == 3
     count, (h, w) = len(images), images.shape[-2:]
     cols = min(8, count)
     rows = math.ceil(count / cols)
     cell_h, cell_w, band = h + 12, w + 4, 12  # pixels: a title band above each image, a gap beside it
-    mosaic = np.full((rows * cell_h, cols * cell_w), 255, dtype=np.uint8)  # white between the black digits
+    mosaic = np.full((rows * cell_h, cols * cell_w, 3 if colour else 1), 255, dtype=np.uint8)  # white between
     for k in range(count):
         top, left = (k // cols) * cell_h + band, (k % cols) * cell_w + 2
-        mosaic[top : top + h, left : left + w] = images[k].reshape(h, w)
+        mosaic[top : top + h, left : left + w] = (images[k] if colour else images[k, :1]).transpose(1, 2, 0)
     fig = _figure(1.1 * cols, 1.25 * rows + 0.3)
     fig.set_layout_engine(None)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.3 / (1.25 * rows + 0.3)))
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(mosaic if colour else mosaic[..., 0], cmap=None if colour else "gray", vmin=0, vmax=255,
+              interpolation="nearest")  # fmt: skip
     for k in range(count):
         x, y = (k % cols) * cell_w + cell_w / 2, (k // cols) * cell_h + band - 2
         ax.text(x, y, f"S:{student[k]} T:{teacher[k]} (y={labels[k]})", ha="center", va="bottom", fontsize=7)
     ax.set_axis_off()
-    fig.suptitle(f"student vs teacher: {count} of {total} disagreements", fontsize=9, y=0.995, va="top")
+    shown = "" if colour or images.shape[1] == 1 else f", channel 0 of {images.shape[1]}"
+    fig.suptitle(f"student vs teacher: {count} of {total} disagreements{shown}", fontsize=9, y=0.995, va="top")
     return fig

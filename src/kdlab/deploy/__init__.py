@@ -1,10 +1,11 @@
 """Deployment of a finished run: export (TorchScript, ONNX), parity on the test set, speed report.
 
 Imports nothing optional: onnx, onnxscript and onnxruntime (`pip install 'kdlab[deploy]'`) are
-loaded only when the ONNX format is asked for.
+loaded only when the ONNX format is asked for. A folder is read by kdlab.runfolder (a bad one raises
+its RunFolderError), as scripts/evaluate.py reads it.
 """
 
-from kdlab.deploy.bundle import Bundle, BundleError, DeployNet, RawPixelClassifier, load_bundle
+from kdlab.deploy.bundle import Bundle, DeployNet, RawPixelClassifier, load_bundle
 from kdlab.deploy.command import export_run, main
 from kdlab.deploy.export import FORMATS, ExportError, open_export, verify_export, write_export
 from kdlab.deploy.extras import INSTALL_HINT, MissingDependencyError
@@ -19,7 +20,6 @@ __all__ = [
     "QUICK",
     "TOLERANCE",
     "Bundle",
-    "BundleError",
     "DeployNet",
     "DeployResult",
     "ExportError",

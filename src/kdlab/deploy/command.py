@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kdlab.deploy.bundle import Bundle, BundleError, DeployNet, load_bundle
+from kdlab.deploy.bundle import Bundle, DeployNet, load_bundle
 from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
 from kdlab.deploy.extras import MissingDependencyError, require_formats
 from kdlab.deploy.parity import Parity, ParityError, batched_logits, compare
@@ -46,16 +46,18 @@ def _partial(path: Path) -> Path:
 
 
 def _parity(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_only: bool) -> tuple[list, dict, dict]:
-    """Write (unless check_only), verify and parity-check every (net, format): Parity per pair, paths by pair."""
+    """Write (unless check_only), verify and parity-check every (net, format): Parity per pair, paths by pair.
+
+    Returns the parity results, the files checked by (role, fmt), and each net's PyTorch logits on the test set.
+    """
     threads = available_threads()
-    images, labels = bundle.test.images, bundle.test.labels
+    images, labels = bundle.test.x, bundle.test.y
     results: list[Parity] = []
     written: dict[tuple[str, str], Path] = {}  # (role, fmt) -> file checked (temporary when freshly written)
-    accuracy: dict[str, float] = {}
+    references: dict[str, torch.Tensor] = {}
     try:
         for net in bundle.nets:
-            reference = batched_logits(TorchRunner(net.model, "eager", threads), images)
-            accuracy[net.role] = float((reference.argmax(1) == labels).float().mean())
+            reference = references[net.role] = batched_logits(TorchRunner(net.model, "eager", threads), images)
             for fmt in formats:
                 final = export_path(export_dir, net.role, fmt)
                 path = final if check_only else write_export(net, fmt, _partial(final))
@@ -67,7 +69,21 @@ def _parity(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_on
             for path in written.values():
                 path.unlink(missing_ok=True)
         raise
-    return results, written, accuracy
+    return results, written, references
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def _ensemble(bundle: Bundle, references: dict[str, torch.Tensor]) -> dict | None:
+    """The members' PyTorch logits combined as in training, scored on the test set (a complete ensemble only)."""
+    run = bundle.run
+    if run.combine is None:
+        return None
+    roles = [net.role for net in run.teachers]
+    combined = run.teacher_logits([references[role] for role in roles])
+    return {"members": roles, "combine": run.combine, "accuracy": _accuracy(combined, bundle.test.y)}
 
 
 def export_run(
@@ -84,7 +100,7 @@ def export_run(
 
     check_only: export nothing and write no report; verify the files already in `out/export/` against the
     run (and time them, with bench), for a file that was copied, archived or is about to be shipped.
-    Raises BundleError (bad folder), MissingDependencyError, ExportError (a file that does not load or
+    Raises RunFolderError (bad folder), MissingDependencyError, ExportError (a file that does not load or
     is another net's) and ParityError (numbers inside; the report is written with status "parity failed").
     """
     formats = tuple(dict.fromkeys(formats))
@@ -96,7 +112,8 @@ def export_run(
     export_dir = out / EXPORT_DIR
     saved_threads = torch.get_num_threads()  # parity and timing set torch's global thread count
     try:
-        parity, written, accuracy = _parity(bundle, formats, export_dir, check_only)
+        parity, written, references = _parity(bundle, formats, export_dir, check_only)
+        accuracy = {role: _accuracy(logits, bundle.test.y) for role, logits in references.items()}
         failed = [p for p in parity if not p.passed]
         if not check_only:  # keep what passed under its final name, nothing of a failed export
             for (role, fmt), path in written.items():
@@ -104,28 +121,24 @@ def export_run(
                     path.unlink(missing_ok=True)
                 else:
                     os.replace(path, export_path(export_dir, role, fmt))
+        record, spec = bundle.run.record, bundle.run.spec
+        test = {"images": len(bundle.test), "source": bundle.source, "data": spec.name,
+                "input_shape": list(spec.input_shape)}  # fmt: skip
         result = DeployResult(
-            run={
-                "folder": str(bundle.folder),
-                "name": bundle.record.name,
-                "kind": bundle.record.kind,
-                "status": bundle.record.status,
-            },
-            test={"images": len(bundle.test.labels), "source": bundle.test.source},
+            run={"folder": str(bundle.folder), "name": record.name, "kind": record.kind, "status": record.status},
+            test=test,
             nets=[_describe(net, accuracy[net.role], formats, export_dir, shipped=not failed) for net in bundle.nets],
             parity=[p.to_dict() for p in parity],
             formats=list(formats),
+            ensemble=_ensemble(bundle, references),
             notes=list(bundle.notes),
             status="parity failed" if failed else "ok",
         )
         if failed:
             if not check_only:
                 write_report(result, out)
-            kept = (
-                "The files were left as they are (--check)."
-                if check_only
-                else (f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")
-            )
+            kept = "The files were left as they are (--check)." if check_only else (
+                f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")  # fmt: skip
             raise ParityError(
                 f"Export refused: parity failed for {', '.join(f'{p.role} {p.format}' for p in failed)}.\n  "
                 + "\n  ".join(p.describe() for p in failed)
@@ -152,6 +165,7 @@ def _describe(net: DeployNet, accuracy: float, formats: tuple[str, ...], export_
         "net": net.model_config.get("_target_"),
         "model": net.model_config,
         "params": net.params,
+        "normalization": net.spec.normalization,
         "flops_per_image": count_flops(net.model),
         "accuracy": accuracy,
         "files": files,
@@ -169,7 +183,7 @@ def _time(
             for fmt in formats:
                 runners.append((net.role, open_export(export_path(export_dir, net.role, fmt), fmt, n)))
     start = time.perf_counter()
-    rows = measure(runners, bundle.test.images, settings)
+    rows = measure(runners, bundle.test.x, settings)
     return {
         "settings": {**asdict(settings), "threads": list(threads), "cores": available_threads()},
         "wall_s": round(time.perf_counter() - start, 2),
@@ -183,22 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/export.py",
         description="Export a run's trained net(s) to TorchScript and ONNX (raw uint8 pixels in, logits out), "
-        "check parity on the whole test set, and time teacher and student side by side.",
+        "check parity on the whole test set, and time teacher (or each ensemble member) and student side by side.",
     )
     parser.add_argument("run_dir", help="a run folder (distillation or supervised) or a cached-teacher folder")
     parser.add_argument("--out", default=None, help="where deploy.md, deploy.json and export/ go (default: run_dir)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: torchscript,onnx (default both)")
-    parser.add_argument(
-        "--bench", action=argparse.BooleanOptionalAction, default=True, help="time the nets (default on)"
-    )
+    parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="time the nets")
     parser.add_argument("--quick", action="store_true", help="a few timed calls only (tests, smoke checks)")
     parser.add_argument("--threads", default="1,all", help="thread counts to time, e.g. 1,all or 1,2,4 (default 1,all)")
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing: verify (and time) the files already in export/"
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="folder of the MNIST IDX files, if not the run's data.data_dir"
-    )
+    parser.add_argument("--check", action="store_true", help="write nothing: verify (and time) the files in export/")
+    parser.add_argument("--data-dir", default=None, help="where the dataset's files are now, if not the run's data_dir")
     return parser
 
 
@@ -209,17 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
         if not formats:
             raise ValueError("--formats is empty; give torchscript, onnx or both (comma-separated).")
-        result = export_run(
-            args.run_dir,
-            out=args.out,
-            formats=formats,
-            bench=args.bench,
-            settings=QUICK if args.quick else DEFAULT,
-            threads=parse_threads(args.threads),
-            check_only=args.check,
-            data_dir=args.data_dir,
-        )
-    except (BundleError, MissingDependencyError, ValueError) as err:
+        result = export_run(args.run_dir, args.out, formats, args.bench, QUICK if args.quick else DEFAULT,
+                            parse_threads(args.threads), args.check, args.data_dir)  # fmt: skip
+    except (MissingDependencyError, ValueError) as err:  # a RunFolderError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (ExportError, ParityError) as err:

@@ -11,9 +11,9 @@ The batch axis is declared dynamic (`Dim("batch")`) and the example batch has 2 
 torch.export specialises a size-1 dimension to a constant. Weights are stored inside the .onnx
 (`external_data=False`): one self-contained file to copy and to checksum.
 
-Every export carries a manifest (the net's weight digest, mean, std, roles) so a file can be matched
-to its net later; `verify_export` refuses a file that does not load, names another net, or does not
-reproduce the net's logits on a probe batch.
+Every export carries a manifest (the net's weight digest; its data's name, classes, per-channel mean and
+std) so a file can be matched to its net later; `verify_export` refuses a file that does not load,
+names another net, or does not reproduce the net's logits on a probe batch.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from kdlab.deploy.bundle import INPUT_SHAPE, DeployNet
+from kdlab.deploy.bundle import DeployNet
 from kdlab.deploy.extras import require
 from kdlab.deploy.parity import ParityError, compare
 from kdlab.deploy.runtimes import ONNX_INPUT, ONNX_OUTPUT, OnnxRunner, TorchRunner, onnx_session
@@ -73,7 +73,7 @@ def write_export(net: DeployNet, fmt: str, path: Path) -> Path:
 def _write_onnx(net: DeployNet, path: Path, manifest: str) -> None:
     require("onnx")
     require("onnxscript")
-    example = torch.zeros(EXAMPLE_BATCH, *INPUT_SHAPE, dtype=torch.uint8)
+    example = torch.zeros(EXAMPLE_BATCH, *net.spec.input_shape, dtype=torch.uint8)
     # The exporter logs that torchvision's ops are not registered and warns about torch internals
     # (LeafSpec); neither concerns these nets, and they would bury the command's own output.
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -132,12 +132,13 @@ def read_manifest(runner: TorchRunner | OnnxRunner) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def probe_batch(n: int = 7) -> torch.Tensor:
+def probe_batch(input_shape: tuple[int, ...], n: int = 7) -> torch.Tensor:
     """Fixed images that exercise the whole pixel range: random ones, one black, one white.
 
     7 images: not the export's example batch of 2, so a batch axis fixed by mistake shows here.
     """
-    images = torch.randint(0, 256, (n, *INPUT_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    shape = (n, *input_shape)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images[-2], images[-1] = 0, 255
     return images
 
@@ -161,12 +162,12 @@ def verify_export(
         raise ExportError(
             f"{path} was exported from another net: its manifest names {manifest.get('role')!r} "
             f"{manifest.get('net')!r} with weights digest {str(manifest.get('digest'))[:12]}..., but this run's "
-            f"{net.role} has digest {net.digest[:12]}... (mean {net.model.mean}, std {net.model.std}). Export "
-            "this run again, or point at the export folder that belongs to it."
+            f"{net.role} has digest {net.digest[:12]}... (mean {list(net.spec.mean)}, std {list(net.spec.std)}). "
+            "Export this run again, or point at the export folder that belongs to it."
         )
     if not probe:
         return runner
-    images = probe_batch()
+    images = probe_batch(net.spec.input_shape)
     with torch.inference_mode():
         reference = net.model(images)
     try:

@@ -21,20 +21,27 @@ FORMAT_TITLES = {"weights": "weights", "torchscript": "TorchScript", "onnx": "ON
 
 @dataclass
 class DeployResult:
-    """Everything `export_run` found; `status` is "ok" or "failed" (a parity check failed)."""
+    """Everything `export_run` found; `status` is "ok" or "parity failed"."""
 
     run: dict[str, Any]  # folder, name, kind, status
-    test: dict[str, Any]  # images, source
-    nets: list[dict[str, Any]]  # role, net, params, flops_per_image, accuracy, files: {fmt: {path, bytes}}
+    test: dict[str, Any]  # images, source, data (the dataset's name), input_shape
+    nets: list[
+        dict[str, Any]
+    ]  # role, net, params, flops_per_image, accuracy, normalization, files: {fmt: {path, bytes}}
     parity: list[dict[str, Any]]  # Parity.to_dict() per (net, format)
     formats: list[str] = field(default_factory=list)  # asked for: "torchscript", "onnx"
     speed: dict[str, Any] | None = None  # settings, rows: SpeedRow.to_dict() each; None with --no-bench
+    ensemble: dict[str, Any] | None = None  # members (roles), combine, accuracy: the members combined as in training
     notes: list[str] = field(default_factory=list)
     status: str = "ok"
     version: int = REPORT_VERSION
 
     def to_json(self) -> str:
         return json.dumps(nulls_for_non_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def is_teacher(role: str) -> bool:
+    return role == "teacher" or role.startswith("member")
 
 
 def _size(n: int | None) -> str:
@@ -47,44 +54,35 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _values(values: list[float]) -> str:
+    return ",".join(f"{v:.4g}" for v in values)
+
+
 def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def speed_table(result: DeployResult) -> list[str]:
-    """The speed rows, with the student's speed-up over the teacher in the same runtime and threads."""
+    """The speed rows, with the student's speed-up over its teacher in the same runtime and threads.
+
+    An ensemble's cost is its members' together (each image goes through every one): latencies add up,
+    and so do the times per image of the throughputs.
+    """
     rows = result.speed["rows"]
-    teacher = {(r["runtime"], r["threads"]): r for r in rows if r["role"] == "teacher"}
+    teacher: dict[tuple, tuple[float, float]] = {}  # (runtime, threads) -> (latency us, seconds per image)
+    for r in (r for r in rows if is_teacher(r["role"])):
+        latency, per_image = teacher.get((r["runtime"], r["threads"]), (0.0, 0.0))
+        teacher[(r["runtime"], r["threads"])] = (latency + r["latency_median_us"], per_image + 1 / r["throughput_ips"])
     batch = rows[0]["batch"] if rows else 256
     body = []
     for r in rows:
         t = teacher.get((r["runtime"], r["threads"])) if r["role"] == "student" else None
-        ratio = (
-            f"{t['latency_median_us'] / r['latency_median_us']:.2f}x / {r['throughput_ips'] / t['throughput_ips']:.2f}x"
-            if t
-            else ""
-        )
-        body.append(
-            [
-                r["role"],
-                r["runtime"],
-                str(r["threads"]),
-                f"{r['latency_median_us']:.1f}",
-                f"{r['latency_p95_us']:.1f}",
-                f"{r['throughput_ips']:,.0f}",
-                ratio,
-            ]
-        )
-    header = [
-        "net",
-        "runtime",
-        "threads",
-        "b=1 median µs",
-        "b=1 p95 µs",
-        f"b={batch} img/s",
-        "student speed-up b=1 / b=256",
-    ]
+        ratio = f"{t[0] / r['latency_median_us']:.2f}x / {r['throughput_ips'] * t[1]:.2f}x" if t else ""
+        body.append([r["role"], r["runtime"], str(r["threads"]), f"{r['latency_median_us']:.1f}",
+                     f"{r['latency_p95_us']:.1f}", f"{r['throughput_ips']:,.0f}", ratio])  # fmt: skip
+    header = ["net", "runtime", "threads", "b=1 median µs", "b=1 p95 µs", f"b={batch} img/s",
+              f"student speed-up b=1 / b={batch}"]  # fmt: skip
     return _table(header, "lllrrrr", body)
 
 
@@ -102,12 +100,13 @@ def busy_note(result: DeployResult) -> str | None:
 
 def render_markdown(result: DeployResult) -> str:
     run, test = result.run, result.test
+    shape = ", ".join(map(str, test["input_shape"]))
     lines = [
         f"# Deploy report: {run['name']}",
         "",
-        f"{run['kind'].capitalize()} run `{run['folder']}` (status {run['status']}); test set: {test['images']} images "
-        f"from `{test['source']}`. Every export takes raw uint8 pixels [N, 1, 28, 28] (normalisation inside) and "
-        "returns logits, for any batch size N.",
+        f"{run['kind'].capitalize()} run `{run['folder']}` (status {run['status']}); test set: {test['images']} "
+        f"{test['data']} images from `{test['source']}`. Every export takes raw uint8 pixels [N, {shape}] (the "
+        "normalisation its net was trained with inside) and returns logits, for any batch size N.",
     ]
     if result.status != "ok":
         lines += [
@@ -118,47 +117,36 @@ def render_markdown(result: DeployResult) -> str:
     formats = result.formats
     lines += ["", "## Nets", ""]
     body = [
-        [
-            n["role"],
-            f"{n['params']:,}",
-            f"{n['flops_per_image'] / 1e6:.3f}",
-            _pct(n["accuracy"]),
-            *(_size(n["files"].get(f, {}).get("bytes")) for f in ("weights", *formats)),
-        ]
+        [n["role"], f"{n['params']:,}", f"{n['flops_per_image'] / 1e6:.3f}", _pct(n["accuracy"]),
+         f"{_values(n['normalization']['mean'])} / {_values(n['normalization']['std'])}",
+         *(_size(n["files"].get(f, {}).get("bytes")) for f in ("weights", *formats))]
         for n in result.nets
-    ]
-    header = [
-        "net",
-        "params",
-        "MFLOPs / image",
-        "test acc",
-        *(f"{FORMAT_TITLES[f]} file" for f in ("weights", *formats)),
-    ]
-    lines += _table(header, "lrrr" + "r" * (1 + len(formats)), body)
-    roles = {n["role"]: n for n in result.nets}
-    if "teacher" in roles and "student" in roles:
-        s, t = roles["student"], roles["teacher"]
+    ]  # fmt: skip
+    header = ["net", "params", "MFLOPs / image", "test acc", "mean / std",
+              *(f"{FORMAT_TITLES[f]} file" for f in ("weights", *formats))]  # fmt: skip
+    lines += _table(header, "lrrrl" + "r" * (1 + len(formats)), body)
+    student = next((n for n in result.nets if n["role"] == "student"), None)
+    teachers = [n for n in result.nets if is_teacher(n["role"])]
+    if result.ensemble:
+        name = f"the ensemble of {len(teachers)} ({result.ensemble['combine']['mode']})"
+        accuracy = result.ensemble["accuracy"]
+    else:
+        name, accuracy = "teacher", next((t["accuracy"] for t in teachers if t["role"] == "teacher"), None)
+    if student and accuracy is not None:
+        params, flops = sum(t["params"] for t in teachers), sum(t["flops_per_image"] for t in teachers)
         lines += [
             "",
-            f"Student vs teacher: {s['params'] / t['params']:.2f}x the parameters, "
-            f"{s['flops_per_image'] / max(t['flops_per_image'], 1):.2f}x the FLOPs, test accuracy "
-            f"{_pct(s['accuracy'])} vs {_pct(t['accuracy'])} ({100 * (s['accuracy'] - t['accuracy']):+.2f} points).",
+            f"Student vs {name}: {student['params'] / params:.2f}x the parameters, "
+            f"{student['flops_per_image'] / max(flops, 1):.2f}x the FLOPs, test accuracy {_pct(student['accuracy'])} "
+            f"vs {_pct(accuracy)} ({100 * (student['accuracy'] - accuracy):+.2f} points).",
         ]
 
     lines += ["", "## Parity: each exported file against PyTorch, on every test image", ""]
     body = [
-        [
-            p["role"],
-            FORMAT_TITLES[p["format"]],
-            str(p["images"]),
-            f"{p['max_abs_diff']:.2e}",
-            f"{p['limit']:.2e}",
-            _pct(p["agreement"]),
-            _pct(p["accuracy_export"]),
-            "ok" if p["passed"] else "**FAILED**",
-        ]
+        [p["role"], FORMAT_TITLES[p["format"]], str(p["images"]), f"{p['max_abs_diff']:.2e}", f"{p['limit']:.2e}",
+         _pct(p["agreement"]), _pct(p["accuracy_export"]), "ok" if p["passed"] else "**FAILED**"]
         for p in result.parity
-    ]
+    ]  # fmt: skip
     lines += _table(
         ["net", "format", "images", "max abs logit diff", "limit", "argmax agreement", "test acc", ""], "llrrrrrl", body
     )
@@ -178,7 +166,7 @@ def render_markdown(result: DeployResult) -> str:
             "",
             f"Latency: one image per call (after warm-up). Throughput: {st['batch']} images per call. Threads: "
             "torch.set_num_threads for eager/TorchScript, intra_op_num_threads for onnxruntime. Speed-up: the "
-            "teacher's time over the student's in the same runtime and threads.",
+            "teacher's time (an ensemble's: its members' together) over the student's in the same runtime and threads.",
         ]
         if note := busy_note(result):
             lines += ["", f"**{note}**"]

@@ -52,17 +52,16 @@ def available_threads() -> int:
 
 
 def count_flops(model: nn.Module) -> int:
-    """FLOPs for one image (a multiply-add counts 2), as torch's FlopCounterMode counts matmuls and convs.
+    """FLOPs for one image of a RawPixelClassifier's `input_shape` (a multiply-add counts 2), as torch's
+    FlopCounterMode counts matmuls and convs.
 
     Elementwise work (normalisation, activations) is not counted; for these nets it is <1% of the total.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kdlab.deploy.bundle import INPUT_SHAPE
-
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model(torch.zeros(1, *INPUT_SHAPE, dtype=torch.uint8))
+        model(torch.zeros(1, *model.input_shape, dtype=torch.uint8))
     return int(counter.get_total_flops())
 
 
@@ -90,7 +89,7 @@ def _calls(budget_s: float, one_call_s: float, bounds: tuple[int, int]) -> int:
 def measure(runners: list[tuple[str, object]], images: Tensor, settings: SpeedSettings = DEFAULT) -> list[SpeedRow]:
     """Time each `(role, runner)` at batch 1 and at `settings.batch`, interleaved over rounds.
 
-    `images` (uint8, any count) supply the batches: real digits, cycled to fill the batch.
+    `images` (uint8, any count) supply the batches: real test images, cycled to fill the batch.
     """
     big = images[torch.arange(settings.batch) % len(images)]
     cells = [(i, size) for i in range(len(runners)) for size in (1, settings.batch)]

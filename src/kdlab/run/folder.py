@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from typing import Any
+
 from filelock import BaseFileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from kdlab.locks import file_lock
 from kdlab.record import RecordError, RunRecord
@@ -97,3 +101,33 @@ def _create_claim(folder: Path) -> bool:
 def holds_run(folder: Path) -> bool:
     """Whether `folder` is (or was) a kdlab run's folder."""
     return (folder / CLAIM_FILE).is_file() or (folder / "metrics.json").is_file()
+
+
+class FolderGuard(Callback):
+    """Hydra's callback before it writes anything: `hydra.run.dir` must not be another run's folder.
+
+    Hydra writes `.hydra/` and starts `run.log` in the run folder before kdlab's code runs, so a run sent
+    to an existing run's folder is refused here, untouched. A requeued SLURM job (SLURM_RESTART_COUNT) is
+    that very run and may continue; a resume needs no `hydra.run.dir` (`ckpt_path` alone continues in the
+    checkpoint's folder). A sweep folder may be run again only by the same sweep (its job folders then
+    continue their runs): another sweep's overrides are refused before any job starts.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir)).expanduser()
+        if owns_folders() and holds_run(folder) and not os.environ.get("SLURM_RESTART_COUNT", "0").strip("0"):
+            raise FolderTaken(
+                f"hydra.run.dir={folder} is the folder of another run (it holds {CLAIM_FILE}); a run never writes "
+                "into another run's folder. Drop hydra.run.dir (each run gets its own); to resume that run, give "
+                f"only ckpt_path={folder}/checkpoints/<last.ckpt or interrupted.ckpt>."
+            )
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        saved = Path(str(config.hydra.sweep.dir)).expanduser() / "multirun.yaml"
+        if saved.is_file():
+            then = list(OmegaConf.load(saved).hydra.overrides.task)
+            if then != list(config.hydra.overrides.task):
+                raise FolderTaken(
+                    f"hydra.sweep.dir={saved.parent} holds another sweep (its overrides: {' '.join(then)}). Run it "
+                    "again with its own overrides to continue it, or give this sweep its own hydra.sweep.dir."
+                )
