@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
 import kdlab.run.fit
 from kdlab.checkpoints import CheckpointError
@@ -109,3 +109,17 @@ def test_a_job_run_again_in_its_folder_continues_it_or_is_refused_if_it_is_anoth
     record, objects = train(again)
     assert record.status == "ok" and len(record.resumed) == 1 and objects["trainer"].current_epoch == 3
     assert RunRecord.read(folder) == record
+
+
+def test_a_sweep_folder_is_run_again_only_by_the_same_sweep(tmp_path, capsys):
+    from kdlab.run.folder import FolderGuard
+
+    def config(*overrides):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": list(overrides)}}})
+
+    FolderGuard().on_multirun_start(config("seed=0,1"))  # a new sweep folder
+    OmegaConf.save(config("experiment=distill_mlp", "seed=0,1"), tmp_path / "multirun.yaml")
+    FolderGuard().on_multirun_start(config("experiment=distill_mlp", "seed=0,1"))  # the same sweep, continued
+    with pytest.raises(SystemExit) as refused:
+        FolderGuard().on_multirun_start(config("experiment=distill_mlp", "seed=0,1,2"))
+    assert refused.value.code == 2 and "holds another sweep" in capsys.readouterr().err

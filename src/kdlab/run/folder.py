@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from typing import Any
+from typing import Any, NoReturn
 
 from filelock import BaseFileLock, Timeout
 from hydra.experimental.callback import Callback
@@ -103,6 +104,12 @@ def holds_run(folder: Path) -> bool:
     return (folder / CLAIM_FILE).is_file() or (folder / "metrics.json").is_file()
 
 
+def refuse(message: str) -> NoReturn:
+    """Stop with the message and exit status 2: Hydra turns a callback's exceptions into warnings."""
+    print(f"kdlab refused to run: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class FolderGuard(Callback):
     """Hydra's callback before it writes anything: `hydra.run.dir` must not be another run's folder.
 
@@ -116,7 +123,7 @@ class FolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(str(config.hydra.run.dir)).expanduser()
         if owns_folders() and holds_run(folder) and not os.environ.get("SLURM_RESTART_COUNT", "0").strip("0"):
-            raise FolderTaken(
+            refuse(
                 f"hydra.run.dir={folder} is the folder of another run (it holds {CLAIM_FILE}); a run never writes "
                 "into another run's folder. Drop hydra.run.dir (each run gets its own); to resume that run, give "
                 f"only ckpt_path={folder}/checkpoints/<last.ckpt or interrupted.ckpt>."
@@ -127,7 +134,7 @@ class FolderGuard(Callback):
         if saved.is_file():
             then = list(OmegaConf.load(saved).hydra.overrides.task)
             if then != list(config.hydra.overrides.task):
-                raise FolderTaken(
+                refuse(
                     f"hydra.sweep.dir={saved.parent} holds another sweep (its overrides: {' '.join(then)}). Run it "
                     "again with its own overrides to continue it, or give this sweep its own hydra.sweep.dir."
                 )
