@@ -2,23 +2,30 @@
 
     make bench                                        # = python scripts/benchmark.py --json outputs/bench.json
     python scripts/benchmark.py --batch-sizes 128 --rows 'distill/*' --repeats 5
-    python scripts/benchmark.py --quick --data-dir /tmp/mnist   # a smoke run: tiny epochs, one repeat
+    python scripts/benchmark.py --quick --data-dir data/mnist   # a smoke run: tiny epochs, one repeat
+
+`--data-dir` is the folder of the MNIST files (data.data_dir). Generated stand-ins (tests/conftest.py's
+write_synthetic_mnist) have no published checksums: add `--override data.verify=false`, and
+`--override data.val_size=<n>` below their training images.
 
 Each row trains for `--epochs` epochs and is timed in its steady state only: from training step
 `--warmup` on to the end of training (validation and checkpoints of every epoch included where the
 row has them). Process start, config composition, Trainer setup, the sanity check and the warm-up
 steps are timed apart (`setup_s`, `warmup_s`). Rows run interleaved (every row once, then every row
-again, `--repeats` times), so a change of machine load hits them alike; medians are reported.
+again, `--repeats` times), so a change of machine load hits them alike; medians are reported. Every row
+computes with the same torch thread count (`--threads`, as runtime.threads).
 
 Rows, per family (`distill` = distill_mlp, `scratch` = student_scratch_mlp, `teacher` = train_teacher_mlp):
     plain        a hand-written loop of the same math: in-memory uint8 batches, kdlab's own
-                 random_shift/normalize, the same nets, loss terms, AdamW + one-cycle
+                 random_shift/random_flip/normalize, the same nets, CE (+ KD) written out, AdamW + one-cycle
     bare         kdlab's LightningModule through a bare Trainer (no logger, bar, checkpoints, validation)
     plain+val    the plain loop plus a plain validation pass per epoch
     kdlab        kdlab as train.py runs it (kdlab.run.train): the experiment's callbacks with the Rich bar
                  rendering as in a terminal, TensorBoard, checkpoints, validation every epoch
 The `distill-cached` family reads the teacher's logits from the teacher-output cache instead of running
-the teacher (kdlab.teacher_outputs); `distill` rows run it live. `bare bf16-mixed` and `bare compile`
+the teacher (kdlab.teachers.outputs); `distill` rows run it live. The plain and bare cached rows read one
+table the benchmark builds at the start (`teacher_cache.build_s`); the kdlab row builds its own cache entry
+as train.py does (runtime.teacher_cache=on), in its first repeat's setup. `bare bf16-mixed` and `bare compile`
 rows measure CPU mixed precision and a compiled student, `bare fused` the opt-in fused optimiser
 (`+optimizer.fused=true`), each against `bare` at the same batch size.
 
@@ -27,14 +34,12 @@ Absolute numbers depend on the machine and its load: read the ratios, measured i
 
 from __future__ import annotations
 
-import kdlab.threads  # first, before torch: OpenMP's wait policy is read once, when torch loads it
-
-# isort: split
 import argparse
 import contextlib
 import fnmatch
 import gc
 import io
+import itertools
 import json
 import os
 import platform
@@ -54,14 +59,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from kdlab.allocator import keep_freed_memory
 from kdlab.checkpoints import load_weights
 from kdlab.config import compose_config
 from kdlab.console import quiet_libraries
-from kdlab.data import normalize, random_shift
+from kdlab.data import normalize, random_flip, random_shift
 from kdlab.losses.logits import kd_divergence
+from kdlab.models import build_net
 from kdlab.modules.schedulers import bind_scheduler
-from kdlab.run import count_params, train
+from kdlab.run import REFUSALS, train
+from kdlab.run.fit import count_params
+from kdlab.run.threads import ThreadPlan, apply_threads, plan_threads
+from kdlab.teachers.outputs import compute_teacher_outputs
 
 FAMILIES = {"distill": "distill_mlp", "distill-cached": "distill_mlp", "scratch": "student_scratch_mlp",
             "teacher": "train_teacher_mlp"}  # fmt: skip
@@ -120,7 +128,7 @@ class Clock(L.Callback):
             _sync(pl_module.device)
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
         if self.steps >= self.warmup:
-            self.images += len(batch[1])
+            self.images += len(batch.y)
         self.steps += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -142,15 +150,17 @@ class Clock(L.Callback):
 # -- the plain loops --------------------------------------------------------------------------------------
 @dataclass
 class Bench:
-    """What every row shares: settings, configs, data, the teacher file and the teacher-output cache."""
+    """What every row shares: settings, threads, configs, data, the teacher file and the teacher-output cache."""
 
     args: argparse.Namespace
     root: Path
     device: torch.device
     teacher_ckpt: str
+    threads: ThreadPlan
     configs: dict[tuple[str, int, tuple[str, ...]], DictConfig] = field(default_factory=dict)
-    data: Any = None  # a set-up MNISTDataModule, for the plain loops
+    data: Any = None  # a set-up datamodule (conf/data/mnist.yaml), for the plain loops
     outputs: dict[str, Any] = field(default_factory=dict)  # the cached teacher logits, once built
+    runs: Iterator[int] = field(default_factory=itertools.count)  # numbers the kdlab rows' run folders
 
     def config(self, family: str, batch_size: int) -> DictConfig:
         return self.variant(family, batch_size, ())
@@ -165,14 +175,20 @@ class Bench:
     def steps_per_epoch(self) -> int | None:
         return self.args.steps_per_epoch
 
+    def net(self, config: DictConfig) -> torch.nn.Module:
+        """A net config built for the data (its input shape and classes), as kdlab's systems build it."""
+        spec = self.data.static_spec
+        return build_net(config, spec.input_shape, spec.num_classes)
 
-def compose(bench: Bench, family: str, batch_size: int, extra: tuple[str, ...] = ()) -> DictConfig:
+
+def compose(bench: Bench, family: str, batch_size: int, extra: tuple[str, ...] = (), folder: str = "") -> DictConfig:
     args = bench.args
     overrides = [
         f"experiment={FAMILIES[family]}",
         f"paths.root_dir={bench.root}",
-        f"paths.data_dir={args.data_dir}",
+        f"data.data_dir={args.data_dir}",
         f"data.batch_size={batch_size}",
+        f"runtime.threads={bench.threads.threads}",
         f"trainer.max_epochs={args.epochs}",
         "test=false",
         *args.override,
@@ -187,7 +203,7 @@ def compose(bench: Bench, family: str, batch_size: int, extra: tuple[str, ...] =
         overrides.append(f"trainer.limit_val_batches={val_batches(bench, batch_size)}")
     cfg = compose_config(overrides, return_hydra_config=True)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(bench.root / "runs" / f"{family}-{batch_size}")
+        cfg.paths.output_dir = str(bench.root / "runs" / (folder or f"{family}-{batch_size}"))
         cfg.hydra.runtime.output_dir = cfg.paths.output_dir
     return cfg
 
@@ -200,6 +216,24 @@ def val_batches(bench: Bench, batch_size: int) -> int:
     return max(1, round(full_val * bench.steps_per_epoch / full_steps))
 
 
+def kd_terms(cfg: DictConfig) -> tuple[float, float, float]:
+    """(CE weight, KD weight, temperature) of a distillation config, for the plain loops' hand-written loss."""
+    losses = cfg.distill.losses
+    active = sorted(name for name, term in losses.items() if term is not None and term.weight)
+    if active != ["ce", "kd"] or losses.ce.get("label_smoothing"):
+        raise SystemExit(f"benchmark: the plain loops write out CE + KD (no label smoothing); this config's terms are "
+                         f"{active}, so they would not time the same math as kdlab.")  # fmt: skip
+    return float(losses.ce.weight), float(losses.kd.weight), float(losses.kd.temperature)
+
+
+def plain_loss(logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None, terms) -> torch.Tensor:
+    """kdlab's training loss, written out: cross-entropy alone, or w_ce CE + w_kd KD with a teacher's logits."""
+    if t_logits is None:
+        return F.cross_entropy(logits, y)
+    w_ce, w_kd, temperature = terms
+    return w_ce * F.cross_entropy(logits, y) + w_kd * kd_divergence(logits, t_logits, temperature)
+
+
 def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Timing:
     """The hand-written loop: no framework, the same nets, data, augmentation, losses and optimiser."""
     started = time.perf_counter()
@@ -207,16 +241,15 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
     dm = bench.data
     x_train, y_train = dm.data_train.x.to(device), dm.data_train.y.to(device)
     x_val, y_val = dm.data_val.x.to(device), dm.data_val.y.to(device)
-    mean, std, shift = dm.hparams.mean, dm.hparams.std, cfg.data.augment_shift
-    net = instantiate(cfg.model).to(device)
-    teacher = cached = None
+    mean, std = dm.static_spec.mean, dm.static_spec.std
+    shift, flip = cfg.data.augment_shift, cfg.data.augment_flip
+    net = bench.net(cfg.model).to(device)
+    teacher = cached = terms = None
     if family.startswith("distill"):
-        losses = cfg.distill.losses
-        temperature = float(losses.kd.temperature)
-        w_ce, w_kd = float(losses.ce.weight), float(losses.kd.weight)
+        terms = kd_terms(cfg)
         if family == "distill-cached":
             cached = bench.outputs["cache"]
-        teacher = load_weights(instantiate(cfg.teacher.model), bench.teacher_ckpt).to(device).eval()
+        teacher = load_weights(bench.net(cfg.teacher.model), bench.teacher_ckpt).to(device).eval()
         teacher.requires_grad_(False)
     n = len(y_train)
     steps = -(-n // batch_size) if not bench.steps_per_epoch else bench.steps_per_epoch
@@ -235,18 +268,16 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
                 start, cpu_start = time.perf_counter(), time.process_time()
             index = order[b * batch_size : (b + 1) * batch_size]
             x, y = x_train.index_select(0, index), y_train.index_select(0, index)
-            x, offsets = random_shift(x, shift, generator) if shift else (x, None)
+            x, offsets = random_shift(x, shift, generator) if shift else (x, None)  # the datamodule's order:
+            x, flips = random_flip(x, generator) if flip else (x, None)  # shift, flip, normalise
             x = normalize(x, mean, std)
-            logits = net(x)
-            if teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                if cached is not None:
-                    t_logits = cached.lookup(index, offsets)
-                else:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                loss = w_ce * F.cross_entropy(logits, y) + w_kd * kd_divergence(logits, t_logits, temperature)
+            t_logits = None
+            if cached is not None:
+                t_logits = cached.lookup(index, offsets, flips)
+            elif teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+            loss = plain_loss(net(x), y, t_logits, terms)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -256,13 +287,13 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
                 images += len(y)
             done += 1
         if validate:
-            plain_validation(net, teacher, x_val, y_val, mean, std, dm.hparams.eval_batch_size, cfg, bench)
+            plain_validation(net, teacher, terms, x_val, y_val, mean, std, dm.hparams.eval_batch_size, cfg, bench)
     _sync(device)
     end, cpu_end = time.perf_counter(), time.process_time()
     return Timing(images, end - start, cpu_end - cpu_start, first - started, start - first)
 
 
-def plain_validation(net, teacher, x_val, y_val, mean, std, batch_size, cfg, bench: Bench) -> dict[str, float]:
+def plain_validation(net, teacher, terms, x_val, y_val, mean, std, batch_size, cfg, bench: Bench) -> dict[str, float]:
     """What kdlab's validation computes (loss terms, accuracy; with a teacher, agreement and KL), plainly."""
     net.eval()
     sums = torch.zeros(6, device=x_val.device)
@@ -281,8 +312,7 @@ def plain_validation(net, teacher, x_val, y_val, mean, std, batch_size, cfg, ben
                 )
                 continue
             t_logits = teacher(x)
-            temperature = float(cfg.distill.losses.kd.temperature)
-            kd = kd_divergence(logits, t_logits, temperature) * len(y)
+            kd = kd_divergence(logits, t_logits, terms[2]) * len(y)
             agree = (logits.argmax(1) == t_logits.argmax(1)).sum()
             kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t_logits, 1), reduction="sum", log_target=True)
             sums += torch.stack([ce, kd, correct, agree, kl, ce.new_ones(()) * len(y)])
@@ -298,9 +328,11 @@ def bare_row(
     started = time.perf_counter()
     cfg = fused_config(bench, family, batch_size) if fused else bench.config(family, batch_size)
     dm = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.module, **({"compile": True} if compiled else {}))
+    spec = dm.static_spec
+    module = instantiate(cfg.module, num_classes=spec.num_classes, input_shape=list(spec.input_shape),
+                         **({"compile": True} if compiled else {}))  # fmt: skip
     if family == "distill-cached":
-        attach_cached_outputs(bench, module)
+        module.use_teacher_outputs(bench.outputs["cache"])
     clock = Clock(bench.args.warmup, started)
     trainer = L.Trainer(
         accelerator=bench.args.accelerator,
@@ -328,19 +360,22 @@ def fused_config(bench: Bench, family: str, batch_size: int) -> DictConfig:
 
 def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
     """kdlab.run.train itself, on the experiment's config: callbacks, Rich bar, TensorBoard, checkpoints, validation."""
-    cached = family == "distill-cached"
     extra = [
         f"+callbacks.bench_clock._target_={Clock.__module__}.Clock",
         f"+callbacks.bench_clock.warmup={bench.args.warmup}",
         f"name=bench_{family}",
     ]
-    if family.startswith("distill") and has_teacher_cache():
-        extra.append(f"runtime.teacher_cache={'on' if cached else 'off'}")
-    cfg = compose(bench, family, batch_size, tuple(extra))
+    if family.startswith("distill"):
+        extra.append(f"runtime.teacher_cache={'on' if family == 'distill-cached' else 'off'}")
+    # A fresh folder for every repeat: a run never continues another's folder, and a finished one is left alone.
+    cfg = compose(bench, family, batch_size, tuple(extra), folder=f"{family}-{batch_size}-{next(bench.runs)}")
     HydraConfig().set_config(cfg)
     with as_if_in_a_terminal():
         started = time.perf_counter()
-        _, objects = train(cfg, announce=False)
+        record, objects = train(cfg, announce=False)
+    cache = record.identity.get("teacher_outputs") or {}
+    if family == "distill-cached" and not cache.get("used"):  # the row would time a live teacher
+        raise SystemExit(f"benchmark: {family}/kdlab ran the teacher live: {cache.get('reason')}")
     (clock,) = [c for c in objects["trainer"].callbacks if isinstance(c, Clock)]
     clock.started = started
     return clock.timing()
@@ -349,7 +384,7 @@ def kdlab_row(bench: Bench, family: str, batch_size: int) -> Timing:
 @contextlib.contextmanager
 def as_if_in_a_terminal() -> Iterator[None]:
     """stdout that says it is a terminal and discards what it gets: the Rich bar is built and drawn as for a
-    user at a terminal (kdlab.run.build_callbacks shows it only then), without filling this report."""
+    user at a terminal (kdlab.run.fit.build_callbacks shows it only then), without filling this report."""
 
     class Sink(io.TextIOWrapper):
         def isatty(self) -> bool:
@@ -365,32 +400,20 @@ def as_if_in_a_terminal() -> Iterator[None]:
 
 
 # -- the teacher-output cache -------------------------------------------------------------------------------
-def has_teacher_cache() -> bool:
-    try:
-        import kdlab.teacher_outputs  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def build_cached_outputs(bench: Bench, batch_size: int) -> None:
+    """The teacher's logits for every (training image, view), as the plain and bare cached rows read them.
 
-
-def build_cached_outputs(bench: Bench) -> None:
-    """The teacher's logits for every (training image, shift), as the plain cached loop reads them."""
-    from kdlab.teacher_outputs import compute_teacher_outputs
-
-    cfg = bench.config("distill", bench.args.batch_sizes[0])
-    teacher = load_weights(instantiate(cfg.teacher.model), bench.teacher_ckpt).to(bench.device).eval()
-    dm = bench.data
+    Built as kdlab builds a cache entry (its batch size, float32), timed, never written to disk.
+    """
+    cfg, dm = bench.config("distill", batch_size), bench.data
+    teacher = load_weights(bench.net(cfg.teacher.model), bench.teacher_ckpt).to(bench.device).eval()
     _sync(bench.device)
     start = time.perf_counter()
-    bench.outputs["cache"] = compute_teacher_outputs(
-        teacher, dm.data_train.x, cfg.data.augment_shift, dm.hparams.mean, dm.hparams.std, device=bench.device
-    )
+    bench.outputs["cache"] = compute_teacher_outputs(teacher, dm.data_train.x, cfg.data.augment_shift,
+                                                     cfg.data.augment_flip, dm.static_spec.normalization,
+                                                     bench.device)  # fmt: skip
     _sync(bench.device)
     bench.outputs["build_s"] = time.perf_counter() - start
-
-
-def attach_cached_outputs(bench: Bench, module) -> None:
-    module.use_teacher_outputs(bench.outputs["cache"])
 
 
 # -- rows, runs, report ----------------------------------------------------------------------------------
@@ -413,8 +436,6 @@ def make_rows(bench: Bench) -> list[Row]:
     args, rows = bench.args, []
     for batch_size in args.batch_sizes:
         for family in FAMILIES:
-            if family == "distill-cached" and not has_teacher_cache():
-                continue
             for kind in KINDS:
                 if family == "distill-cached" and kind == "plain+val":
                     continue  # the cache serves training only; plain+val is the live family's
@@ -458,9 +479,7 @@ def machine(bench: Bench) -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
-        "threads": kdlab.threads.configure_threads().as_record(),
-        "memory": keep_freed_memory(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "threads": bench.threads.as_record(),
         "torch": torch.__version__,
         "lightning": L.__version__,
         "python": platform.python_version(),
@@ -612,8 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", default="auto", help="torch threads for every row, as runtime.threads")
-    parser.add_argument("--malloc", default="tuned", choices=["tuned", "default"], help="as runtime.malloc, every row")
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data-dir", default="data/mnist", help="the folder of the MNIST files (data.data_dir)")
     parser.add_argument("--teacher-ckpt", default=None, help="teacher weights (default: a random teacher MLP)")
     parser.add_argument("--override", action="append", default=[], help="a config override for every row")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -631,18 +649,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_shared(bench: Bench) -> torch.nn.Module:
+    """Read the data every row shares and write the teacher's file (random weights unless --teacher-ckpt).
+
+    Returns the teacher net (its weights aside). Random weights: a step costs the same as with a trained teacher.
+    """
+    args = bench.args
+    cfg = compose_config(["experiment=distill_mlp", f"paths.root_dir={bench.root}", f"data.data_dir={args.data_dir}",
+                          *args.override])  # fmt: skip
+    bench.data = instantiate(cfg.data, _convert_="all")
+    bench.data.prepare_data()
+    bench.data.setup("fit")
+    teacher = bench.net(cfg.teacher.model)
+    if not bench.teacher_ckpt:
+        bench.teacher_ckpt = str(bench.root / "teacher.pt")
+        torch.save(teacher.state_dict(), bench.teacher_ckpt)
+    return teacher
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     load_before = os.getloadavg()
     began = time.perf_counter()
     quiet_libraries()
-    plan = kdlab.threads.configure_threads(args.threads)  # kdlab.run.train keeps this choice for its rows
-    print(f"{plan.describe()}", flush=True)
+    plan = plan_threads(args.threads)  # the kdlab rows get it as runtime.threads, so every row computes alike
+    apply_threads(plan)
+    print(f"{plan.threads} torch thread(s), chosen by {plan.chosen_by} ({plan.cpus} CPUs given)", flush=True)
     torch.set_flush_denormal(True)  # as kdlab.run.train does, for every row alike
-    print(f"Memory: {keep_freed_memory(args.malloc)}.", flush=True)  # process-wide: the plain rows get it too
     with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
         root = Path(tmp)
-        bench = Bench(args, root, torch.device(args.device), args.teacher_ckpt or "")
+        bench = Bench(args, root, torch.device(args.device), args.teacher_ckpt or "", plan)
         rows = make_rows(bench)  # before any data is read: a pattern that matches nothing stops here
         if not rows:
             raise SystemExit(
@@ -650,17 +686,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"--precision-batch-sizes {args.precision_batch_sizes}; the rows are <family>/<kind>, e.g. "
                 f"distill/bare (families {', '.join(FAMILIES)}; kinds {', '.join(KINDS + EXTRA_KINDS)})."
             )
-        if not bench.teacher_ckpt:  # random weights: a step costs the same as with a trained teacher
-            cfg = compose_config(["experiment=distill_mlp", f"paths.root_dir={root}", *args.override])
-            bench.teacher_ckpt = str(root / "teacher.pt")
-            torch.save(instantiate(cfg.teacher.model).state_dict(), bench.teacher_ckpt)
-        cfg = compose_config(["experiment=student_scratch_mlp", f"paths.data_dir={args.data_dir}", *args.override])
-        bench.data = instantiate(cfg.data, _convert_="all")
-        bench.data.prepare_data()
-        bench.data.setup("fit")
+        teacher = load_shared(bench)
         if any(row.family == "distill-cached" for row in rows):
-            build_cached_outputs(bench)
-        teacher_params = count_params(instantiate(bench.config("distill", rows[0].batch_size).teacher.model))
+            build_cached_outputs(bench, rows[0].batch_size)
+        teacher_params = count_params(teacher)
         print(f"{len(rows)} rows x {args.repeats} repeats; teacher MLP {teacher_params:,} parameters", flush=True)
         for repeat in range(args.repeats):
             for row in rows:
@@ -679,4 +708,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except REFUSALS as err:  # the data or teacher given cannot work: one paragraph, as train.py says it
+        raise SystemExit(f"benchmark: {' '.join(str(err).split())}") from None

@@ -22,7 +22,7 @@ for precision in bf16-mixed 32-true; do
 done
 # Every row on the GPU: plain loop, bare Trainer, kdlab as users run it (trainer=gpu), the teacher-output
 # cache, and bf16-mixed / torch.compile of the student at batch 1024.
-bench=(--device cuda --data-dir "$DATA" --batch-sizes 128,1024 --precision-batch-sizes 1024
+bench=(--device cuda --data-dir "$DATA/mnist" --batch-sizes 128,1024 --precision-batch-sizes 1024
        --rows 'distill/*,distill-cached/*,scratch/*' --repeats 3 --json "$OUT_ROOT/bench_gpu.json")
 [ -n "$TEACHER" ] && bench+=(--teacher-ckpt "$TEACHER")
 $PY scripts/benchmark.py "${bench[@]}"
