@@ -81,9 +81,14 @@ def load_weights(net: nn.Module, path: str | Path, role: str = "teacher") -> nn.
             f"missing keys: {missing or 'none'}",
             f"unexpected keys: {unexpected or 'none'}",
             f"shape mismatches: {mismatched or 'none'}",
-            f"Fix: set {role}.model to the architecture the checkpoint was trained with "
-            f"(e.g. {role}/model=... or {role}.model.hidden=[...]), or point {role}.ckpt_path at a matching file.",
+            (
+                f"Fix: configure the net the file was trained as: a teacher preset with that net (conf/teacher/*.yaml, "
+                f"e.g. teacher=cnn_small {role}.ckpt_path=...) or its keys (e.g. '{role}.model.hidden=[512,256]'), or "
+                f"point {role}.ckpt_path at a file of the configured net."
+                if role.startswith("teacher")
+                else f"Fix: rebuild the {role} with the net config saved beside its weights, or export the run again."
+            ),
         ]
-        raise CheckpointError("\n  ".join(lines))
+        raise CheckpointError(" ".join(lines))
     net.load_state_dict(state)
     return net
