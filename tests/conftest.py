@@ -139,7 +139,7 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated CIFAR-10 and CIFAR-100 files in torchvision's on-disk format: 300 training and 60 test images."""
-    from kdlab.data.cifar import write_cifar
+    from data.cifar_files import write_cifar
 
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(5)
@@ -240,7 +240,7 @@ def make_mnist_dm(data_dir, **overrides):
 def mnist_dm(mnist_dir: Path):
     """`mnist_dm(**overrides)`: make_mnist_dm on the generated mnist_dir (1000 training, 200 validation images)."""
 
-    def make(**overrides):
-        return make_mnist_dm(mnist_dir, **overrides)
+    def make(data_dir=mnist_dir, **overrides):
+        return make_mnist_dm(data_dir, **overrides)
 
     return make

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdlab.record import RunRecord
+from kdlab.report.baselines import scratch_baseline
 from kdlab.run.provenance import SMOKE_TRAINER_KEYS, smoke_reasons
-from kdlab.run.summary import scratch_baseline
 
 pytestmark = pytest.mark.unit
 

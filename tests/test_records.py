@@ -1,21 +1,15 @@
-"""What a run leaves behind: the typed record, complete TensorBoard data, progress lines, a readable summary."""
+"""The typed record of a run: strict JSON, a round trip that keeps everything, unreadable files that say why."""
 
 import json
-import logging
-import math
-from pathlib import Path
 
 import pytest
-from rich.console import Console
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hp_metadata
-from tensorboard.plugins.hparams import plugin_data_pb2
 
-from kdlab.record import RecordError, RunRecord, TeacherRef
-from kdlab.run import train
-from kdlab.summary import print_summary
+from kdlab.record import RECORD_VERSION, RecordError, RunRecord, TeacherRef
 
-TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
+pytestmark = pytest.mark.unit
+
+MNIST = {"name": "mnist", "input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)], "mean": [0.1307],
+         "std": [0.3081], "fingerprint": {"train_images": "a" * 32}}  # fmt: skip
 
 
 def test_record_round_trip_is_strict_json(tmp_path):
@@ -25,7 +19,17 @@ def test_record_round_trip_is_strict_json(tmp_path):
         status="diverged",
         seed=3,
         metrics={"test/acc": float("nan"), "val/acc_best": 0.98, "test/kl": 5e-05, "val/loss": float("inf")},
-        teacher=TeacherRef(checkpoint="/t/teacher.safetensors", sha256="ab" * 32, key="k", recipe="r", seed=0),
+        teacher=TeacherRef(
+            checkpoint="/t/teacher.safetensors",
+            sha256="ab" * 32,
+            key="k",
+            recipe="r",
+            seed=0,
+            model={"_target_": "kdlab.models.MLP", "hidden": [8]},
+            data=MNIST,
+        ),
+        data=MNIST,
+        resumed=["2026-01-02T03:04:05+00:00"],
         overrides=["experiment=distill_mlp", "seed=3"],
         message="diverged at step 3",
     )
@@ -36,6 +40,7 @@ def test_record_round_trip_is_strict_json(tmp_path):
     assert back.metrics == {"test/acc": None, "val/acc_best": 0.98, "test/kl": 5e-05, "val/loss": None}
     assert back.teacher == record.teacher and back.is_distillation and not back.finished
     assert back.metric("test/kl") == 5e-05
+    assert back.data == MNIST and back.teacher.data == MNIST and back.resumed == record.resumed
     back.metrics = record.metrics  # everything else survives exactly
     assert back == record
 
@@ -43,10 +48,13 @@ def test_record_round_trip_is_strict_json(tmp_path):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('{"version": 2, "name": "x", "kind": "supervised", "metrics": {"a": NaN}}', "strict JSON"),
-        ('{"test/acc": 0.9}', "format"),
+        ('{"version": 3, "name": "x", "kind": "supervised", "metrics": {"a": NaN}}', "strict JSON"),
+        ('{"test/acc": 0.9}', "format 1; this kdlab reads format 3"),
+        ('{"version": 2, "name": "x", "kind": "supervised"}', "format 2; this kdlab reads format 3"),
         ("[1, 2]", "not a run record"),
-        ('{"version": 2, "name": "x", "kind": "supervised", "status": "great"}', "status"),
+        ('{"version": 3, "name": "x", "kind": "supervised", "status": "great"}', "status 'great'"),
+        ('{"version": 3, "name": "x", "kind": "supervised", "teacher": {"path": "t"}}', "not a TeacherRef"),
+        ('{"version": 3, "kind": "supervised"}', "lacks fields"),
     ],
 )
 def test_unreadable_records_say_why(text, match):
@@ -54,68 +62,16 @@ def test_unreadable_records_say_why(text, match):
         RunRecord.from_json(text)
 
 
-def _hparams_session(folder: Path) -> tuple[dict, list[str], list[int]]:
-    """The HPARAMS entry of a run folder: hparam values, metric tags, session-end statuses."""
-    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
-    runs = events.PluginTagToContent(hp_metadata.PLUGIN_NAME)
-    hparams, tags, ends = {}, [], []
-    for content in runs.values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        if data.HasField("session_start_info"):
-            for key, value in data.session_start_info.hparams.items():
-                hparams[key] = value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-        if data.HasField("experiment"):
-            tags = [m.name.tag for m in data.experiment.metric_infos]
-        if data.HasField("session_end_info"):
-            ends.append(data.session_end_info.status)
-    return hparams, tags, ends
+def test_the_format_is_version_3():
+    assert RECORD_VERSION == 3 and json.loads(RunRecord(name="x", kind="supervised").to_json())["version"] == 3
 
 
-def test_tensorboard_holds_every_scalar_the_hparams_entry_and_the_session_end(make_cfg):
-    cfg = make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=2")
-    record, _ = train(cfg)
-    folder = Path(cfg.paths.output_dir) / "tensorboard"
-    scalars = set(EventAccumulator(str(folder)).Reload().Tags()["scalars"])
-    assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "val/agreement", "test/acc", "test/kl"} <= scalars
-    assert not [tag for tag in scalars if tag.startswith("hp/")]  # no one-point charts of final metrics
-
-    hparams, tags, ends = _hparams_session(folder)
-    assert tags == ["test/acc", "val/acc_best", "test/teacher_acc", "test/agreement", "test/kl"]
-    assert hparams["trainer.max_epochs"] == 2 and hparams["distill.temperature"] == 4.0
-    assert hparams["distill.losses.kd.weight"] == 0.9 and hparams["model.hidden"] == "[256, 128]"
-    assert hparams["teacher.recipe"] == "train_teacher_mlp" and hparams["optimizer.lr"] == 0.003
-    assert not [k for k in hparams if "mirror" in k or "data_dir" in k or "pypi" in k]
-    assert len(hparams) < 30
-    assert ends == [1]  # STATUS_SUCCESS, written once, at the end
-
-
-def test_epoch_lines_without_a_progress_bar(make_cfg, caplog):
-    caplog.set_level(logging.INFO, logger="kdlab.progress")
-    train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=3"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "kdlab.progress" and " epoch " in r.getMessage()]
-    teacher = [line for line in lines if line.startswith("[teacher train_teacher_mlp")]
-    student = [line for line in lines if line.startswith("[distill_mlp]")]
-    assert len(teacher) == 1 and len(student) == 3
-    assert student[-1].startswith("[distill_mlp] epoch 3/3  train loss ")
-    for part in ("val acc ", "best ", "ETA "):
-        assert part in student[0]
-
-
-def test_summary_labels_smoke_runs_and_wraps_long_paths(make_cfg):
-    record, _ = train(make_cfg("experiment=distill_mlp", "trainer.fast_dev_run=true"))
-    record.output_dir = "/very/long/" + "folder_name/" * 12 + "job_17"
-    console = Console(width=80, record=True)
-    print_summary(record, console)
-    text = console.export_text()
-    assert "SMOKE" in text and "…" not in text
-    assert "job_17" in text.replace("\n", "").replace("│", "").replace(" ", "")
-    assert Path(record.teacher.checkpoint).parent.name in text.replace("\n", "").replace("│", "").replace(" ", "")
-
-
-def test_diverged_run_record_is_valid_json_with_status(make_cfg):
-    cfg = make_cfg("experiment=student_scratch_mlp", "optimizer.lr=1e6", "trainer.max_epochs=2")
-    with pytest.raises(Exception, match="diverged"):
-        train(cfg)
-    data = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
-    assert data["status"] == "diverged"
-    assert all(v is None or math.isfinite(v) for v in data["metrics"].values())
+def test_a_record_without_members_reads_as_one_teacher(tmp_path):
+    record = RunRecord(name="x", kind="distillation", teacher=TeacherRef("t.safetensors", "a" * 64))
+    data = json.loads(record.to_json())
+    del data["members"]
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    old = RunRecord.read(tmp_path)
+    assert old.members == [] and not old.is_ensemble and old.teacher == record.teacher
+    record.members = [TeacherRef("a.safetensors", "b" * 64, key="k", recipe="r", seed=1)]
+    assert RunRecord.from_json(record.to_json()).members == record.members

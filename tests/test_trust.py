@@ -24,9 +24,9 @@ from kdlab.callbacks import Interrupted
 from kdlab.checkpoints import CheckpointError
 from kdlab.modules.guards import DivergenceError
 from kdlab.record import RunRecord
+from kdlab.report.baselines import scratch_baseline
 from kdlab.run import train
 from kdlab.run.fit import fit_run
-from kdlab.run.summary import scratch_baseline
 from kdlab.teachers import TeacherCacheError, provision_teacher
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from kdlab.analysis import CalibrationBins, bin_index, expected_calibration_error, reliability_table, top1
+from kdlab.analysis.stats import CalibrationBins, bin_index, expected_calibration_error, reliability_table, top1
 
 # Six predictions. Bins are ((m-1)/15, m/15]; the 1-based bin m = ceil(15 * confidence):
 #   0.95, 0.97, 0.98 -> 15*c = 14.25, 14.55, 14.7 -> bin 15 (14/15, 1]      correct: yes, no, yes

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdlab.analysis import ConfusionCounts, PredictionStats, accuracy, per_class_accuracy, synced_states
+from kdlab.analysis.stats import ConfusionCounts, PredictionStats, accuracy, per_class_accuracy, synced_states
 
 
 def test_per_class_accuracy_hand_example():

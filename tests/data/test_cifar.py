@@ -16,10 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cifar_files import write_cifar
 
-from kdlab.data import CIFARDataModule, DataSpec, cifar_fetch, normalize, shift_images
-from kdlab.data.cifar import CIFAR_SPECS, CifarContentError, CifarFormatError, read_cifar, write_cifar
-from kdlab.data.cifar_fetch import CifarUnavailableError, ensure_cifar
+from kdlab.data import CIFARDataModule, DataSpec, DataUnavailableError, ForeignDataError, normalize, shift_images
+from kdlab.data import fetch as fetch_module
+from kdlab.data.cifar import CIFAR_SPECS, CifarContentError, CifarFormatError, ensure_cifar, read_cifar
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +75,7 @@ def served(monkeypatch, source):
         calls.append(url)
         dest.write_bytes(source["archive"].read_bytes())
 
-    monkeypatch.setattr(cifar_fetch, "download_url", fake_download)
+    monkeypatch.setattr(fetch_module, "download_url", fake_download)
     return calls
 
 
@@ -216,14 +217,14 @@ def test_missing_folder_says_where_to_point(tmp_path):
 
 def test_valid_generated_files_pass_with_verify_false_without_a_lock(tmp_path, monkeypatch, served):
     write_cifar(tmp_path, "cifar10", **_arrays("cifar10"))
-    monkeypatch.setattr(cifar_fetch, "file_lock", lambda path: pytest.fail("no lock is needed when all is valid"))
+    monkeypatch.setattr(fetch_module, "file_lock", lambda path: pytest.fail("no lock is needed when all is valid"))
     assert ensure_cifar(tmp_path, "cifar10", verify=False) == tmp_path.resolve() / "cifar-10-batches-py"
     assert served == []
 
 
 def test_valid_official_files_are_used_as_they_are(tmp_path, monkeypatch, source, served):
     monkeypatch.setitem(CIFAR_SPECS, "cifar10", source["spec"])
-    monkeypatch.setattr(cifar_fetch, "file_lock", lambda path: pytest.fail("no lock is needed when all is valid"))
+    monkeypatch.setattr(fetch_module, "file_lock", lambda path: pytest.fail("no lock is needed when all is valid"))
     assert ensure_cifar(source["folder"].parent, "cifar10") == source["folder"]
     assert served == []
 
@@ -231,7 +232,7 @@ def test_valid_official_files_are_used_as_they_are(tmp_path, monkeypatch, source
 def test_generated_files_are_refused_under_verify_and_left_alone(tmp_path, served):
     folder = write_cifar(tmp_path, "cifar10", **_arrays("cifar10"))
     before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
-    with pytest.raises(CifarContentError, match="pass verify=False") as err:
+    with pytest.raises(ForeignDataError, match="pass verify=False") as err:
         ensure_cifar(tmp_path, "cifar10")
     assert "not the official one" in str(err.value) and "changes nothing" in str(err.value)
     assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before and served == []
@@ -240,7 +241,7 @@ def test_generated_files_are_refused_under_verify_and_left_alone(tmp_path, serve
 def test_another_datasets_content_is_refused_even_without_verify(tmp_path, served):
     folder = write_cifar(tmp_path, "cifar10", **_arrays("cifar10"))
     (folder / "test_batch").write_bytes(_dump({"data": np.zeros((1, 3072), np.uint8), "labels": [57]}))
-    with pytest.raises(CifarContentError, match="runs from 57 to 57"):
+    with pytest.raises(ForeignDataError, match="runs from 57 to 57"):
         ensure_cifar(tmp_path, "cifar10", verify=False)
     assert sorted(os.listdir(folder)) == sorted(CIFAR_SPECS["cifar10"].md5) and served == []
 
@@ -258,7 +259,7 @@ def test_download_into_empty_folder(tmp_path, monkeypatch, source, served):
 def test_download_with_wrong_archive_md5_installs_nothing(tmp_path, served):
     """The official MD5 cannot match the generated archive: it is refused as a bad download would be."""
     root = tmp_path / "cache"
-    with pytest.raises(CifarUnavailableError, match="has MD5 .* not the official c58f30108f718f92721af3b95e74349a"):
+    with pytest.raises(DataUnavailableError, match="has MD5 .* not the official c58f30108f718f92721af3b95e74349a"):
         ensure_cifar(root, "cifar10")
     assert os.listdir(root / "cifar-10-batches-py") == []
     assert not list(root.glob(".*.part"))
@@ -269,7 +270,7 @@ def test_corrupt_file_is_moved_aside_not_deleted(tmp_path, monkeypatch, source, 
     folder = source["folder"]
     good = (folder / "data_batch_2").read_bytes()
     (folder / "data_batch_2").write_bytes(good[:1000])
-    with caplog.at_level(logging.WARNING, logger="kdlab.data.cifar_fetch"):
+    with caplog.at_level(logging.WARNING, logger="kdlab.data.fetch"):
         ensure_cifar(folder.parent, "cifar10")
     assert (folder / "data_batch_2").read_bytes() == good
     [aside] = folder.glob("data_batch_2.bad-*")
@@ -317,15 +318,15 @@ def test_archive_with_escaping_or_link_member_is_refused(tmp_path, monkeypatch, 
     else:
         info.linkname = "/etc/passwd"
     bad = _tar_gz(source["folder"], tmp_path / "bad.tar.gz", extra=[(info, data)])
-    monkeypatch.setattr(cifar_fetch, "download_url", lambda url, dest, timeout: dest.write_bytes(bad.read_bytes()))
+    monkeypatch.setattr(fetch_module, "download_url", lambda url, dest, timeout: dest.write_bytes(bad.read_bytes()))
     root = tmp_path / "cache"
-    with pytest.raises(CifarUnavailableError, match="link or a device or lies outside"):
+    with pytest.raises(DataUnavailableError, match="link or a device or lies outside"):
         ensure_cifar(root, "cifar10", verify=False)
     assert os.listdir(root / "cifar-10-batches-py") == [] and not (tmp_path / "escaped").exists()
 
 
 def test_download_false_reports_what_is_missing(tmp_path, served):
-    with pytest.raises(CifarUnavailableError, match="data_batch_1 is missing.*download=True"):
+    with pytest.raises(DataUnavailableError, match="data_batch_1 is missing.*download=True"):
         ensure_cifar(tmp_path, "cifar10", download=False)
     assert served == [] and not (tmp_path / "cifar-10-batches-py").exists()
 
@@ -334,8 +335,8 @@ def test_failed_download_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
     def offline(url, dest, timeout):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(cifar_fetch, "download_url", offline)
-    with pytest.raises(CifarUnavailableError, match="network unreachable.*put it in .* as cifar-10-python.tar.gz"):
+    monkeypatch.setattr(fetch_module, "download_url", offline)
+    with pytest.raises(DataUnavailableError, match="network unreachable.*put it in .* as cifar-10-python.tar.gz"):
         ensure_cifar(tmp_path, "cifar10")
 
 
@@ -343,7 +344,7 @@ def test_download_cifar100(tmp_path, monkeypatch):
     source = _make_source(tmp_path, "cifar100")
     monkeypatch.setitem(CIFAR_SPECS, "cifar100", source["spec"])
     archive = source["archive"].read_bytes()
-    monkeypatch.setattr(cifar_fetch, "download_url", lambda url, dest, timeout: dest.write_bytes(archive))
+    monkeypatch.setattr(fetch_module, "download_url", lambda url, dest, timeout: dest.write_bytes(archive))
     assert ensure_cifar(tmp_path / "cache", "cifar100") == (tmp_path / "cache" / "cifar-100-python").resolve()
     assert _same(read_cifar(tmp_path / "cache", "cifar100"), read_cifar(source["folder"].parent, "cifar100"))
 
@@ -353,7 +354,7 @@ def test_extracted_file_with_wrong_md5_installs_nothing(tmp_path, monkeypatch, s
     spec = source["spec"]
     monkeypatch.setitem(CIFAR_SPECS, "cifar10", dataclasses.replace(spec, md5={**spec.md5, "test_batch": "0" * 32}))
     root = tmp_path / "cache"
-    with pytest.raises(CifarUnavailableError, match="its test_batch has MD5 .* not the official 0{32}"):
+    with pytest.raises(DataUnavailableError, match="its test_batch has MD5 .* not the official 0{32}"):
         ensure_cifar(root, "cifar10")
     assert os.listdir(root / "cifar-10-batches-py") == []
 
@@ -363,8 +364,8 @@ def test_read_only_root_with_files_to_fetch_says_so(tmp_path, monkeypatch):
         def acquire(self):
             raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cifar_fetch, "file_lock", lambda path: ReadOnlyLock())
-    with pytest.raises(CifarUnavailableError, match="read-only or cannot be created.*writable folder"):
+    monkeypatch.setattr(fetch_module, "file_lock", lambda path: ReadOnlyLock())
+    with pytest.raises(DataUnavailableError, match="read-only or cannot be created.*writable folder"):
         ensure_cifar(tmp_path, "cifar10")
 
 

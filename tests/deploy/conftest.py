@@ -26,7 +26,8 @@ def distill_run(tmp_path: Path, teacher_cache: Path, nets: Nets, mnist_dir: Path
 @pytest.fixture(scope="session")
 def shipped_run(tmp_path_factory: pytest.TempPathFactory, nets: Nets, mnist_dir: Path) -> Path:
     """A distillation run exported once (both formats, --quick timing). Read it; copy it to change it."""
-    from kdlab.deploy import QUICK, export_run
+    from kdlab.deploy import export_run
+    from kdlab.deploy.speed import QUICK
 
     root = tmp_path_factory.mktemp("shipped")
     teacher = write_teacher_cache(root / "teachers" / "abc123", nets, mnist_dir)

@@ -23,7 +23,8 @@ from deploy_runs import (
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from kdlab.deploy import INSTALL_HINT, main
+from kdlab.deploy import main
+from kdlab.deploy.runtimes import INSTALL_HINT
 from kdlab.deploy.speed import available_threads
 
 pytestmark = pytest.mark.unit

@@ -13,13 +13,21 @@ from deploy_runs import STUDENT as STUDENT_CFG
 from omegaconf import OmegaConf
 
 from kdlab.data import DataSpec, normalize
-from kdlab.deploy import ExportError, RawPixelClassifier, load_bundle, open_export, verify_export
-from kdlab.deploy.bundle import DeployNet
-from kdlab.deploy.export import EXAMPLE_BATCH, export_path, probe_batch, read_manifest, write_export
+from kdlab.deploy.bundle import load_bundle
+from kdlab.deploy.export import (
+    EXAMPLE_BATCH,
+    ExportError,
+    export_path,
+    open_export,
+    probe_batch,
+    read_manifest,
+    verify_export,
+    write_export,
+)
 from kdlab.deploy.parity import parity_limit
 from kdlab.models import MLP, net_config
 from kdlab.record import RunRecord
-from kdlab.runfolder import RunFolderError, build_kdlab_net
+from kdlab.runfolder import FolderNet, RawPixelClassifier, RunFolderError, build_kdlab_net
 
 pytestmark = pytest.mark.unit
 
@@ -111,7 +119,7 @@ def test_the_cnn_exports_too(tmp_path: Path, fmt: str, spec: DataSpec):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     model = RawPixelClassifier(net, spec).eval()
-    deploy_net = DeployNet("teacher", model, tmp_path / "teacher.pt", cfg, spec)
+    deploy_net = FolderNet("teacher", net, cfg, tmp_path / "teacher.pt", spec)
     runner = verify_export(write_export(deploy_net, fmt, export_path(tmp_path, "teacher", fmt)), fmt, deploy_net)
     assert read_manifest(runner)["input"] == f"uint8[N,{','.join(map(str, spec.input_shape))}] raw pixels 0..255"
     x = raw_batch(3, shape=spec.input_shape)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kdlab.deploy import DeployResult, render_markdown, write_report
+from kdlab.deploy.report import DeployResult, render_markdown, write_report
 
 pytestmark = pytest.mark.unit
 NET = {"params": 1000, "flops_per_image": 2000, "files": {"weights": {"path": "w.pt", "bytes": 4000}},

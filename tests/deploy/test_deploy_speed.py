@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kdlab.data import DataSpec
-from kdlab.deploy import RawPixelClassifier, count_flops, measure
-from kdlab.deploy.speed import SpeedSettings
+from kdlab.deploy.speed import SpeedSettings, count_flops, measure
 from kdlab.models import MLP, SmallCNN
+from kdlab.runfolder import RawPixelClassifier
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from kdlab.data import normalize
-from kdlab.deploy import load_bundle
+from kdlab.deploy.bundle import load_bundle
 from kdlab.models import build_net
 from kdlab.modules.ensemble import combine_logits
 from kdlab.record import RunRecord

@@ -9,6 +9,8 @@ from torch import nn
 from kdlab.config import CONFIG_DIR
 from kdlab.losses import Hint, LossInputs
 
+pytestmark = pytest.mark.unit
+
 CONF = CONFIG_DIR / "loss"
 
 

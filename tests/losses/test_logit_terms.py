@@ -11,6 +11,8 @@ from kdlab.config import CONFIG_DIR
 from kdlab.losses import CE, DKD, KD, LogitMSE, LossInputs, LossTerm
 from kdlab.losses.logits import kd_divergence
 
+pytestmark = pytest.mark.unit
+
 CONF = CONFIG_DIR / "loss"
 
 # The reference article, section 4.3: five 3-d features, the teacher's each 0.1 larger.

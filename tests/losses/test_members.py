@@ -6,6 +6,8 @@ import torch
 from kdlab.losses import CE, DKD, KD, Hint, LogitMSE, LossInputs
 from kdlab.losses.base import check_term_members
 
+pytestmark = pytest.mark.unit
+
 
 def probs_logits(*rows, temperature=1.0):
     """Logits whose softmax at `temperature` is exactly the given probability rows."""

@@ -8,6 +8,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 
 from kdlab.modules.schedulers import bind_scheduler
 
+pytestmark = pytest.mark.unit
+
 
 def optimizer():
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -7,7 +7,6 @@ import pytest
 import yaml
 from matplotlib.image import imread
 from sweep_builders import COMMON, KL, TEST_ACC, VAL_ACC, distill_record
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdlab.report import load_jobs, swept_keys, write_report
 
@@ -57,7 +56,7 @@ def test_rows_average_the_seeds_of_each_temperature(grid_sweep):
     assert "- job folder `6` (distill.temperature=4, seed=0): **unfinished**: no metrics.json" in text
 
 
-def test_writes_valid_pngs_and_tensorboard(grid_sweep):
+def test_writes_valid_pngs_and_nothing_tensorboard_reads_as_a_run(grid_sweep, tmp_path):
     report = write_report(grid_sweep)
 
     pngs = [grid_sweep / "acc_vs_distill.temperature.png", grid_sweep / "acc_vs_params.png"]
@@ -67,19 +66,10 @@ def test_writes_valid_pngs_and_tensorboard(grid_sweep):
         assert f"]({png.name})" in (grid_sweep / "report.md").read_text()
         assert png in report.files
 
-    board = grid_sweep / "tensorboard"
-    assert list(board.glob("events.out.tfevents.*"))
-    images = EventAccumulator(str(board)).Reload().Tags()["images"]
-    assert set(images) == {"sweep/acc_vs_distill.temperature", "sweep/acc_vs_params"}
-    runs = sorted(p.name for p in board.iterdir() if p.is_dir())
-    assert runs == ["0", "1", "2", "3", "4", "5"]  # one hparams entry per finished job
-    job = EventAccumulator(str(board / "3")).Reload()
-    assert "_hparams_/session_start_info" in job.PluginTagToContent("hparams")
-    assert job.Scalars("hp/test_acc")[0].value == pytest.approx(TEST_ACC[3])
-
-    write_report(grid_sweep)  # a second report replaces the first, no duplicate entries
-    assert sorted(p.name for p in board.iterdir() if p.is_dir()) == runs
-    assert len(list(board.glob("events.out.tfevents.*"))) == 1
+    # `tensorboard --logdir outputs` took a report's event files for another run: its HPARAMS table
+    # took over the runs' own. The runs write TensorBoard; the report writes none, here or in --out.
+    write_report(grid_sweep, tmp_path / "out")
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
 
 
 def test_single_seed_has_zero_std_and_optuna_best_trial_is_named(tmp_path, make_job):

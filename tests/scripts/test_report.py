@@ -47,6 +47,7 @@ def test_prints_common_settings_above_the_table_and_the_diverged_job(tmp_path):
     assert any(line.startswith("| 4 ") and "5.0e-05" in line for line in lines)
     assert "No from-scratch baseline found for student recipe `abc123`" in done.stdout
     assert lines[-1].startswith(f"wrote {tmp_path / 'out' / 'report.md'}")
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))  # TensorBoard would take it for another run
 
 
 def test_cli_reports_the_error_without_a_traceback(tmp_path):

@@ -269,28 +269,35 @@ def working_range(term: LossTerm, key: str, num_classes: int, members: int | Non
 
 
 def check_numerics(name: str, term: LossTerm, num_classes: int, members: int | None, prefix: str = "distill.losses"):
-    """Refuse (ValueError) a term that is degenerate in float32, naming the key and the range that works."""
+    """Refuse (ConfigError) a term that is degenerate in float32, naming the key and the range that works.
+
+    A ConfigError, as every refusal of a config value: `train.py` exits 2 with one line saying why.
+    """
+    from kdlab.config import ConfigError
+
     if not term.weight:
         return
     if term.student_layers or term.teacher_layers:
         import torch
 
+        f32 = torch.finfo(torch.float32)
+        smallest = f32.tiny * f32.eps  # 2^-149, float32's smallest (subnormal) number: what a weight may be
         if float(torch.tensor(term.weight, dtype=torch.float32)) in (0.0, float("inf")):
-            raise ValueError(f"{prefix}.{name}.weight={term.weight:g} is 0 or inf in float32: use a weight between "
-                             f"{torch.finfo(torch.float32).tiny:.1e} and {torch.finfo(torch.float32).max:.1e}.")
+            raise ConfigError(f"{prefix}.{name}.weight={term.weight:g} is 0 or inf in float32: use a weight between "
+                              f"{smallest:.1e} and {f32.max:.1e}.")  # fmt: skip
         return
     if (why := degenerate(term, num_classes, members)) is None:
         return
     ranges = []
     for key in ("temperature", "weight", "alpha", "beta"):
         value = getattr(term, key, None)
-        if isinstance(value, float) and (span := working_range(term, key, num_classes, members)) is not None:
-            if not span[0] <= value <= span[1]:
-                ranges.append(f"{prefix}.{name}.{key}={value:g} is outside {span[0]:.0e} .. {span[1]:.0e}, "
-                              "the range in which it works in float32")  # fmt: skip
+        span = working_range(term, key, num_classes, members) if isinstance(value, float) else None
+        if span is not None and not span[0] <= value <= span[1]:
+            ranges.append(f"{prefix}.{name}.{key}={value:g} is outside {span[0]:.0e} .. {span[1]:.0e}, "
+                          "the range in which it works in float32")  # fmt: skip
     # A term that reads the teacher and adds nothing leaves the labels alone; one that reads the labels, the teacher.
     left = "learning from labels alone" if term.needs_teacher else "learning from the teacher alone"
-    raise ValueError(
+    raise ConfigError(
         f"{prefix}.{name} would train on nothing: {why} ({type(term).__name__} at its settings, computed in "
         f"float32). {'; '.join(ranges) or 'Change its settings'}. A run would report this term while {left}, "
         "so it is refused."

@@ -30,11 +30,12 @@ from kdlab.config import CONFIG_DIR, ConfigError, teacher_configs
 from kdlab.console import quiet_libraries
 from kdlab.data.fetch import DataUnavailableError, ForeignDataError
 from kdlab.record import RunRecord
+from kdlab.report.baselines import scratch_baseline
 from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs
 from kdlab.run.folder import Claim, FolderTaken, claim, owns_folders
 from kdlab.run.provenance import job_overrides
 from kdlab.run.resume import check_resume, latest_checkpoint, resume_command, run_folder_of
-from kdlab.run.summary import print_summary, scratch_baseline
+from kdlab.run.summary import print_summary
 from kdlab.run.threads import apply_threads, plan_threads
 from kdlab.run.validation import validate_config
 from kdlab.sweeps import in_multirun, sweep_job
@@ -80,12 +81,11 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
             if ckpt is not None:
                 check_resume(ckpt, identity, ("teacher",), evaluation=not cfg.train)
             if target is not None:  # every check passed: continue in the resumed run's folder
-                folder, owned = move_into(target, folder, owned)
+                folder, owned = move_into(target, folder, owned) if owned is not None else (target, None)
                 record = continued(record, _record(target))
                 record.output_dir = str(folder)
             elif ckpt is not None and owned is not None and not owned.fresh:  # a job continuing in its own folder
                 record = continued(record, owned.previous)
-                interrupts.dirpath = folder / "checkpoints"
             writable = owned is not None
             if writable:
                 record.write(folder)

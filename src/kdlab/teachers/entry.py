@@ -44,7 +44,8 @@ def read_entry(folder: Path) -> RunRecord | None:
             raise RecordError(f"{weights} is missing or does not match the checksum in its record")
     except RecordError as err:
         aside = aside_path(folder, hidden=True)
-        log.warning("The cached teacher %s is damaged (%s). Moved it aside to %s; training it again.", folder, err, aside)
+        log.warning("The cached teacher %s is damaged (%s). Moved it aside to %s; training it again.",
+                    folder, err, aside)  # fmt: skip
         os.replace(folder, aside)
         return None
     return record

@@ -42,6 +42,7 @@ from kdlab.data.batches import derive_seed
 from kdlab.data.transforms import normalize, shift_images
 from kdlab.identity import digest
 from kdlab.locks import file_lock
+from kdlab.teachers.entry import aside_path
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def load(path: Path, key: str, tol: float) -> TeacherOutputs | None:
             raise ValueError(f"its logits have sha256 {found[:16]}..., its header says {str(meta.get('sha256'))[:16]}...")
         return TeacherOutputs(logits, int(meta["max_shift"]), bool(int(meta["flip"])), key, str(path), tol)
     except Exception as err:  # a truncated, altered or foreign file: never trained on
-        aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside = aside_path(path)
         with contextlib.suppress(OSError):
             os.replace(path, aside)
         log.warning("The teacher-output entry %s is damaged (%s): moved aside to %s, rebuilding it.", path, err, aside.name)

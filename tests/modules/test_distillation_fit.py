@@ -1,0 +1,104 @@
+"""The frozen teacher under a Trainer: bit-identical and in eval mode after an epoch, out of checkpoints,
+loaded from every file format kdlab writes."""
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+from kdlab.checkpoints import load_weights
+from kdlab.models import MLP, SmallCNN
+from kdlab.modules import DistillationModule, TeacherModule
+
+CNN_TEACHER = {
+    "_target_": "kdlab.models.SmallCNN",
+    "channels": [4, 8],
+    "hidden": 16,
+    "batch_norm": True,
+    "dropout": 0.5,  # dropout and batch norm: both would change if the teacher ever left eval mode
+}
+STUDENT = {"_target_": "kdlab.models.MLP", "hidden": [32, 24]}  # 24 -> 16: hint needs a regressor
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+LOSSES = {
+    "ce": {"_target_": "kdlab.losses.CE", "weight": 0.1},
+    "kd": {"_target_": "kdlab.losses.KD", "weight": 0.9, "temperature": 4.0},
+    "hint": {"_target_": "kdlab.losses.Hint", "weight": 1.0, "student_layer": "features.1", "teacher_layer": "neck"},
+}
+
+
+def teacher_file(tmp_path):
+    torch.manual_seed(0)
+    net = SmallCNN((1, 28, 28), 10, channels=(4, 8), hidden=16, batch_norm=True, dropout=0.5)
+    with torch.no_grad():  # non-trivial running statistics, so a change would show
+        net.features[0][1].running_mean.uniform_(-1, 1)
+    path = tmp_path / "teacher.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def make_module(tmp_path) -> DistillationModule:
+    return DistillationModule(
+        net=STUDENT, teacher_net=CNN_TEACHER, teacher_ckpt=str(teacher_file(tmp_path)), losses=LOSSES, optimizer=ADAM
+    )
+
+
+def quiet_trainer(**kw) -> L.Trainer:
+    """One CPU epoch, nothing written to disk or the terminal."""
+    off = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(max_epochs=1, accelerator="cpu", **off, **kw)
+
+
+class AssertTeacherEval(L.Callback):
+    """Checks the teacher's mode at every training step, after Lightning's own .train() calls."""
+
+    def __init__(self):
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        assert not module.teacher.training
+        assert all(not m.training for m in module.teacher.modules())
+        self.checked += 1
+
+
+def test_teacher_is_bit_identical_and_in_eval_after_an_epoch(tmp_path, mnist_dm):
+    module = make_module(tmp_path)
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    probe = AssertTeacherEval()
+    trainer = quiet_trainer(callbacks=[probe])
+    trainer.fit(module, datamodule=mnist_dm(augment_shift=2))
+    assert probe.checked == 16  # every step of the epoch: 1000 images / 64
+    after = module.teacher.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"teacher {key} changed during training"
+    assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in module.teacher.parameters()}
+    assert {id(p) for p in module.losses["hint"].parameters()} <= optimised  # the regressor trains
+
+
+def test_teacher_loads_from_lightning_ckpt_state_dict_and_safetensors(tmp_path):
+    torch.manual_seed(1)
+    system = TeacherModule(net={"_target_": "kdlab.models.MLP", "hidden": [16]}, optimizer=ADAM)
+    trainer = L.Trainer(max_epochs=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(system)
+    trainer.save_checkpoint(tmp_path / "teacher.ckpt")
+    torch.save(system.net.state_dict(), tmp_path / "teacher.pt")
+    save_file(system.net.state_dict(), str(tmp_path / "teacher.safetensors"))
+    for name in ("teacher.ckpt", "teacher.pt", "teacher.safetensors"):
+        torch.manual_seed(2)  # other initial weights: loading must replace every one
+        net = load_weights(MLP((1, 28, 28), 10, hidden=(16,)), tmp_path / name)
+        for key, value in system.net.state_dict().items():
+            assert torch.equal(net.state_dict()[key], value), name
+
+
+def test_checkpoint_leaves_teacher_out_and_reloads(tmp_path, mnist_dm):
+    module = make_module(tmp_path)
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=mnist_dm())
+    trainer.save_checkpoint(tmp_path / "distill.ckpt")
+    saved = torch.load(tmp_path / "distill.ckpt", weights_only=True)
+    assert [k for k in saved["state_dict"] if k.startswith("teacher.")] == []
+    assert any(k.startswith("losses.hint.regressor") for k in saved["state_dict"])
+    reloaded = DistillationModule.load_from_checkpoint(tmp_path / "distill.ckpt", weights_only=True)
+    assert sorted(reloaded.state_dict()) == sorted(module.state_dict())
+    for key, value in module.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
