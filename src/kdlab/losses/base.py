@@ -128,8 +128,8 @@ def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.lo
             )
         try:
             term = instantiate(conf)
-        except InstantiationException as err:
-            raise ValueError(f"{prefix}.{name}: {err}") from err
+        except InstantiationException as err:  # the term's own message, not Hydra's wrapping of it
+            raise ValueError(f"{prefix}.{name}: {err.__cause__ or err}") from err
         if not isinstance(term, LossTerm):
             raise TypeError(
                 f"{prefix}.{name} builds a {type(term).__name__}, not a kdlab.losses.LossTerm: its `_target_` "

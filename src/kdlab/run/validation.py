@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,7 +76,21 @@ def _check_layers(net: Any, names: set[str], role: str, key: str) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError (or the constructor's own ValueError) for anything that would fail later."""
+    """Raise ConfigError for anything that would fail later (a missing file: FileNotFoundError).
+
+    The constructors' own checks (a datamodule's, a net's, a loss term's) raise ValueError, which Hydra
+    wraps on the way: every such refusal comes out as one ConfigError with the constructor's message.
+    """
+    try:
+        _validate(cfg)
+    except (ValueError, TypeError, InstantiationException) as err:
+        if isinstance(err, ConfigError):
+            raise
+        inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        raise ConfigError(" ".join(str(inner).split())) from err
+
+
+def _validate(cfg: DictConfig) -> None:
     check_name(cfg.name)
     if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int)):
         raise ConfigError(f"seed must be an integer or null, got {cfg.seed!r} (e.g. seed=0, or seed=0,1,2 with -m).")
