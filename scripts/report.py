@@ -1,8 +1,9 @@
 """Summarise a sweep: `python scripts/report.py outputs/<name>/multirun/<time> [--out DIR]`.
 
-Writes report.md, PNG plots and a tensorboard/ folder (plots + one hparams entry per job) and prints
-the report: the settings every job shared, the table, and the jobs that diverged, failed or did not
-finish, by folder. The logic lives in kdlab.report; this file only parses arguments.
+Writes report.md and PNG plots and prints the report: the settings every job shared, the table, and
+the jobs that diverged, failed or did not finish, by folder. It writes no TensorBoard events, so that
+`tensorboard --logdir outputs` lists each job once. The logic lives in kdlab.report; this file only
+parses arguments.
 """
 
 import argparse

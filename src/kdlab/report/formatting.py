@@ -1,4 +1,4 @@
-"""How numbers and settings read in the table, the notes and the plots: one place, so they agree.
+"""How numbers and settings read in the sweep report, a run's summary and the run listing: one place, so they agree.
 
 Every function takes None (a diverged job's null, a metric a run did not log) and prints "-".
 """
@@ -20,18 +20,14 @@ def number(value: float | None, decimals: int = 4) -> str:
     return f"{value:.{decimals}f}"
 
 
-def percent(value: float | None) -> str:
+def percent(value: float | None, unit: str = "") -> str:
     """A fraction as a percentage with 2 decimals: 0.9812 -> 98.12, and a std of 0.00085 -> 0.09 (not 8.5e-02)."""
-    if value is None or not math.isfinite(value):
-        return MISSING
-    return f"{100 * value:.2f}"
+    return MISSING if value is None or not math.isfinite(value) else f"{100 * value:.2f}{unit}"
 
 
 def mean_std_percent(stats: tuple[float, float] | None) -> str:
     """Mean ± sample std of a fraction, in percent: "95.60 ± 0.56"."""
-    if stats is None:
-        return MISSING
-    return f"{percent(stats[0])} ± {percent(stats[1])}"
+    return MISSING if stats is None else f"{percent(stats[0])} ± {percent(stats[1])}"
 
 
 def count(value: int | None) -> str:
@@ -43,12 +39,15 @@ def short(value: Any, typed: str) -> str:
     return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else typed
 
 
-def setting(values: dict[str, Any], typed: dict[str, str], keys: list[str]) -> str:
-    """`distill.temperature=4, distill.losses.kd.weight=0.9`, or "all jobs" when nothing was swept."""
-    return ", ".join(f"{k}={short(values.get(k), typed[k])}" for k in keys) or "all jobs"
-
-
 def seeds(values: list[Any]) -> str:
     """The distinct seeds, numbers in numeric order: "0, 1, 2, 10"."""
     ordered = sorted(set(values), key=lambda v: (0, v, "") if isinstance(v, int) else (1, 0, str(v)))
     return ", ".join(str(v) for v in ordered) or MISSING
+
+
+def aligned(header: list[str], body: list[list[str]]) -> list[list[str]]:
+    """The header, a rule of dashes and the body, every cell padded to its column's width: a table in plain text."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
+    return [
+        [c.ljust(w) for c, w in zip(line, widths, strict=True)] for line in (header, ["-" * w for w in widths], *body)
+    ]

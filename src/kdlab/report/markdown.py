@@ -6,90 +6,55 @@ table leaves out and why, then the notes: best setting by validation, baselines,
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import yaml
+
 from kdlab.report import formatting as fmt
 from kdlab.report.aggregate import SEED_KEY, SELECT_METRIC, Sweep
 from kdlab.report.baselines import References
-from kdlab.report.load import Job
+from kdlab.report.load import Job, is_number
+
+OPTUNA_FILE = "optimization_results.yaml"  # the best trial, written by kdlab.sweeps.study at the end of a search
 
 
-def member_count(sweep: Sweep) -> int:
-    """How many ensemble members the sweep's jobs scored (0: single teachers); one column each."""
-    jobs = [job for row in sweep.rows for job in row.jobs]
-    count = 0
-    while any(job.metric(f"test/member{count}_acc") is not None for job in jobs):
-        count += 1
-    return count
-
-
-def table_rows(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
+def markdown_table(sweep: Sweep) -> str:
+    """One line per row, padded so that the raw text printed to a terminal reads as a table too."""
     notes = [row.notes() for row in sweep.rows]
-    members = range(member_count(sweep))
-    header = [
-        *sweep.keys,
-        "n seeds",
-        f"{'student ' if sweep.distilled else ''}test acc (%)",
-        "val acc best (%)",
-        "ensemble acc (%)" if members else "teacher acc (%)",
-        *(f"member {i} acc (%)" for i in members),
-        "agreement (%)",
-        "KL",
-        "params",
-        "wall time (s)",
-        *(["notes"] if any(notes) else []),
+    jobs = [job for row in sweep.rows for job in row.jobs]
+    members = 0  # how many ensemble members the jobs scored (0: single teachers); one column each
+    while any(job.metric(f"test/member{members}_acc") is not None for job in jobs):
+        members += 1
+    accs = ["test/teacher_acc", *(f"test/member{i}_acc" for i in range(members)), "test/agreement"]
+    header = [*sweep.keys, "n seeds", f"{'student ' if sweep.distilled else ''}test acc (%)", "val acc best (%)"]
+    header += ["ensemble acc (%)" if members else "teacher acc (%)", *(f"member {i} acc (%)" for i in range(members))]
+    header += ["agreement (%)", "KL", "params", "wall time (s)", *(["notes"] if any(notes) else [])]
+    body = [
+        [*(fmt.short(row.value(k), row.setting[k]) for k in sweep.keys), str(len(row.jobs))]
+        + [fmt.mean_std_percent(row.stats(metric)) for metric in ("test/acc", SELECT_METRIC)]
+        + [fmt.percent(row.mean(metric)) for metric in accs]
+        + [fmt.number(row.mean("test/kl")), fmt.count(row.params), fmt.number(row.wall_time(), 1)]
+        + ([note] if any(notes) else [])
+        for row, note in zip(sweep.rows, notes, strict=True)
     ]
-    body = []
-    for row, note in zip(sweep.rows, notes, strict=True):
-        body.append(
-            [
-                *(fmt.short(row.value(k), row.setting[k]) for k in sweep.keys),
-                str(len(row.jobs)),
-                fmt.mean_std_percent(row.stats("test/acc")),
-                fmt.mean_std_percent(row.stats(SELECT_METRIC)),
-                fmt.percent(row.mean("test/teacher_acc")),
-                *(fmt.percent(row.mean(f"test/member{i}_acc")) for i in members),
-                fmt.percent(row.mean("test/agreement")),
-                fmt.number(row.mean("test/kl")),
-                fmt.count(row.params),
-                fmt.number(row.wall_time(), 1),
-                *([note] if any(notes) else []),
-            ]
-        )
-    return header, body
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    """Padded so that the raw text printed to a terminal reads as a table too."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
-    lines = [header, ["-" * w for w in widths], *body]
-    return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines)
-
-
-def common_line(common: list[str]) -> str:
-    if not common:
-        return "**Common to every job:** no overrides; each job ran its experiment's own settings."
-    return "**Common to every job:** " + " ".join(f"`{line}`" for line in common)
-
-
-def _job_setting(job: Job, keys: list[str]) -> str:
-    lines = [job.lines[k] for k in (*keys, SEED_KEY) if k in job.lines]
-    return f" ({', '.join(lines)})" if lines else ""
+    return "\n".join("| " + " | ".join(line) + " |" for line in fmt.aligned(header, body))
 
 
 def problem_lines(sweep: Sweep) -> list[str]:
     """One line per job left out of the table, by folder, with how it ended and why."""
-    if not sweep.problems:
-        return []
-    lines = [f"**Not in the averages ({sweep.problem_counts()}):**", ""]
+    lines = [f"**Not in the averages ({sweep.problem_counts()}):**", ""] if sweep.problems else []
     for job in sweep.problems:
+        typed = [job.lines[k] for k in (*sweep.keys, SEED_KEY) if k in job.lines]
+        setting = f" ({', '.join(typed)})" if typed else ""
         status = "" if job.record is None or job.record.status == job.state else f" (status {job.record.status})"
         lines.append(
-            f"- job folder `{job.name}`{_job_setting(job, sweep.keys)}: **{job.state}**{status}: "
-            f"{job.problem or 'no message in its record'}"
+            f"- job folder `{job.name}`{setting}: **{job.state}**{status}: {job.problem or 'no message in its record'}"
         )
     return lines
 
 
-def _smoke_line(sweep: Sweep) -> str | None:
+def _smoke_note(sweep: Sweep) -> str | None:
     smoke = [job for job in sweep.finished if job.smoke]
     if not smoke:
         return None
@@ -102,14 +67,11 @@ def _smoke_line(sweep: Sweep) -> str | None:
 
 
 def _best_note(sweep: Sweep) -> str | None:
-    full = [row for row in sweep.rows if not row.smoke and row.stats(SELECT_METRIC) is not None]
     best = sweep.best
-    if best is None:
-        if any(row.smoke for row in sweep.rows):
-            return "No best setting: only smoke runs have a validation accuracy, and smoke runs are never chosen."
-        return None
-    if len(full) < 2:
-        return None
+    if best is None and any(row.smoke for row in sweep.rows):
+        return "No best setting: only smoke runs have a validation accuracy, and smoke runs are never chosen."
+    if best is None or sum(not row.smoke and row.stats(SELECT_METRIC) is not None for row in sweep.rows) < 2:
+        return None  # one full setting is no choice
     return (
         f"Best by validation ({SELECT_METRIC}; the test set only reports it): {best.label(sweep.keys)}: "
         f"val acc best {fmt.mean_std_percent(best.stats(SELECT_METRIC))}%, "
@@ -117,13 +79,59 @@ def _best_note(sweep: Sweep) -> str | None:
     )
 
 
-def notes(sweep: Sweep, refs: References, extra: list[str]) -> list[str]:
-    notes = [note for note in (_smoke_line(sweep), _best_note(sweep)) if note]
+def _optuna_note(sweep_dir: Path, sweep: Sweep) -> str | None:
+    """The Optuna search's best trial, and which job folder ran it."""
+    path = sweep_dir / OPTUNA_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        return f"Optuna results: `{OPTUNA_FILE}` could not be read ({err})."
+    if not isinstance(result, dict) or not isinstance(result.get("best_params"), dict):
+        return f"Optuna results: see `{OPTUNA_FILE}`."  # not the file kdlab's sweeper writes: leave it to the reader
+    params = result["best_params"]
+
+    def ran(job: Job) -> bool:
+        return all(
+            is_number(job.values.get(k)) and math.isclose(float(job.values[k]), float(v))
+            if is_number(v)
+            else job.overrides.get(k) == str(v)
+            for k, v in params.items()
+        )
+
+    folders = [job.name for job in sweep.jobs if ran(job)]
+    where = f" (job folder {', '.join(folders)})" if folders else ""
+    settings = ", ".join(f"{k}={fmt.short(v, str(v))}" for k, v in params.items())
+    value = result.get("best_value")
+    value = fmt.number(float(value)) if is_number(value) else str(value)
+    return f"Optuna best trial{where}: {settings} with value {value} (from `{OPTUNA_FILE}`)."
+
+
+def document(sweep_dir: Path, sweep: Sweep, refs: References, table: str, plots_skipped: str | None) -> list[str]:
+    """The report's lines, without images: report.md adds them, scripts/report.py prints these."""
+    names = [job.record.name for job in sweep.jobs if job.record is not None and job.record.name]
+    seeds = [job.record.seed for job in sweep.finished if job.record.seed is not None]
+    counts = sweep.problem_counts()
+    common = (
+        " ".join(f"`{line}`" for line in sweep.common) or "no overrides; each job ran its experiment's own settings."
+    )
+    summary = (
+        f"`{sweep_dir}`: {len(sweep.finished)} of {len(sweep.jobs)} jobs finished{f' ({counts})' if counts else ''}; "
+        f"swept: {', '.join(sweep.keys) or 'nothing but the seed'}; seeds: {fmt.seeds(seeds)}. "
+        "Accuracies are mean ± sample std over the finished seeds of each row (± 0.00 where n=1); "
+        "teacher acc, agreement, KL and wall time are means."
+    )
+    lines = [f"# Sweep report: {names[0] if names else sweep_dir.name}", "", f"**Common to every job:** {common}", ""]
+    lines += [summary, "", table if sweep.rows else "No job finished, so there is nothing to average."]
+    problems = problem_lines(sweep)
+    lines += ["", *problems] if problems else []
+    notes = [note for note in (_smoke_note(sweep), _best_note(sweep)) if note]
     for key, base in refs.baselines.items():
-        seeds = f", seeds {fmt.seeds(base.seeds)}" if base.seeds else ""
+        which = f", seeds {fmt.seeds(base.seeds)}" if base.seeds else ""
         notes.append(
             f"Same student from scratch (student recipe `{key}`): "
-            f"{fmt.mean_std_percent((base.mean, base.std))}% test acc over {base.runs} runs{seeds}."
+            f"{fmt.mean_std_percent((base.mean, base.std))}% test acc over {base.runs} runs{which}."
         )
     for key, command in refs.missing.items():
         notes.append(
@@ -131,23 +139,5 @@ def notes(sweep: Sweep, refs: References, extra: list[str]) -> list[str]:
             "trained alone existed when these jobs ended, so nothing here says what distillation adds. Train "
             f"one with the same recipe, then run the sweep again (jobs look it up when they end): `{command}`"
         )
-    return notes + extra
-
-
-def document(title: str, where: str, sweep: Sweep, refs: References, table: str, extra: list[str]) -> list[str]:
-    """The report's lines, without images: report.md adds them, scripts/report.py prints these."""
-    seeds = [job.record.seed for job in sweep.finished if job.record.seed is not None]
-    counts = sweep.problem_counts()
-    summary = (
-        f"`{where}`: {len(sweep.finished)} of {len(sweep.jobs)} jobs finished{f' ({counts})' if counts else ''}; "
-        f"swept: {', '.join(sweep.keys) or 'nothing but the seed'}; seeds: {fmt.seeds(seeds)}. "
-        "Accuracies are mean ± sample std over the finished seeds of each row (± 0.00 where n=1); "
-        "teacher acc, agreement, KL and wall time are means."
-    )
-    lines = [f"# Sweep report: {title}", "", common_line(sweep.common), "", summary, ""]
-    lines += [table] if sweep.rows else ["No job finished, so there is nothing to average."]
-    problems = problem_lines(sweep)
-    lines += ["", *problems] if problems else []
-    listed = notes(sweep, refs, extra)
-    lines += ["", *(f"- {note}" for note in listed)] if listed else []
-    return lines
+    notes += [note for note in (_optuna_note(sweep_dir, sweep), plots_skipped) if note]
+    return lines + (["", *(f"- {note}" for note in notes)] if notes else [])

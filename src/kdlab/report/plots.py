@@ -11,16 +11,20 @@ import math
 import textwrap
 from typing import TYPE_CHECKING, Any
 
-from kdlab.report.aggregate import Row, Sweep, numeric_keys
+from kdlab.report.aggregate import Row, Sweep
 from kdlab.report.baselines import References
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-INSTALL = "pip install 'kdlab[plots]'"
 LABEL_GAP_PT = 11.0  # vertical room per point label: an x-small line (8.3 pt font, ~10 pt high) plus air
-LABEL_ROOM_IN = LABEL_GAP_PT / 72  # figure height each label needs, in inches
+LABEL_STYLE = {  # beside the point, joined to it by a thin grey line
+    "textcoords": "axes fraction",
+    "va": "center",
+    "fontsize": "x-small",
+    "arrowprops": {"arrowstyle": "-", "color": "0.5", "linewidth": 0.5, "shrinkB": 3},
+}
 
 
 def unavailable() -> str | None:
@@ -29,7 +33,7 @@ def unavailable() -> str | None:
         import matplotlib  # noqa: F401
     except ImportError:
         return (
-            f"Plots skipped: matplotlib is not installed. Install it with `{INSTALL}` (or `pip install "
+            "Plots skipped: matplotlib is not installed. Install it with `pip install 'kdlab[plots]'` (or `pip install "
             "matplotlib`) and run `python scripts/report.py <sweep folder>` again for the PNGs."
         )
     return None
@@ -59,11 +63,15 @@ def _new_figure(title: str, note: str, height: float = 4.2) -> tuple[Figure, Axe
     return fig, ax
 
 
+def _errorbars(ax: Axes, xs: list[float], stats: list[tuple[float, float]], **style: Any) -> None:
+    """Means ± sample stds of fractions, in percent."""
+    ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], capsize=3, **style)
+
+
 def _draw_references(ax: Axes, refs: References) -> None:
     if refs.teacher_acc is not None:
-        ax.axhline(
-            100 * refs.teacher_acc, color="black", linestyle="--", label=f"teacher {100 * refs.teacher_acc:.2f}%"
-        )
+        teacher = 100 * refs.teacher_acc
+        ax.axhline(teacher, color="black", linestyle="--", label=f"teacher {teacher:.2f}%")
     for i, (key, base) in enumerate(refs.baselines.items()):
         label = f"from scratch ({base.runs} runs{'' if len(refs.baselines) == 1 else ', ' + key})"
         color = f"C{7 + i % 3}"
@@ -84,27 +92,18 @@ def plot_accuracy_vs(key: str, sweep: Sweep, refs: References, note: str) -> Fig
     others = [k for k in sweep.keys if k != key]
     series: dict[str, list[Row]] = {}
     for row in measured:
-        label = row.label(others) if others else ("(smoke)" if row.smoke else "")
-        series.setdefault(label, []).append(row)
+        series.setdefault(row.label(others) if others else ("(smoke)" if row.smoke else ""), []).append(row)
     joined = all(len(members) > 1 for members in series.values()) and len(series) <= 10
     if not joined:  # loose points; smoke runs still apart, so the subtitle's "(smoke)" holds here too
         series = {"": [r for r in measured if not r.smoke], "(smoke)": [r for r in measured if r.smoke]}
-        series = {label: members for label, members in series.items() if members}
     for label, members in series.items():
         members = sorted(members, key=lambda r: float(r.value(key)))
-        stats = [r.stats("test/acc") for r in members]
-        ax.errorbar(
-            [float(r.value(key)) for r in members],
-            [100 * m for m, _ in stats],
-            yerr=[100 * s for _, s in stats],
-            marker="o",
-            capsize=3,
-            linestyle="-" if joined else "none",
-            label=label or "student (mean ± std over seeds)",
-        )
+        xs, stats = [float(r.value(key)) for r in members], [r.stats("test/acc") for r in members]
+        label = label or "student (mean ± std over seeds)"
+        if members:
+            _errorbars(ax, xs, stats, marker="o", linestyle="-" if joined else "none", label=label)
     _draw_references(ax, refs)
-    ax.set_xlabel(key)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set(xlabel=key, ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -123,10 +122,8 @@ def spread(wanted: list[float], gap: float, lo: float = 0.02, hi: float = 0.98) 
     for j in reversed(range(len(placed))):  # then back down from the top, if the stack ran over it
         placed[j] = min(placed[j], above)
         above = placed[j] - gap
-    heights = [0.0] * len(wanted)
-    for i, height in zip(order, placed, strict=True):
-        heights[i] = height
-    return heights
+    heights = dict(zip(order, placed, strict=True))
+    return [heights[i] for i in range(len(wanted))]
 
 
 def _limits(values: list[float], log: bool, margin: float) -> tuple[float, float]:
@@ -150,54 +147,26 @@ def plot_accuracy_vs_params(sweep: Sweep, refs: References, note: str) -> Figure
     teacher = refs.teacher_acc is not None and refs.teacher_params is not None
     if not (measured or scratch or teacher):
         return None
-    fig, ax = _new_figure(
-        "Accuracy vs parameter count", note, height=max(4.2, 2.2 + LABEL_ROOM_IN * len(measured) * 1.1)
-    )
-    xs: list[float] = []
-    ys: list[float] = []
+    height = max(4.2, 2.2 + LABEL_GAP_PT / 72 * len(measured) * 1.1)  # inches: room for every label
+    fig, ax = _new_figure("Accuracy vs parameter count", note, height=height)
     if teacher:
         ax.plot([refs.teacher_params], [100 * refs.teacher_acc], "s", color="black", markersize=8, label="teacher")
-        xs.append(refs.teacher_params)
-        ys.append(100 * refs.teacher_acc)
     for i, base in enumerate(scratch):
-        ax.errorbar(
-            [base.params],
-            [100 * base.mean],
-            yerr=[100 * base.std],
-            fmt="D",
-            color=f"C{7 + i % 3}",
-            capsize=3,
-            label=f"from scratch ({base.runs} runs)",
-        )
-        xs.append(base.params)
-        ys += [100 * (base.mean - base.std), 100 * (base.mean + base.std)]
+        style = {"fmt": "D", "color": f"C{7 + i % 3}", "label": f"from scratch ({base.runs} runs)"}
+        _errorbars(ax, [base.params], [(base.mean, base.std)], **style)
     if measured:
-        ax.errorbar(
-            [row.params for row, _ in measured],
-            [100 * m for _, (m, _) in measured],
-            yerr=[100 * s for _, (_, s) in measured],
-            fmt="o",
-            alpha=0.6,
-            capsize=3,
-            label=f"{'distilled' if sweep.distilled else 'trained'} (each setting, labelled)",
-        )
-        xs += [row.params for row, _ in measured]
-        ys += [100 * (m + sign * s) for _, (m, s) in measured for sign in (-1, 1)]
+        label = f"{'distilled' if sweep.distilled else 'trained'} (each setting, labelled)"
+        _errorbars(ax, [row.params for row, _ in measured], [s for _, s in measured], fmt="o", alpha=0.6, label=label)
     best = sweep.best
-    if best is not None and best.params is not None and best.stats("test/acc") is not None:
-        ax.plot(
-            [best.params],
-            [100 * best.stats("test/acc")[0]],
-            "*",
-            color="C3",
-            markersize=14,
-            label="best by val acc",  # its setting is the label beside it
-        )
-    ax.set_xscale("log")
-    ax.set_xlim(*_limits(xs, log=True, margin=0.25))  # fixed limits: the labels are placed against them
+    if best is not None and best.params is not None and best.stats("test/acc") is not None:  # labelled: its setting
+        ax.plot([best.params], [100 * best.mean("test/acc")], "*", color="C3", markersize=14, label="best by val acc")
+    # fixed limits around every point and error bar: the labels are placed against them
+    bars = [(base.params, base.mean, base.std) for base in scratch] + [(row.params, *stats) for row, stats in measured]
+    xs = [x for x, _, _ in bars] + ([refs.teacher_params] if teacher else [])
+    ys = [100 * (m + sign * s) for _, m, s in bars for sign in (-1, 1)] + ([100 * refs.teacher_acc] if teacher else [])
+    ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)")
+    ax.set_xlim(*_limits(xs, log=True, margin=0.25))
     ax.set_ylim(*_limits(ys, log=False, margin=0.15))
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     _label_points(fig, ax, [(row.label(sweep.keys), row.params, 100 * stats[0]) for row, stats in measured])
@@ -215,26 +184,16 @@ def _label_points(fig: Figure, ax: Axes, points: list[tuple[str, float, float]])
     heights = spread([float(f[1]) for f in frac], gap=LABEL_GAP_PT / axes_height_pt)
     for (label, x, y), (fx, _), height in zip(points, frac, heights, strict=True):
         right = fx < 0.6
-        ax.annotate(
-            label,
-            xy=(x, y),
-            xytext=(fx + (0.06 if right else -0.06), height),
-            textcoords="axes fraction",
-            ha="left" if right else "right",
-            va="center",
-            fontsize="x-small",
-            arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.5, "shrinkB": 3},
-        )
-
-
-def safe_name(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+        xytext = (fx + (0.06 if right else -0.06), height)
+        ax.annotate(label, xy=(x, y), xytext=xytext, ha="left" if right else "right", **LABEL_STYLE)
 
 
 def figures(sweep: Sweep, refs: References) -> dict[str, Any]:
     """name -> Figure: `acc_vs_<key>` per numeric swept key, and `acc_vs_params`; plots with no point are left out."""
     note = subtitle(sweep)
-    keys = numeric_keys(sweep.rows, sweep.keys)
-    drawn = {f"acc_vs_{safe_name(k)}": plot_accuracy_vs(k, sweep, refs, note) for k in keys}
+    drawn = {
+        "acc_vs_" + "".join(c if c.isalnum() or c in "._-" else "_" for c in k): plot_accuracy_vs(k, sweep, refs, note)
+        for k in sweep.numeric_keys
+    }
     drawn["acc_vs_params"] = plot_accuracy_vs_params(sweep, refs, note)
     return {name: fig for name, fig in drawn.items() if fig is not None}

@@ -1,10 +1,7 @@
-"""What a finished run tells a person: the terminal table, the from-scratch baseline, TensorBoard's hparams."""
+"""What a finished run tells a person: the terminal table, and TensorBoard's hparams."""
 
 from __future__ import annotations
 
-import math
-import statistics
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,95 +10,56 @@ from rich.table import Table
 from rich.text import Text
 
 from kdlab.config import plain
-from kdlab.record import RunRecord, find_records
-
-
-def scratch_baseline(log_dir: str | Path, student_key: str) -> dict[str, Any] | None:
-    """Test accuracy of the same student trained from scratch: mean and sample std, one run per seed.
-
-    Only healthy, full, trained runs count (no smoke runs, no evaluations, nothing diverged), and a
-    seed run twice counts once (its latest run), so repeating a seed cannot shrink the std.
-    """
-    latest: dict[Any, RunRecord] = {}
-    for _, record in find_records(log_dir):
-        if not (isinstance(record, RunRecord) and record.counts_as_baseline()):
-            continue
-        newer = record.seed not in latest or record.finished_at > latest[record.seed].finished_at
-        if record.identity.get("student") == student_key and newer:
-            latest[record.seed] = record
-    if not latest:
-        return None
-    accs = [record.metrics["test/acc"] for record in latest.values()]
-    return {
-        "mean": statistics.fmean(accs),
-        "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "runs": len(accs),
-        "seeds": sorted(latest, key=lambda s: (s is None, s)),
-    }
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
+from kdlab.record import RunRecord
+from kdlab.report.formatting import percent
 
 
 def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
-    m = record.metric
+    def pct(metric: str) -> str:
+        return percent(record.metric(metric), "%")
+
     rows = [("status", record.status.upper() if record.status != "ok" else "ok")]
     if record.smoke:
         rows.append(("SMOKE RUN", f"{', '.join(record.smoke)}: these numbers are not a result"))
     if record.message:
         rows.append(("message", record.message))
-    rows += [
-        ("student test acc" if record.is_distillation else "test acc", _pct(m("test/acc"))),
-        ("best val acc", _pct(m("val/acc_best"))),
-    ]
+    rows += [("student test acc" if record.is_distillation else "test acc", pct("test/acc"))]
+    rows += [("best val acc", pct("val/acc_best"))]
     if record.is_distillation:
-        if record.is_ensemble:  # each member and their combination, from the same test pass
-            for i, ref in enumerate(record.members):
-                rows.append((f"member {i} test acc ({_teacher_name(ref)})", _pct(m(f"test/member{i}_acc"))))
-            rows.append((f"ensemble of {len(record.members)} test acc", _pct(m("test/teacher_acc"))))
-        else:
-            rows.append(("teacher test acc", _pct(m("test/teacher_acc"))))
-        base = record.baseline
-        if base:
-            rows.append(
-                (f"student from scratch ({base['runs']} seeds)", f"{_pct(base['mean'])} ± {100 * base['std']:.2f}")
-            )
+        who = "ensemble" if record.is_ensemble else "teacher"
+        for i, ref in enumerate(record.members):  # each member and their combination, from the same test pass
+            name = f"{ref.recipe}, seed {ref.seed}" if ref.recipe else "given file"  # a ckpt_path
+            rows.append((f"member {i} test acc ({name})", pct(f"test/member{i}_acc")))
+        n = len(record.members)
+        rows.append(
+            (f"ensemble of {n} test acc" if record.is_ensemble else "teacher test acc", pct("test/teacher_acc"))
+        )
+        if base := record.baseline:
+            mean_std = f"{percent(base['mean'], '%')} ± {percent(base['std'])}"
+            rows.append((f"student from scratch ({base['runs']} seeds)", mean_std))
         else:
             rows.append(("student from scratch", "none found: run the scratch experiment with seed=0,1,2"))
-        kl = m("test/kl")
-        who = "ensemble" if record.is_ensemble else "teacher"
+        kl = record.metric("test/kl")
+        teacher, student = record.params.get("teacher", 0), record.params.get("student", 0)
         rows += [
-            (f"{who}-student agreement", _pct(m("test/agreement"))),
+            (f"{who}-student agreement", pct("test/agreement")),
             (f"mean KL({who}||student)", "-" if kl is None else f"{kl:.4g}"),
-            ("params teacher / student", f"{record.params.get('teacher', 0):,} / {record.params.get('student', 0):,}"),
-            ("compression", f"{record.params.get('teacher', 0) / max(record.params.get('student', 1), 1):.2f}x"),
+            ("params teacher / student", f"{teacher:,} / {student:,}"),
+            ("compression", f"{teacher / max(student, 1):.2f}x"),
         ]
-        if record.teacher is not None:
-            rows.append(("teacher", record.teacher.checkpoint))
+        rows += [("teacher", record.teacher.checkpoint)] if record.teacher is not None else []
         rows += [(f"member {i}", ref.checkpoint) for i, ref in enumerate(record.members)]
     else:
         rows.append(("params", f"{sum(record.params.values()):,}"))
     if omitted := record.analysis.get("omitted"):
-        before, after = omitted["test"], omitted["test_bias_fixed"]
-        digits = ", ".join(map(str, omitted["classes"]))
-        rows += [
-            (
-                f"test errors (on omitted {digits})",
-                f"{before['errors']} ({before['errors_omitted']} of {before['n_omitted']})",
-            ),
-            (
-                f"after bias +{omitted['bias_offset']:g} (tuned on val)",
-                f"{after['errors']} ({after['errors_omitted']} of {after['n_omitted']})",
-            ),
-        ]
-    rows += [("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
-    return rows
 
+        def errors(split: str) -> str:
+            counts = omitted[split]
+            return f"{counts['errors']} ({counts['errors_omitted']} of {counts['n_omitted']})"
 
-def _teacher_name(ref) -> str:
-    """A member as a person knows it: its recipe and seed, or 'given file' for a ckpt_path."""
-    return f"{ref.recipe}, seed {ref.seed}" if ref.recipe else "given file"
+        rows.append((f"test errors (on omitted {', '.join(map(str, omitted['classes']))})", errors("test")))
+        rows.append((f"after bias +{omitted['bias_offset']:g} (tuned on val)", errors("test_bias_fixed")))
+    return [*rows, ("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
 
 
 def print_summary(record: RunRecord, console: Console | None = None) -> None:
@@ -119,10 +77,8 @@ def _flat(prefix: str, node: Any, out: dict[str, Any]) -> None:
         for key, value in node.items():
             if key not in ("_target_", "_partial_", "_recursive_"):
                 _flat(f"{prefix}.{key}", value, out)
-    elif isinstance(node, (int, float, str, bool)):
-        out[prefix] = node
     elif node is not None:
-        out[prefix] = str(node)
+        out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
 
 def _class_name(node: Any) -> str | None:
@@ -133,8 +89,7 @@ def _class_name(node: Any) -> str | None:
 def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
     """The keys a researcher varies, for the HPARAMS tab: not mirror URLs, not internal fields."""
     c = {k: plain(cfg.get(k)) for k in ("model", "optimizer", "scheduler", "distill", "teacher")}
-    hp: dict[str, Any] = {"seed": "null" if cfg.seed is None else cfg.seed}
-    hp["model"] = _class_name(c["model"]) or "?"
+    hp: dict[str, Any] = {"seed": "null" if cfg.seed is None else cfg.seed, "model": _class_name(c["model"]) or "?"}
     _flat("model", {k: v for k, v in c["model"].items() if k not in ("num_classes", "in_features")}, hp)
     for key in ("batch_size", "augment_shift", "exclude_classes"):
         if key in cfg.data:

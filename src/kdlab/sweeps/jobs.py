@@ -17,14 +17,13 @@ def in_multirun() -> bool:
 
 
 def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
-    """Wrap a `@hydra.main` task: in a multirun, a job that raises returns NaN instead.
+    """Wrap a `@hydra.main` task: in a multirun, a job that raises logs why and returns NaN instead.
 
-    Hydra's basic sweeper re-raises the first failed job after its batch, and the Optuna sweeper
-    stops the search at it; with NaN, the grid goes on to the next job, and kdlab's Optuna sweeper
-    (kdlab.sweeps.study) records the trial FAIL and asks for the next. The sweep still exits
-    non-zero at its end: `kdlab.sweeps.health.SweepHealth` finds the job's folder without a
-    healthy run record. A single run raises as before (non-zero
-    exit); so do KeyboardInterrupt and SystemExit, which stop the sweep.
+    Hydra's basic sweeper re-raises the first failed job after its batch, which would end the grid
+    there; with NaN it goes on to the next job. kdlab's Optuna sweeper (kdlab.sweeps.study) records a
+    NaN trial as FAIL and asks for the next. The sweep still exits non-zero at its end:
+    `kdlab.sweeps.health.SweepHealth` finds the job's folder without a healthy run record. A single
+    run raises as before (non-zero exit); so do KeyboardInterrupt and SystemExit, which stop the sweep.
     """
 
     @functools.wraps(task)
