@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from kdlab.data import write_idx
-from kdlab.data.mnist import _reconstruct
+from kdlab.data.safe_pickle import _reconstruct
 
 # The four files of MNIST's format, as conf/data/mnist.yaml names them.
 MNIST_FILES = (

@@ -11,6 +11,8 @@ and the files that names, never from the training code:
   run read), the net config and the DataSpec that teacher was trained on. Each teacher reads pixels
   normalised by its own spec (the run's, when the record does not know it), as it did in training.
 A cached teacher (outputs/teachers/<key>) is such a folder too: a supervised run of its net.
+Each net's `model` is the net behind its own normalisation (raw uint8 pixels in): what evaluate tests
+and export ships.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -39,6 +43,25 @@ class RunFolderError(ValueError):
     """A folder that cannot be read back: no record, missing or changed files, a net that is not kdlab's."""
 
 
+class RawPixelClassifier(nn.Module):
+    """A trained net behind its normalisation: raw uint8 pixels [N, C, H, W] in, float32 logits out.
+
+    Shipping the `(x / 255 - mean) / std` step (per channel) inside the model means a deployer cannot
+    forget it or use other constants. The arithmetic is `kdlab.data.normalize`'s, op for op, so the
+    eager model here equals `net(normalize(x, spec.mean, spec.std))` exactly.
+    """
+
+    def __init__(self, net: nn.Module, spec: DataSpec) -> None:
+        super().__init__()
+        self.net = net
+        self.input_shape = tuple(spec.input_shape)  # (C, H, W): what export's example and probe batches take
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x.to(torch.float32) / 255.0 - self.mean) / self.std)
+
+
 @dataclass
 class FolderNet:
     """One trained net of the folder, frozen, with the data contract it was trained under."""
@@ -46,8 +69,13 @@ class FolderNet:
     role: str  # "student", "model" (a supervised run's net), "teacher", or an ensemble's "member0", "member1", ...
     net: nn.Module  # eval mode, no gradients
     config: dict[str, Any]  # its net config, input shape and classes filled in
-    weights: Path
+    weights: Path  # the file its weights came from
     spec: DataSpec  # the data it was trained on: it reads pixels normalised by spec.mean and spec.std
+
+    @cached_property
+    def model(self) -> RawPixelClassifier:
+        """The net behind its own normalisation (eval mode): what is tested and shipped."""
+        return RawPixelClassifier(self.net, self.spec).eval()
 
 
 @dataclass

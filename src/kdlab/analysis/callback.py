@@ -21,7 +21,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from kdlab.analysis import figures
-from kdlab.analysis.calibration import N_BINS
 from kdlab.analysis.stats import PredictionStats
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,7 @@ class TestAnalysis(Callback):
     Args:
         output_dir: the run folder; figures go to `<output_dir>/analysis/` (default: the trainer's
             `default_root_dir`).
-        n_bins: equal-width confidence bins of the ECE and the reliability diagram.
         max_images: most disagreeing test images drawn in the grid.
-        num_classes: default: the datamodule's `num_classes`.
 
     After `trainer.test`, `results` holds the numbers (`PredictionStats.results`) plus "files", the
     PNGs written, relative to `output_dir`; `images` holds the rendered figures on rank zero.
@@ -47,15 +44,9 @@ class TestAnalysis(Callback):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(
-        self,
-        output_dir: str | Path | None = None,
-        n_bins: int = N_BINS,
-        max_images: int = 64,
-        num_classes: int | None = None,
-    ) -> None:
+    def __init__(self, output_dir: str | Path | None = None, max_images: int = 64) -> None:
         self.output_dir = None if output_dir is None else Path(output_dir)
-        self.n_bins, self.max_images, self.num_classes = n_bins, max_images, num_classes
+        self.max_images = max_images
         self.stats: PredictionStats | None = None
         self.results: dict[str, Any] = {}
         self.images: dict[str, np.ndarray] = {}
@@ -64,28 +55,23 @@ class TestAnalysis(Callback):
 
     # -- per batch: tensor ops only ---------------------------------------------------------------
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        num_classes = self.num_classes or getattr(trainer.datamodule, "num_classes", None)
+        num_classes = getattr(trainer.datamodule, "num_classes", None)
         if not num_classes:
             raise ValueError(
-                "TestAnalysis needs the number of classes: give TestAnalysis(num_classes=...) or use a "
-                "datamodule with a `num_classes` attribute (every kdlab.data.ImageDataModule has one)."
+                "TestAnalysis needs the number of classes: use a datamodule with a `num_classes` attribute "
+                "(every kdlab.data.ImageDataModule has one)."
             )
-        self.stats = PredictionStats(int(num_classes), self.n_bins).to(pl_module.device)
+        self.stats = PredictionStats(int(num_classes)).to(pl_module.device)
         self.results, self.images, self._seen, self._has_teacher = {}, {}, [], None
 
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         if not isinstance(outputs, Mapping) or any(key not in outputs for key in REQUIRED):
+            got = f"a dict with keys {sorted(outputs)}" if isinstance(outputs, Mapping) else (
+                "None" if outputs is None else f"a {type(outputs).__name__}")  # fmt: skip
             raise TypeError(
                 f"TestAnalysis reads what test_step returns, but {type(pl_module).__name__}.test_step returned "
-                f"{_describe(outputs)}. Return {{'student_logits': logits.detach(), 'target': y, 'index': index}} "
+                f"{got}. Return {{'student_logits': logits.detach(), 'target': y, 'index': index}} "
                 "(plus 'teacher_logits' in distillation runs), or drop the TestAnalysis callback."
             )
         teacher = outputs.get("teacher_logits")
@@ -126,14 +112,10 @@ class TestAnalysis(Callback):
             )
             return []
         student = results["student"]
-        drawn = {
-            CONFUSION_PNG: figures.confusion_figure(
-                student["confusion"], f"student, test acc {figures.percent(student['acc'])}"
-            ),
-            RELIABILITY_PNG: figures.reliability_figure(
-                {name: results[name] for name in ("student", "teacher") if name in results}, results["n_bins"]
-            ),
-        }
+        title = f"student, test acc {figures.percent(student['acc'])}"
+        models = {name: results[name] for name in ("student", "teacher") if name in results}
+        drawn = {CONFUSION_PNG: figures.confusion_figure(student["confusion"], title),
+                 RELIABILITY_PNG: figures.reliability_figure(models, results["n_bins"])}  # fmt: skip
         if grid := self._disagreement_grid(trainer, results.get("disagreements", 0)):
             drawn[DISAGREEMENTS_PNG] = grid
         written = []
@@ -176,9 +158,3 @@ def log_images(writer, images: dict[str, np.ndarray], step: int) -> None:
     """Each rendered figure as a TensorBoard image `analysis/<name>` (a SummaryWriter's add_image)."""
     for name, rgb in images.items():
         writer.add_image(f"{ANALYSIS_DIR}/{name}", rgb, global_step=step, dataformats="HWC")
-
-
-def _describe(outputs: Any) -> str:
-    if isinstance(outputs, Mapping):
-        return f"a dict with keys {sorted(outputs)}"
-    return "None" if outputs is None else f"a {type(outputs).__name__}"

@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdlab.analysis.callback import TestAnalysis, log_images
-from kdlab.data import normalize
 from kdlab.record import RunRecord
 from kdlab.runfolder import RunFolder, read_run_folder
 
@@ -32,16 +31,14 @@ class FrozenNets(L.LightningModule):
     def __init__(self, run: RunFolder, images: torch.Tensor, labels: torch.Tensor) -> None:
         super().__init__()
         self.run = run
-        self.nets = torch.nn.ModuleList(n.net for n in run.nets)
+        self.models = torch.nn.ModuleList(n.model for n in run.nets)  # each behind its own normalisation
         self.register_buffer("images", images, persistent=False)  # uint8 [N, C, H, W]: 7.8 MB for MNIST's 10k
         self.register_buffer("labels", labels, persistent=False)
         self.register_buffer("member_hits", torch.zeros(len(run.record.members), dtype=torch.long), persistent=False)
 
     def test_step(self, index: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         pixels, target = self.images[index], self.labels[index]
-        logits = [
-            net(normalize(pixels, n.spec.mean, n.spec.std)) for net, n in zip(self.nets, self.run.nets, strict=True)
-        ]
+        logits = [model(pixels) for model in self.models]
         out = {"student_logits": logits[0], "target": target, "index": index}
         if len(logits) > 1:
             out["teacher_logits"] = self.run.teacher_logits(logits[1:])
@@ -74,16 +71,9 @@ def evaluate_run(
     module = FrozenNets(run, test.x, test.y)
 
     analysis = TestAnalysis(run_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        callbacks=[analysis],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=run_dir,
-    )
+    trainer = L.Trainer(accelerator=accelerator, devices=1, callbacks=[analysis], default_root_dir=run_dir,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)  # fmt: skip
     trainer.test(module, datamodule=TestIndices(test, run.spec.num_classes, batch_size), verbose=False)
 
     if analysis.images and (run_dir / TENSORBOARD_DIR).is_dir():  # only runs that logged to TensorBoard
@@ -99,14 +89,9 @@ def evaluate_run(
     for key, value in measured.items():
         recorded = record.metric(key)
         if recorded is not None and value is not None and abs(recorded - value) > 1e-6:
-            log.warning(
-                "%s: the saved nets score %s=%.4f on the test set, the record says %.4f; the weights file may not "
-                "be the tested checkpoint, or the test set is another.",
-                run_dir,
-                key,
-                value,
-                recorded,
-            )
+            log.warning("%s: the saved nets score %s=%.4f on the test set, the record says %.4f; the weights "
+                        "file may not be the tested checkpoint, or the test set is another.",
+                        run_dir, key, value, recorded)  # fmt: skip
     if "omitted" in record.analysis:  # training's omitted-class numbers: this pass does not recompute them
         results["omitted"] = record.analysis["omitted"]
     record.analysis = results

@@ -64,20 +64,9 @@ def confusion_figure(counts: list[list[int]], title: str):
     for i in range(n):
         for j in range(n):
             if table[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(table[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black",
-                )
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, str(table[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class", title=title)
     return fig
 
 
@@ -95,34 +84,13 @@ def reliability_figure(models: dict[str, dict[str, Any]], n_bins: int):
         acc = np.array([np.nan if a is None else a for a in table["accuracy"]])
         conf = np.array([np.nan if c is None else c for c in table["confidence"]])
         filled = ~np.isnan(acc)
-        ax.bar(
-            centres[filled],
-            acc[filled],
-            width=width,
-            color="tab:blue",
-            alpha=0.8,
-            edgecolor="black",
-            linewidth=0.5,
-            label="accuracy",
-        )
+        x, acc, gap = centres[filled], acc[filled], (conf - acc)[filled]
+        ax.bar(x, acc, width=width, color="tab:blue", alpha=0.8, edgecolor="black", linewidth=0.5, label="accuracy")
         # From accuracy to the bin's mean confidence: above the blue bar = overconfident, inside it = under.
-        ax.bar(
-            centres[filled],
-            (conf - acc)[filled],
-            bottom=acc[filled],
-            width=width,
-            fill=False,
-            hatch="//",
-            edgecolor="tab:red",
-            linewidth=0.5,
-            label="gap to mean confidence",
-        )
+        ax.bar(x, gap, bottom=acc, width=width, fill=False, hatch="//", edgecolor="tab:red", linewidth=0.5,
+               label="gap to mean confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        ax.set_xlabel("top-1 confidence")
-        ax.set_ylabel("accuracy")
+        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="top-1 confidence", ylabel="accuracy")
         ax.set_title(f"{name}: ECE {percent(summary['ece'])} ({n_bins} bins)")
         ax.legend(loc="upper left", fontsize=7)
     return fig

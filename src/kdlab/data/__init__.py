@@ -7,35 +7,15 @@
 from kdlab.data.batch import Batch
 from kdlab.data.batches import ShuffledBatches, derive_seed
 from kdlab.data.cifar import CIFARDataModule
-from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
+from kdlab.data.datamodule import ImageDataModule
 from kdlab.data.digits import DigitsDataModule
 from kdlab.data.fetch import DataUnavailableError, FileSpec, ForeignDataError, ensure_files
 from kdlab.data.idx import IDXFormatError, md5_uncompressed, read_idx, write_idx
 from kdlab.data.mnist import IDXDataModule
-from kdlab.data.spec import DataSpec
+from kdlab.data.spec import DataSpec, RawSplits, Split
 from kdlab.data.transforms import normalize, random_flip, random_shift, shift_images
 
-__all__ = [
-    "Batch",
-    "CIFARDataModule",
-    "DataSpec",
-    "DataUnavailableError",
-    "DigitsDataModule",
-    "FileSpec",
-    "ForeignDataError",
-    "IDXDataModule",
-    "IDXFormatError",
-    "ImageDataModule",
-    "RawSplits",
-    "ShuffledBatches",
-    "Split",
-    "derive_seed",
-    "ensure_files",
-    "md5_uncompressed",
-    "normalize",
-    "random_flip",
-    "random_shift",
-    "read_idx",
-    "shift_images",
-    "write_idx",
-]
+__all__ = ["Batch", "CIFARDataModule", "DataSpec", "DataUnavailableError", "DigitsDataModule", "FileSpec",
+           "ForeignDataError", "IDXDataModule", "IDXFormatError", "ImageDataModule", "RawSplits", "ShuffledBatches",
+           "Split", "derive_seed", "ensure_files", "md5_uncompressed", "normalize", "random_flip", "random_shift",
+           "read_idx", "shift_images", "write_idx"]  # fmt: skip

@@ -5,30 +5,27 @@
 pickled by Python 2: ``data`` is a uint8 array [N, 3072] whose rows are an image's R, G and B planes
 of 32x32 pixels, row-major (so a row reshapes to [3, 32, 32] as it is); ``labels`` (CIFAR-100:
 ``fine_labels``) a list of ints; the meta file's ``label_names`` (``fine_label_names``) the classes.
-The checksums are torchvision's, so a folder torchvision filled is used as it is; torchvision reads
-what ``write_cifar`` writes. Fetching and checking a folder is ``kdlab.data.cifar_fetch``'s work.
+The checksums are torchvision's, so a folder torchvision filled is used as it is. Missing or damaged
+files are taken from the official archive by ``kdlab.data.fetch``, as every dataset's are.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import struct
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
-
-try:  # numpy >= 2 moved the module; the CIFAR pickles name numpy.core.multiarray.
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+from kdlab.data.archive import fetch_archive
+from kdlab.data.datamodule import ImageDataModule
+from kdlab.data.fetch import DataUnavailableError, FileSpec, ForeignDataError, ensure_files, survey, unusable
+from kdlab.data.fingerprint import file_digests
+from kdlab.data.safe_pickle import load_numpy_pickle
+from kdlab.data.spec import RawSplits, Split
 
 # CIFAR-100's `train` is the largest file (50000 * 3072 bytes of pixels, 154 MB): the bound is generous,
 # yet keeps a hostile file from claiming gigabytes.
@@ -103,7 +100,7 @@ class CifarFormatError(ValueError):
     """A CIFAR file that cannot be read: missing bytes, not a pickle, or naming code it may not run."""
 
 
-class CifarContentError(CifarFormatError):
+class CifarContentError(CifarFormatError, ForeignDataError):
     """A readable pickle that does not hold what this CIFAR file should: another dataset's file."""
 
 
@@ -121,35 +118,20 @@ def cifar_spec(name: str) -> CifarSpec:
     return CIFAR_SPECS[name]
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and plain containers and nothing else: a downloaded pickle must not run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only numpy arrays may be rebuilt")
-        return self._ALLOWED[(module, name)]
-
-
 def _load(path: Path, spec: CifarSpec) -> dict:
     """The pickled dict in ``path``, its bytes keys decoded; at most ``MAX_FILE_BYTES`` are read."""
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} is missing. Fetch {spec.title} with kdlab.data.cifar_fetch.ensure_cifar, or point root at "
-            f"the folder that holds {spec.folder}/ (the folder torchvision is given, not {spec.folder}/ itself)."
+            f"{path} is missing. The Trainer calls prepare_data() to fetch {spec.title}; outside a Trainer call "
+            f"dm.prepare_data() first, or point data.data_dir at the folder that holds {spec.folder}/ (the folder "
+            f"torchvision is given, not {spec.folder}/ itself)."
         )
-    fix = f"Fetch {spec.title} again (ensure_cifar moves the bad file aside)."
+    fix = "kdlab moves it aside and fetches it again (in a read-only folder, replace it yourself)."
     if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
         raise CifarFormatError(f"{path}: is not a regular file of at most {MAX_FILE_BYTES} bytes. {fix}")
     try:
-        with open(path, "rb") as f:  # latin1, as torchvision: Python 2's byte strings come back as str
-            obj = _CifarUnpickler(f, encoding="latin1").load()
+        with open(path, "rb") as f:
+            obj = load_numpy_pickle(f)
     except OSError:
         raise
     except Exception as err:  # garbage makes the unpickler raise about anything; none of it is a bug here
@@ -189,7 +171,7 @@ def _read_names(path: Path, spec: CifarSpec) -> list[str]:
     return names
 
 
-def check_file(path: Path, spec: CifarSpec, fname: str) -> None:
+def check_file(spec: CifarSpec, path: Path, fname: str) -> None:
     """Check the format of the file ``fname`` (stored at ``path``); raises as ``read_cifar`` would."""
     _read_names(path, spec) if fname == spec.meta else _read_batch(path, spec)
 
@@ -207,100 +189,34 @@ def read_cifar(root: str | os.PathLike, name: str) -> CifarArrays:
     return CifarArrays(train_x, train_y, test_x, test_y, _read_names(folder / spec.meta, spec))
 
 
-def _py2_pickle(obj: object) -> bytes:
-    """``obj`` pickled as Python 2's cPickle wrote CIFAR (protocol 2, ``str`` as byte strings).
+def ensure_cifar(root: str | os.PathLike, name: str, download: bool = True, verify: bool = True, *,
+                 timeout: float = 60.0) -> Path:  # fmt: skip
+    """Make ``root/<folder>`` hold valid files for ``name`` (``"cifar10"``, ``"cifar100"``); return that folder.
 
-    Python 3's pickle cannot write a Python 2 ``str``: its bytes load as bytes even with
-    ``encoding="latin1"``, and torchvision, which looks up the key ``"data"``, would not find them.
-    Only what the CIFAR files hold is written: dicts, lists, tuples, ints, bools, None, str, arrays.
-    """
-    out = bytearray(b"\x80\x02")  # PROTO 2
-
-    def put(o: object) -> None:
-        if isinstance(o, str | bytes):
-            raw = o.encode("latin1") if isinstance(o, str) else o
-            out.extend((b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw)
-        elif o is None or isinstance(o, bool):
-            out.extend({None: b"N", True: b"\x88", False: b"\x89"}[o])
-        elif isinstance(o, int):
-            out.extend(b"J" + struct.pack("<i", o))
-        elif isinstance(o, tuple | list):
-            out.extend(b"(" if isinstance(o, tuple) else b"](")
-            for item in o:
-                put(item)
-            out.extend(b"t" if isinstance(o, tuple) else b"e")
-        elif isinstance(o, dict):
-            out.extend(b"}(")
-            for key, value in o.items():
-                put(key)
-                put(value)
-            out.extend(b"u")
-        elif isinstance(o, np.ndarray) and o.dtype == np.uint8:
-            # numpy 1.x's reduction: _reconstruct(ndarray, (0,), "b"), then __setstate__((1, shape, dtype,
-            # False, raw bytes)); the dtype is dtype("u1", 0, 1), then __setstate__((3, "|", ..., 0)).
-            out.extend(b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n")
-            put((0,))
-            put("b")
-            out.extend(b"tR(K\x01")  # TUPLE REDUCE, then MARK and 1: the array's state begins
-            put(o.shape)
-            out.extend(b"cnumpy\ndtype\n")
-            put(("u1", 0, 1))
-            out.extend(b"R")
-            put((3, "|", None, None, None, -1, -1, 0))
-            out.extend(b"b")  # BUILD: the dtype's state
-            put(False)  # not Fortran order
-            put(np.ascontiguousarray(o).tobytes())
-            out.extend(b"tb")  # TUPLE BUILD: the array's state
-        else:
-            raise TypeError(f"_py2_pickle writes what CIFAR files hold, not {type(o).__name__}")
-
-    put(obj)
-    return bytes(out + b".")
-
-
-def _checked(what: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, list[int]]:
-    x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != (len(x),) or y.dtype.kind not in "iu":
-        raise ValueError(
-            f"write_cifar: {what} must be uint8 [N, 3, 32, 32] with N integer labels; got {x.dtype} {x.shape} "
-            f"and {y.dtype} {y.shape}."
-        )
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"write_cifar: {what} labels run {y.min()}..{y.max()}, not within 0..{num_classes - 1}.")
-    return x.reshape(len(x), 3072), y.tolist()
-
-
-def write_cifar(
-    root: str | os.PathLike,
-    name: str,
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    class_names: Sequence[str],
-) -> Path:
-    """Write arrays to ``root/<folder>`` exactly in torchvision's format (for tests); returns the folder.
-
-    CIFAR-10's training set is split over its five batches as evenly as it goes (10000 each in the
-    real one). CIFAR-100's files get fine labels only: nothing kdlab or torchvision reads needs coarse.
+    ``verify=False`` checks the format only (generated data has no published checksum). The rest is
+    ``ensure_files``' policy, locked on ``root/.<folder>.lock``: valid files are used as they are, other
+    data is refused untouched, damaged files are moved aside and the missing ones taken from the
+    official archive (``root/<archive>.tar.gz`` when it is there, else downloaded).
     """
     spec = cifar_spec(name)
-    if len(class_names) != spec.num_classes:
-        raise ValueError(f"write_cifar: {spec.title} has {spec.num_classes} classes; got {len(class_names)} names.")
-    train_x, train_y = _checked("train", train_x, train_y, spec.num_classes)
-    test_x, test_y = _checked("test", test_x, test_y, spec.num_classes)
-    folder = Path(root) / spec.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    bounds = np.linspace(0, len(train_x), len(spec.train) + 1).astype(int)
-    spans = zip(spec.train, bounds[:-1], bounds[1:], strict=True)
-    files = {f: {"data": train_x[a:b], spec.labels_key: train_y[a:b]} for f, a, b in spans}
-    files[spec.test] = {"data": test_x, spec.labels_key: test_y}
-    files[spec.meta] = {spec.names_key: list(class_names)}
-    for fname, content in files.items():
-        part = folder / f".{fname}.{uuid.uuid4().hex}.part"
-        part.write_bytes(_py2_pickle(content))
-        os.replace(part, folder / fname)
-    return folder
+    folder = Path(root).expanduser().resolve() / spec.folder
+    files, check = [FileSpec(f, md5 if verify else None) for f, md5 in spec.md5.items()], partial(check_file, spec)
+    hint = (f"If they are your own files in {spec.title}'s format, not the official ones, pass verify=False "
+            "(data.verify=false) to use them as they are. ") if verify else ""  # fmt: skip
+    if not download:
+        todo, damaged = survey(folder, files, check, spec.title, hint) if folder.is_dir() else (files, {})
+        if todo:
+            raise DataUnavailableError(
+                f"{spec.title} is not ready: {unusable(folder, todo, damaged)}. Pass download=True (data.download="
+                f"true) to fetch it (damaged files are moved aside), or point data.data_dir at the folder that "
+                f"holds a valid {spec.folder}/."
+            )
+        return folder
+
+    archive = partial(fetch_archive, spec.url, spec.archive_md5 if verify else None, spec.folder, check=check,
+                      timeout=timeout)  # fmt: skip
+    return ensure_files(folder, files, check, spec.title, fallback=archive, timeout=timeout,
+                        lock=folder.parent / f".{spec.folder}.lock", foreign_hint=hint)  # fmt: skip
 
 
 class CIFARDataModule(ImageDataModule):
@@ -318,17 +234,11 @@ class CIFARDataModule(ImageDataModule):
         super().__init__(data_dir=os.fspath(data_dir), verify=bool(verify), download=bool(download), **common)
 
     def prepare_data(self) -> None:
-        from kdlab.data.cifar_fetch import ensure_cifar
-
         hp = self.hparams
         ensure_cifar(hp.data_dir, hp.name, download=hp.download, verify=hp.verify)
 
     def read_splits(self) -> RawSplits:
-        from kdlab.data.fingerprint import file_digests
-
         hp, spec = self.hparams, cifar_spec(self.hparams.name)
         arrays = read_cifar(hp.data_dir, hp.name)
-        train, test = (Split(torch.from_numpy(x), torch.from_numpy(y).long())
-                       for x, y in ((arrays.train_x, arrays.train_y), (arrays.test_x, arrays.test_y)))  # fmt: skip
-        folder = Path(hp.data_dir).expanduser() / spec.folder
-        return RawSplits(train, test, file_digests(folder, sorted(spec.md5)))
+        train, test = (Split(torch.from_numpy(x), torch.from_numpy(y)) for x, y in (arrays[:2], arrays[2:4]))
+        return RawSplits(train, test, file_digests(Path(hp.data_dir).expanduser() / spec.folder, sorted(spec.md5)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,39 +20,14 @@ from torch import Tensor
 
 from kdlab.data.batch import Batch
 from kdlab.data.batches import AUGMENT_STREAM, ShuffledBatches, derive_seed
-from kdlab.data.spec import DataSpec, as_channels
+from kdlab.data.spec import DataSpec, RawSplits, Split
 from kdlab.data.transforms import normalize, random_flip, random_shift
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Split:
-    """One split in memory: images uint8 [N, C, H, W] and labels int64 [N]."""
-
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class RawSplits:
-    """What a dataset's reader returns: its training and test files, and a digest of each part read."""
-
-    train: Split
-    test: Split
-    fingerprint: dict[str, str]
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _check_int(owner: str, name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
 
 
 class ImageDataModule(LightningDataModule):
@@ -97,11 +72,11 @@ class ImageDataModule(LightningDataModule):
         super().__init__()
         owner = type(self).__name__
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                ("val_size", val_size, 1), ("augment_shift", augment_shift, 0)):  # fmt: skip
-            _check_int(owner, key, value, low)
-        if seed is not None:
-            _check_int(owner, "seed", seed, 0)
-        spec = DataSpec(name, input_shape, classes, as_channels(mean, input_shape), as_channels(std, input_shape))
+                                ("val_size", val_size, 1), ("augment_shift", augment_shift, 0),
+                                ("seed", 0 if seed is None else seed, 0)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{owner}: {key} must be an integer >= {low}, got {value!r}")
+        spec = DataSpec(name, input_shape, classes, mean, std)  # checks the shape and one mean and std per channel
         if augment_shift >= min(spec.input_shape[1:]):
             raise ValueError(
                 f"{owner}: augment_shift={augment_shift} would shift whole {spec.input_shape[1]}x"
@@ -118,12 +93,11 @@ class ImageDataModule(LightningDataModule):
         if len(set(exclude_classes)) == n:
             raise ValueError(f"{owner}: exclude_classes lists every class, which leaves nothing to train on")
         # Plain lists in the saved hparams: weights-only checkpoint loading refuses tuples of custom types
-        self.save_hyperparameters(
-            {**dict(name=name, input_shape=list(spec.input_shape), classes=list(spec.classes), mean=list(spec.mean),
-                    std=list(spec.std), batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-                    split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip), seed=seed,
-                    exclude_classes=list(exclude_classes)), **dataset}  # fmt: skip
-        )
+        self.save_hyperparameters(dict(
+            name=name, input_shape=list(spec.input_shape), classes=list(spec.classes), mean=list(spec.mean),
+            std=list(spec.std), batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
+            split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip), seed=seed,
+            exclude_classes=list(exclude_classes), **dataset))  # fmt: skip
         self.static_spec = spec  # everything but the fingerprint, known before any file is read
         self.exclude_classes = sorted(set(exclude_classes))
         self.spec: DataSpec | None = None  # set by setup(): the static spec plus the fingerprint of what was read
@@ -207,8 +181,7 @@ class ImageDataModule(LightningDataModule):
         self.data_train = Split(train.x[train_indices], train.y[train_indices])
         self.data_val = Split(train.x[self.val_indices], train.y[self.val_indices])
         self.data_test = test
-        s = self.static_spec
-        self.spec = DataSpec(s.name, s.input_shape, s.classes, s.mean, s.std, raw.fingerprint)
+        self.spec = replace(self.static_spec, fingerprint=raw.fingerprint)
 
     def _loader(self, split: Split | None, training: bool) -> ShuffledBatches:
         if split is None:
@@ -216,9 +189,8 @@ class ImageDataModule(LightningDataModule):
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if training:
-            return ShuffledBatches(
-                split.x, split.y, self.hparams.batch_size, seed=self.seed, rank=rank, world_size=world_size
-            )
+            return ShuffledBatches(split.x, split.y, self.hparams.batch_size, seed=self.seed, rank=rank,
+                                   world_size=world_size)  # fmt: skip
         # Evaluation splits images exactly across ranks: padding would count some images twice.
         return ShuffledBatches(split.x, split.y, self.hparams.eval_batch_size, shuffle=False, rank=rank,
                                world_size=world_size, pad_shards=False)  # fmt: skip
@@ -262,11 +234,10 @@ class ImageDataModule(LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """What Lightning saves in checkpoints: the seed, where the training order stands, every rank's augmentation.
 
-        The order's place is in Lightning's loop state too, but Lightning restores that only into a loader it
-        builds after reading the checkpoint; `configure_optimizers` asks for `estimated_stepping_batches`
-        (a schedule's length), which builds the loader before, and the saved place is then dropped (Lightning
-        issue #20550): a resumed epoch would start again at its first batch. The datamodule is restored before
-        any loader is built, so its loader starts where the checkpoint stopped.
+        The order's place is in Lightning's loop state too, but restored only into a loader built after the
+        checkpoint is read, and `estimated_stepping_batches` (a schedule's length) builds one before: the place
+        is dropped (Lightning issue #20550) and a resumed epoch would start over. The datamodule is restored
+        before any loader is built, so its loader starts where the checkpoint stopped.
         """
         state: dict[str, Any] = {"seed": self.seed}
         if (loader := self._fit_loader()) is not None:
@@ -281,10 +252,8 @@ class ImageDataModule(LightningDataModule):
                 streams = [None] * torch.distributed.get_world_size()
                 torch.distributed.all_gather_object(streams, own)
             streams = [s for s in streams if s is not None]  # none yet before the first training batch
-            state["augment_rng"] = {
-                "device": streams[0][1] if streams else None,
-                "states": {r: rng_state for r, _, rng_state in streams},  # by global rank
-            }
+            states = {r: rng_state for r, _, rng_state in streams}  # by global rank
+            state["augment_rng"] = {"device": streams[0][1] if streams else None, "states": states}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

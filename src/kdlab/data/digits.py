@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
+from kdlab.data.datamodule import ImageDataModule
+from kdlab.data.spec import RawSplits, Split
 
 # About 20% of the 1797 digits: 36 or so of each class.
 DEFAULT_TEST_SIZE = 360
@@ -103,8 +104,7 @@ class DigitsDataModule(ImageDataModule):
 
     def read_splits(self) -> RawSplits:
         digits = load_digits_arrays()
-        train_x, train_y, test_x, test_y = split_digits(digits.x, digits.y, self.hparams.test_size,
-                                                        self.hparams.test_seed)  # fmt: skip
+        parts = split_digits(digits.x, digits.y, self.hparams.test_size, self.hparams.test_seed)
+        train, test = (Split(torch.from_numpy(x), torch.from_numpy(y)) for x, y in (parts[:2], parts[2:]))
         content = hashlib.sha256(digits.x.tobytes() + digits.y.tobytes()).hexdigest()
-        train, test = (Split(torch.from_numpy(x), torch.from_numpy(y)) for x, y in ((train_x, train_y), (test_x, test_y)))
         return RawSplits(train, test, {"sklearn.datasets.load_digits": content})

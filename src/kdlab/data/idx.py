@@ -1,4 +1,4 @@
-"""Reading and writing IDX files, the format MNIST ships in.
+"""Reading, writing and unpacking IDX files, the format MNIST ships in.
 
 An IDX file is a 4-byte magic number ``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian uint32
 sizes, then the data in C order. MNIST uses type ``0x08`` (unsigned byte) only: labels are
@@ -21,8 +21,9 @@ import numpy as np
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE = 0x08
-# gzip raises any of these on a truncated or damaged stream.
-_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # what gzip raises on a truncated or damaged stream
+# How a damaged file is mended: kdlab.data.fetch never deletes one.
+_REFETCH = "kdlab moves it aside and fetches it again (in a read-only folder, replace it yourself)."
 
 # The largest payload kdlab reads: MNIST's biggest file holds 60000 * 28 * 28 = 47 MB, so 256 MiB is
 # generous while keeping a hostile header (or a gzip bomb) from claiming gigabytes of memory.
@@ -46,9 +47,7 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _damaged_gzip(path: Path, err: Exception) -> IDXFormatError:
-    return IDXFormatError(
-        f"{path}: the gzip stream is damaged or cut short ({err}). Delete the file and fetch it again."
-    )
+    return IDXFormatError(f"{path}: the gzip stream is damaged or cut short ({err}). {_REFETCH}")
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:
@@ -64,14 +63,12 @@ def _read_header(stream: BinaryIO, path: Path) -> tuple[int, ...]:
     """Read and check the header alone; return the shape it declares."""
     magic = _read_exactly(stream, 4)
     if len(magic) < 4:
-        raise IDXFormatError(
-            f"{path}: holds {len(magic)} bytes, too few for an IDX header. Delete the file and fetch it again."
-        )
+        raise IDXFormatError(f"{path}: holds {len(magic)} bytes, too few for an IDX header. {_REFETCH}")
     zero, dtype_code, ndim = struct.unpack(">HBB", magic)
     if zero != 0 or ndim == 0:
         raise IDXFormatError(
-            f"{path}: does not start with an IDX magic number (got 0x{magic.hex()}), so it is not an "
-            "IDX file. Delete it and fetch the file again."
+            f"{path}: does not start with an IDX magic number (got 0x{magic.hex()}), so it is not an IDX file. "
+            f"{_REFETCH}"
         )
     if dtype_code != _UBYTE:
         raise IDXFormatError(
@@ -81,15 +78,14 @@ def _read_header(stream: BinaryIO, path: Path) -> tuple[int, ...]:
     sizes = _read_exactly(stream, 4 * ndim)
     if len(sizes) < 4 * ndim:
         raise IDXFormatError(
-            f"{path}: is truncated inside its header ({4 + len(sizes)} of {4 + 4 * ndim} bytes). "
-            "Delete the file and fetch it again."
+            f"{path}: is truncated inside its header ({4 + len(sizes)} of {4 + 4 * ndim} bytes). {_REFETCH}"
         )
     shape = struct.unpack(f">{ndim}I", sizes)
     if math.prod(shape) > MAX_PAYLOAD_BYTES:  # Python ints: the product cannot overflow
         raise IDXFormatError(
             f"{path}: its header declares shape {shape}, i.e. {math.prod(shape)} bytes of data, more than "
-            f"the {MAX_PAYLOAD_BYTES} kdlab reads (MNIST's largest file holds 47040000). It is not an MNIST "
-            "file; delete it and fetch the file again."
+            f"the {MAX_PAYLOAD_BYTES} kdlab reads (MNIST's largest file holds 47040000): not an MNIST file. "
+            f"{_REFETCH}"
         )
     return shape
 
@@ -118,7 +114,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         found = f"has {header_size + filled} bytes" if filled < expected else "goes on past that"
         raise IDXFormatError(
             f"{path}: is {what}: its header declares shape {shape}, i.e. {header_size + expected} bytes, but "
-            f"the {'decompressed ' if _is_gzip(path) else ''}content {found}. Delete the file and fetch it again."
+            f"the {'decompressed ' if _is_gzip(path) else ''}content {found}. {_REFETCH}"
         )
     return data[:expected].reshape(shape)
 
@@ -127,11 +123,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8 array as IDX; gzipped when the name ends with ``.gz``."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim == 0:
-        raise ValueError(
-            f"write_idx writes uint8 arrays of at least one dimension (MNIST's format); got dtype "
-            f"{array.dtype} with shape {array.shape}. Convert with array.astype(np.uint8) after checking "
-            "the values lie in 0..255."
-        )
+        raise ValueError(f"write_idx writes uint8 arrays of at least one dimension (MNIST's format); got dtype "
+                         f"{array.dtype} with shape {array.shape}. Convert with array.astype(np.uint8) after "
+                         "checking the values lie in 0..255.")  # fmt: skip
     header = struct.pack(f">HBB{array.ndim}I", 0, _UBYTE, array.ndim, *array.shape)
     payload = header + np.ascontiguousarray(array).tobytes()
     path = Path(path)
@@ -159,9 +153,19 @@ def md5_uncompressed(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) ->
                 if total > max_bytes:
                     raise IDXFormatError(
                         f"{path}: its {'decompressed ' if _is_gzip(path) else ''}content exceeds {max_bytes} "
-                        "bytes, more than any IDX file kdlab reads, so it is not an MNIST file. Delete it and "
-                        "fetch the file again."
+                        f"bytes, more than any IDX file kdlab reads: not an MNIST file. {_REFETCH}"
                     )
     except _GZIP_ERRORS as err:
         raise _damaged_gzip(path, err) from err
     return digest.hexdigest()
+
+
+def unpack(src: Path, dst: Path, max_bytes: int = MAX_IDX_BYTES) -> None:
+    """Copy `src` into `dst`, gunzipped when it is gzip, refusing more than `max_bytes` (a gzip bomb)."""
+    with _open(src) as fin, open(dst, "wb") as fout:
+        written = 0
+        while chunk := fin.read(min(1 << 20, max_bytes + 1 - written)):
+            fout.write(chunk)
+            written += len(chunk)
+            if written > max_bytes:
+                raise IDXFormatError(f"{src}: unpacks to more than {max_bytes} bytes, more than any file kdlab reads")

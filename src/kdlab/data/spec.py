@@ -1,4 +1,5 @@
-"""The data contract: what every datamodule promises to everything downstream of it.
+"""The data contract: what every datamodule promises downstream (a `DataSpec`, its splits as `Split`s),
+and what a dataset's reader hands the datamodule (`RawSplits`).
 
 Models size themselves from `input_shape` and `classes`, a teacher carries the spec it was trained on
 (so it is fed inputs normalised its own way), and the teacher-output cache, export, figures and the
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,7 @@ class DataSpec:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {**data, "input_shape": list(self.input_shape), "classes": list(self.classes),
+        return {**asdict(self), "input_shape": list(self.input_shape), "classes": list(self.classes),
                 "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
 
     @classmethod
@@ -70,3 +72,23 @@ def as_channels(values: float | Sequence[float], input_shape: Sequence[int]) -> 
     if len(values) != channels:
         raise ValueError(f"{len(values)} normalisation values for {channels} channel(s): give one per channel or one")
     return values
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in memory: images uint8 [N, C, H, W] and labels int64 [N]."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """What a dataset's reader returns: its training and test files, and a digest of each part read."""
+
+    train: Split
+    test: Split
+    fingerprint: dict[str, str]

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from kdlab.deploy.bundle import Bundle, DeployNet, load_bundle
+from kdlab.deploy.bundle import Bundle, load_bundle
 from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
-from kdlab.deploy.extras import MissingDependencyError, require_formats
-from kdlab.deploy.parity import Parity, ParityError, batched_logits, compare
+from kdlab.deploy.parity import Parity, ParityError, accuracy, batched_logits, compare
 from kdlab.deploy.report import DeployResult, busy_note, speed_table, write_report
-from kdlab.deploy.runtimes import TorchRunner
+from kdlab.deploy.runtimes import MissingDependencyError, TorchRunner, require_formats
 from kdlab.deploy.speed import DEFAULT, QUICK, SpeedSettings, available_threads, count_flops, measure
+from kdlab.runfolder import FolderNet
 
 EXPORT_DIR = "export"  # under --out (default: the run folder)
 
@@ -40,50 +40,36 @@ def parse_threads(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _partial(path: Path) -> Path:
-    """Where a fresh export waits for its checks; the pid keeps two concurrent exports apart."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _check(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_only: bool) -> tuple[list, dict]:
+    """Write (unless check_only), verify and parity-check every (net, format) on the whole test set.
 
-
-def _parity(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_only: bool) -> tuple[list, dict, dict]:
-    """Write (unless check_only), verify and parity-check every (net, format): Parity per pair, paths by pair.
-
-    Returns the parity results, the files checked by (role, fmt), and each net's PyTorch logits on the test set.
+    A fresh export waits for its checks under a temporary name (the pid keeps two exports apart) and gets
+    its final name only when every file passed: nothing of a failed or interrupted export is kept.
+    Returns the Parity of each (net, format) and each net's PyTorch logits on the test set, by role.
     """
-    threads = available_threads()
-    images, labels = bundle.test.x, bundle.test.y
+    threads, images, labels = available_threads(), bundle.test.x, bundle.test.y
     results: list[Parity] = []
-    written: dict[tuple[str, str], Path] = {}  # (role, fmt) -> file checked (temporary when freshly written)
     references: dict[str, torch.Tensor] = {}
+    written: dict[Path, Path] = {}  # final name -> file checked (temporary when freshly written)
+    passed = False
     try:
         for net in bundle.nets:
             reference = references[net.role] = batched_logits(TorchRunner(net.model, "eager", threads), images)
             for fmt in formats:
                 final = export_path(export_dir, net.role, fmt)
-                path = final if check_only else write_export(net, fmt, _partial(final))
-                written[(net.role, fmt)] = path
+                partial = final.with_name(f".{final.name}.{os.getpid()}.partial")
+                path = written[final] = final if check_only else write_export(net, fmt, partial)
                 runner = verify_export(path, fmt, net, threads, probe=False)  # every test image follows
                 results.append(compare(net.role, fmt, reference, batched_logits(runner, images), labels))
-    except BaseException:
+        passed = all(p.passed for p in results)
+    finally:
         if not check_only:
-            for path in written.values():
-                path.unlink(missing_ok=True)
-        raise
-    return results, written, references
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())
-
-
-def _ensemble(bundle: Bundle, references: dict[str, torch.Tensor]) -> dict | None:
-    """The members' PyTorch logits combined as in training, scored on the test set (a complete ensemble only)."""
-    run = bundle.run
-    if run.combine is None:
-        return None
-    roles = [net.role for net in run.teachers]
-    combined = run.teacher_logits([references[role] for role in roles])
-    return {"members": roles, "combine": run.combine, "accuracy": _accuracy(combined, bundle.test.y)}
+            for final, path in written.items():
+                if passed:
+                    os.replace(path, final)
+                else:
+                    path.unlink(missing_ok=True)
+    return results, references
 
 
 def export_run(
@@ -108,52 +94,49 @@ def export_run(
         raise ValueError(f"Unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}.")
     require_formats(formats)
     bundle = load_bundle(folder, data_dir)
-    out = Path(out) if out is not None else bundle.folder
+    run, labels = bundle.run, bundle.test.y
+    out = Path(out) if out is not None else run.folder
     export_dir = out / EXPORT_DIR
     saved_threads = torch.get_num_threads()  # parity and timing set torch's global thread count
     try:
-        parity, written, references = _parity(bundle, formats, export_dir, check_only)
-        accuracy = {role: _accuracy(logits, bundle.test.y) for role, logits in references.items()}
+        parity, references = _check(bundle, formats, export_dir, check_only)
         failed = [p for p in parity if not p.passed]
-        if not check_only:  # keep what passed under its final name, nothing of a failed export
-            for (role, fmt), path in written.items():
-                if failed:
-                    path.unlink(missing_ok=True)
-                else:
-                    os.replace(path, export_path(export_dir, role, fmt))
-        record, spec = bundle.run.record, bundle.run.spec
-        test = {"images": len(bundle.test), "source": bundle.source, "data": spec.name,
-                "input_shape": list(spec.input_shape)}  # fmt: skip
+        ensemble = None  # a complete ensemble: its members' logits combined as in training
+        if run.combine is not None:
+            roles = [net.role for net in run.teachers]
+            combined = run.teacher_logits([references[role] for role in roles])
+            ensemble = {"members": roles, "combine": run.combine, "accuracy": accuracy(combined, labels)}
         result = DeployResult(
-            run={"folder": str(bundle.folder), "name": record.name, "kind": record.kind, "status": record.status},
-            test=test,
-            nets=[_describe(net, accuracy[net.role], formats, export_dir, shipped=not failed) for net in bundle.nets],
+            run={"folder": str(run.folder), "name": run.record.name, "kind": run.record.kind,
+                 "status": run.record.status},
+            test={"images": len(bundle.test), "source": bundle.source, "data": run.spec.name,
+                  "input_shape": list(run.spec.input_shape)},
+            nets=[_describe(net, accuracy(references[net.role], labels), formats, export_dir, shipped=not failed)
+                  for net in bundle.nets],
             parity=[p.to_dict() for p in parity],
             formats=list(formats),
-            ensemble=_ensemble(bundle, references),
+            ensemble=ensemble,
             notes=list(bundle.notes),
             status="parity failed" if failed else "ok",
-        )
-        if failed:
-            if not check_only:
-                write_report(result, out)
-            kept = "The files were left as they are (--check)." if check_only else (
-                f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")  # fmt: skip
-            raise ParityError(
-                f"Export refused: parity failed for {', '.join(f'{p.role} {p.format}' for p in failed)}.\n  "
-                + "\n  ".join(p.describe() for p in failed)
-                + f"\n{kept}"
-            )
-        if bench:
+        )  # fmt: skip
+        if bench and not failed:
             result.speed = _time(bundle, formats, export_dir, threads or (1, available_threads()), settings)
     finally:
         torch.set_num_threads(saved_threads)
     if not check_only:
         write_report(result, out)
+    if failed:
+        kept = "The files were left as they are (--check)." if check_only else (
+            f"The numbers are in {out / 'deploy.md'}; no file was kept under its final name.")  # fmt: skip
+        raise ParityError(
+            f"Export refused: parity failed for {', '.join(f'{p.role} {p.format}' for p in failed)}.\n  "
+            + "\n  ".join(p.describe() for p in failed)
+            + f"\n{kept}"
+        )
     return result
 
 
-def _describe(net: DeployNet, accuracy: float, formats: tuple[str, ...], export_dir: Path, shipped: bool) -> dict:
+def _describe(net: FolderNet, score: float, formats: tuple[str, ...], export_dir: Path, shipped: bool) -> dict:
     """One net's row of the report: size, cost, accuracy and its files."""
     files = {"weights": {"path": str(net.weights), "bytes": net.weights.stat().st_size}}
     for fmt in formats:
@@ -162,12 +145,12 @@ def _describe(net: DeployNet, accuracy: float, formats: tuple[str, ...], export_
             files[fmt] = {"path": str(final), "bytes": final.stat().st_size}
     return {
         "role": net.role,
-        "net": net.model_config.get("_target_"),
-        "model": net.model_config,
-        "params": net.params,
+        "net": net.config.get("_target_"),
+        "model": net.config,
+        "params": sum(p.numel() for p in net.model.net.parameters()),
         "normalization": net.spec.normalization,
         "flops_per_image": count_flops(net.model),
-        "accuracy": accuracy,
+        "accuracy": score,
         "files": files,
     }
 
@@ -189,11 +172,12 @@ def _time(
         "wall_s": round(time.perf_counter() - start, 2),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # 1-min, at the end
         "torch": torch.__version__,
-        "rows": [r.to_dict() for r in rows],
+        "rows": [asdict(r) for r in rows],
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> int:
+    """0: exported, verified (and timed). 1: an export failed its checks. 2: bad input or missing packages."""
     parser = argparse.ArgumentParser(
         prog="scripts/export.py",
         description="Export a run's trained net(s) to TorchScript and ONNX (raw uint8 pixels in, logits out), "
@@ -207,24 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", default="1,all", help="thread counts to time, e.g. 1,all or 1,2,4 (default 1,all)")
     parser.add_argument("--check", action="store_true", help="write nothing: verify (and time) the files in export/")
     parser.add_argument("--data-dir", default=None, help="where the dataset's files are now, if not the run's data_dir")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """0: exported, verified (and timed). 1: an export failed its checks. 2: bad input or missing packages."""
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
         if not formats:
             raise ValueError("--formats is empty; give torchscript, onnx or both (comma-separated).")
         result = export_run(args.run_dir, args.out, formats, args.bench, QUICK if args.quick else DEFAULT,
                             parse_threads(args.threads), args.check, args.data_dir)  # fmt: skip
-    except (MissingDependencyError, ValueError) as err:  # a RunFolderError is a ValueError
+    except (MissingDependencyError, ValueError, ExportError, ParityError) as err:  # a RunFolderError is a ValueError
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ExportError, ParityError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, (ExportError, ParityError)) else 2
     for p in result.parity:
         print(f"parity {Parity(**{k: v for k, v in p.items() if k != 'passed'}).describe()}")
     for note in result.notes:

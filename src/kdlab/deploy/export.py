@@ -18,6 +18,7 @@ names another net, or does not reproduce the net's logits on a probe batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -28,10 +29,9 @@ from typing import Any
 
 import torch
 
-from kdlab.deploy.bundle import DeployNet
-from kdlab.deploy.extras import require
 from kdlab.deploy.parity import ParityError, compare
-from kdlab.deploy.runtimes import ONNX_INPUT, ONNX_OUTPUT, OnnxRunner, TorchRunner, onnx_session
+from kdlab.deploy.runtimes import ONNX_INPUT, ONNX_OUTPUT, MissingDependencyError, OnnxRunner, TorchRunner, require
+from kdlab.runfolder import FolderNet
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -56,21 +56,49 @@ def export_path(folder: Path, role: str, fmt: str) -> Path:
     return folder / f"{role}{SUFFIXES[fmt]}"
 
 
-def write_export(net: DeployNet, fmt: str, path: Path) -> Path:
+def digest(net: FolderNet) -> str:
+    """sha256 over the weights and the normalisation: what an export must have been made from."""
+    h = hashlib.sha256(f"mean={list(net.spec.mean)!r};std={list(net.spec.std)!r}".encode())
+    for key, value in sorted(net.net.state_dict().items()):
+        h.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def manifest(net: FolderNet) -> dict[str, Any]:
+    """Written into every export, so a file can later be matched to the net it claims to be."""
+    from kdlab import __version__
+
+    spec = net.spec
+    return {
+        "role": net.role,
+        "net": net.config.get("_target_", type(net.net).__name__),
+        "digest": digest(net),
+        "data": spec.name,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "classes": list(spec.classes),
+        "input": f"uint8[N,{','.join(map(str, spec.input_shape))}] raw pixels 0..255",
+        "output": f"float32[N,{spec.num_classes}] logits",
+        "kdlab": __version__,
+    }
+
+
+def write_export(net: FolderNet, fmt: str, path: Path) -> Path:
     """Write `net` (normalisation included) to `path` in format `fmt`, manifest embedded."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose from {', '.join(FORMATS)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = json.dumps(net.manifest(), sort_keys=True)
+    text = json.dumps(manifest(net), sort_keys=True)
     if fmt == "torchscript":
         with _jit_quietly():
-            torch.jit.script(net.model).save(str(path), _extra_files={MANIFEST_FILE: manifest})
+            torch.jit.script(net.model).save(str(path), _extra_files={MANIFEST_FILE: text})
     else:
-        _write_onnx(net, path, manifest)
+        _write_onnx(net, path, text)
     return path
 
 
-def _write_onnx(net: DeployNet, path: Path, manifest: str) -> None:
+def _write_onnx(net: FolderNet, path: Path, manifest: str) -> None:
     require("onnx")
     require("onnxscript")
     example = torch.zeros(EXAMPLE_BATCH, *net.spec.input_shape, dtype=torch.uint8)
@@ -83,15 +111,9 @@ def _write_onnx(net: DeployNet, path: Path, manifest: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            program = torch.onnx.export(
-                net.model,
-                (example,),
-                dynamo=True,
-                input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                verbose=False,
-            )
+            program = torch.onnx.export(net.model, (example,), dynamo=True, input_names=[ONNX_INPUT],
+                                        output_names=[ONNX_OUTPUT], verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
     finally:
         registration.setLevel(level)
     program.model.metadata_props[MANIFEST_KEY] = manifest
@@ -112,10 +134,10 @@ def open_export(path: Path, fmt: str, threads: int | None = None) -> TorchRunner
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
             return TorchRunner(module, "torchscript", threads, {MANIFEST_KEY: text})
         if fmt == "onnx":
-            return OnnxRunner(onnx_session(path, threads), threads)
+            return OnnxRunner(path, threads)
+    except MissingDependencyError:
+        raise
     except Exception as err:  # a truncated zip, a damaged protobuf, ...: each runtime raises its own type
-        if type(err).__name__ == "MissingDependencyError":
-            raise
         raise ExportError(
             f"{path} cannot be loaded as {fmt}: {type(err).__name__}: {str(err).strip()[:300]}. The file is corrupt "
             "or truncated (or not a model file). Delete it and export again: `python scripts/export.py <run folder>`."
@@ -137,14 +159,13 @@ def probe_batch(input_shape: tuple[int, ...], n: int = 7) -> torch.Tensor:
 
     7 images: not the export's example batch of 2, so a batch axis fixed by mistake shows here.
     """
-    shape = (n, *input_shape)
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (n, *input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images[-2], images[-1] = 0, 255
     return images
 
 
 def verify_export(
-    path: Path, fmt: str, net: DeployNet, threads: int | None = None, probe: bool = True
+    path: Path, fmt: str, net: FolderNet, threads: int | None = None, probe: bool = True
 ) -> TorchRunner | OnnxRunner:
     """Refuse (ExportError) a file that does not load, names another net or misses the net's logits.
 
@@ -152,17 +173,17 @@ def verify_export(
     a failure there reported with the test-set numbers). Returns the loaded runner.
     """
     runner = open_export(path, fmt, threads)
-    manifest = read_manifest(runner)
-    if manifest is None:
+    claimed, expected = read_manifest(runner), digest(net)
+    if claimed is None:
         raise ExportError(
             f"{path} carries no kdlab manifest, so nothing says which net it holds. Export files made by "
             "`python scripts/export.py` carry one; export again rather than checking a foreign file."
         )
-    if manifest.get("digest") != net.digest:
+    if claimed.get("digest") != expected:
         raise ExportError(
-            f"{path} was exported from another net: its manifest names {manifest.get('role')!r} "
-            f"{manifest.get('net')!r} with weights digest {str(manifest.get('digest'))[:12]}..., but this run's "
-            f"{net.role} has digest {net.digest[:12]}... (mean {list(net.spec.mean)}, std {list(net.spec.std)}). "
+            f"{path} was exported from another net: its manifest names {claimed.get('role')!r} "
+            f"{claimed.get('net')!r} with weights digest {str(claimed.get('digest'))[:12]}..., but this run's "
+            f"{net.role} has digest {expected[:12]}... (mean {list(net.spec.mean)}, std {list(net.spec.std)}). "
             "Export this run again, or point at the export folder that belongs to it."
         )
     if not probe:

@@ -34,6 +34,11 @@ def batched_logits(runner, images: Tensor, batch: int = BATCH) -> Tensor:
     return torch.cat([runner.logits(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy; 0 on no images."""
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
 @dataclass
 class Parity:
     """One exported file against its PyTorch model, on `images` test images."""
@@ -71,14 +76,7 @@ def compare(role: str, fmt: str, reference: Tensor, exported: Tensor, labels: Te
             f"PyTorch model returns {tuple(reference.shape)}: it is not an export of this model. Export it again."
         )
     n = len(labels)
-    ref_pred, exp_pred = reference.argmax(1), exported.argmax(1)
-    return Parity(
-        role=role,
-        format=fmt,
-        images=n,
-        max_abs_diff=float((reference - exported).abs().max()) if n else 0.0,
-        limit=parity_limit(reference),
-        agreement=float((ref_pred == exp_pred).float().mean()) if n else 1.0,
-        accuracy_reference=float((ref_pred == labels).float().mean()) if n else 0.0,
-        accuracy_export=float((exp_pred == labels).float().mean()) if n else 0.0,
-    )
+    return Parity(role, fmt, n, max_abs_diff=float((reference - exported).abs().max()) if n else 0.0,
+                  limit=parity_limit(reference), agreement=accuracy(exported, reference.argmax(1)) if n else 1.0,
+                  accuracy_reference=accuracy(reference, labels),
+                  accuracy_export=accuracy(exported, labels))  # fmt: skip

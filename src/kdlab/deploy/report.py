@@ -25,12 +25,11 @@ class DeployResult:
 
     run: dict[str, Any]  # folder, name, kind, status
     test: dict[str, Any]  # images, source, data (the dataset's name), input_shape
-    nets: list[
-        dict[str, Any]
-    ]  # role, net, params, flops_per_image, accuracy, normalization, files: {fmt: {path, bytes}}
+    # each net: role, net, model, params, flops_per_image, accuracy, normalization, files: {fmt: {path, bytes}}
+    nets: list[dict[str, Any]]
     parity: list[dict[str, Any]]  # Parity.to_dict() per (net, format)
     formats: list[str] = field(default_factory=list)  # asked for: "torchscript", "onnx"
-    speed: dict[str, Any] | None = None  # settings, rows: SpeedRow.to_dict() each; None with --no-bench
+    speed: dict[str, Any] | None = None  # settings, rows: a SpeedRow each; None with --no-bench
     ensemble: dict[str, Any] | None = None  # members (roles), combine, accuracy: the members combined as in training
     notes: list[str] = field(default_factory=list)
     status: str = "ok"
@@ -45,9 +44,7 @@ def is_teacher(role: str) -> bool:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+    return "-" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _pct(x: float | None) -> str:
@@ -176,16 +173,13 @@ def render_markdown(result: DeployResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(result: DeployResult, out: str | os.PathLike) -> tuple[Path, Path]:
+    """deploy.json and deploy.md, each written whole under a temporary name and then renamed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / JSON_FILE, out / MD_FILE
-    _write_atomic(json_path, result.to_json())
-    _write_atomic(md_path, render_markdown(result))
+    for path, text in ((json_path, result.to_json()), (md_path, render_markdown(result))):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return json_path, md_path

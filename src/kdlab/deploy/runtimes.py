@@ -3,23 +3,49 @@
 Parity and timing treat the three alike: `runner.prepare()` before a block of calls (torch's thread
 count is global, onnxruntime's is fixed per session), `runner.feed(x)` converts a uint8 batch to the
 runtime's own input once, outside any timing, and `runner(fed)` is the call that is timed.
+
+`import kdlab.deploy` must work on a training-only install: the ONNX path alone needs the `[deploy]`
+extra, onnx (the exporter writes through it), onnxscript (torch's torch.export-based ONNX exporter is
+built on it) and onnxruntime (to check and time the file), imported only when ONNX is asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdlab.deploy.extras import require
+INSTALL_HINT = "pip install 'kdlab[deploy]'"
+NEEDS = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}  # each format's packages beyond torch
+ONNX_INPUT, ONNX_OUTPUT = "pixels", "logits"
 
-RUNTIMES = ("eager", "torchscript", "onnxruntime")
-RUNTIME_OF_FORMAT = {"torchscript": "torchscript", "onnx": "onnxruntime"}
-ONNX_INPUT = "pixels"
-ONNX_OUTPUT = "logits"
+
+class MissingDependencyError(ImportError):
+    """A format was asked for whose packages are not installed."""
+
+
+def require(package: str, why: str = "ONNX export") -> ModuleType:
+    """Import `package`, or say which extra installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{why} needs the Python package {package!r}, which is not installed ({err}). Install kdlab's "
+            f"deploy extra with `{INSTALL_HINT}` (onnx, onnxscript, onnxruntime), or export TorchScript only "
+            "with `--formats torchscript`."
+        ) from err
+
+
+def require_formats(formats: tuple[str, ...]) -> None:
+    """Fail before any work starts when a requested format's packages are missing."""
+    for fmt in formats:
+        for package in NEEDS.get(fmt, ()):
+            require(package, why=f"The {fmt} format")
 
 
 class TorchRunner:
@@ -45,13 +71,17 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """An onnxruntime CPU session; its thread count is set when the session is made."""
+    """An onnxruntime CPU session with `threads` intra-op threads (one inter-op thread: the graphs are a chain)."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, session: Any, threads: int) -> None:
-        self.session, self.threads = session, threads
-        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+    def __init__(self, path: Path, threads: int) -> None:
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise here
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.threads, self.metadata = threads, dict(self.session.get_modelmeta().custom_metadata_map)
 
     def prepare(self) -> None:
         pass
@@ -59,18 +89,8 @@ class OnnxRunner:
     def feed(self, x: Tensor) -> dict[str, np.ndarray]:
         return {ONNX_INPUT: np.ascontiguousarray(x.numpy())}
 
-    def __call__(self, fed: dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, fed: dict[str, Any]) -> np.ndarray:
         return self.session.run([ONNX_OUTPUT], fed)[0]
 
     def logits(self, x: Tensor) -> Tensor:
         return torch.from_numpy(self(self.feed(x))).float()
-
-
-def onnx_session(path: Path, threads: int) -> Any:
-    """A CPU session with `threads` intra-op threads (one inter-op thread: the graphs are a chain)."""
-    ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise here
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

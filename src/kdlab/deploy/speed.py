@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,16 +34,9 @@ class SpeedSettings:
 # Default: 2 nets x 3 runtimes x 2 thread settings = 12 runners x 2 batch sizes = 24 cells;
 # a round is ~12 x 0.04 s + 12 x 0.15 s = 2.3 s, 5 rounds ~12 s for the MNIST MLPs.
 DEFAULT = SpeedSettings()
+QUICK = SpeedSettings(rounds=2, warmup=1, latency_budget_s=0.002, latency_calls=(5, 50), throughput_budget_s=0.005,
+                      throughput_calls=(1, 3))  # fmt: skip
 FIRST_VISIT_WARMUP = 3  # extra untimed calls the first time a cell runs
-
-QUICK = SpeedSettings(
-    rounds=2,
-    warmup=1,
-    latency_budget_s=0.002,
-    latency_calls=(5, 50),
-    throughput_budget_s=0.005,
-    throughput_calls=(1, 3),
-)
 
 
 def available_threads() -> int:
@@ -77,14 +70,6 @@ class SpeedRow:
     latency_samples: int
     throughput_samples: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _calls(budget_s: float, one_call_s: float, bounds: tuple[int, int]) -> int:
-    low, high = bounds
-    return max(low, min(high, math.ceil(budget_s / max(one_call_s, 1e-9))))
-
 
 def measure(runners: list[tuple[str, object]], images: Tensor, settings: SpeedSettings = DEFAULT) -> list[SpeedRow]:
     """Time each `(role, runner)` at batch 1 and at `settings.batch`, interleaved over rounds.
@@ -93,8 +78,8 @@ def measure(runners: list[tuple[str, object]], images: Tensor, settings: SpeedSe
     """
     big = images[torch.arange(settings.batch) % len(images)]
     cells = [(i, size) for i in range(len(runners)) for size in (1, settings.batch)]
-    fed = {(i, size): runner.feed(big[:size]) for i, (_, runner) in enumerate(runners) for size in (1, settings.batch)}
-    calls: dict[tuple[int, int], int] = {}
+    fed = {(i, size): runners[i][1].feed(big[:size]) for i, size in cells}
+    calls: dict[tuple[int, int], int] = {}  # timed calls per visit, sized at the first visit
     samples: dict[tuple[int, int], list[int]] = {cell: [] for cell in cells}
     order = random.Random(0)
     saved_threads = torch.get_num_threads()
@@ -102,28 +87,25 @@ def measure(runners: list[tuple[str, object]], images: Tensor, settings: SpeedSe
         for _ in range(settings.rounds):
             order.shuffle(cells)
             for cell in cells:
-                i, size = cell
-                runner, x = runners[i][1], fed[cell]
+                runner, x, first = runners[cell[0]][1], fed[cell], cell not in calls
                 runner.prepare()
-                if cell not in calls:  # first visit: settle (TorchScript profiles its first calls), then size
-                    for _ in range(FIRST_VISIT_WARMUP):
-                        runner(x)
+                for _ in range(FIRST_VISIT_WARMUP if first else 0):  # settle: TorchScript profiles its first calls
+                    runner(x)
                 start = time.perf_counter()
                 for _ in range(settings.warmup):
                     runner(x)
-                if cell not in calls:  # sized once, from the first visit's warm-up
+                if first:  # sized once, from the first visit's warm-up
                     per_call = (time.perf_counter() - start) / max(settings.warmup, 1)
-                    budget, bounds = (
+                    budget, (low, high) = (
                         (settings.latency_budget_s, settings.latency_calls)
-                        if size == 1
+                        if cell[1] == 1
                         else (settings.throughput_budget_s, settings.throughput_calls)
                     )
-                    calls[cell] = _calls(budget, per_call, bounds)
-                times = samples[cell]
+                    calls[cell] = max(low, min(high, math.ceil(budget / max(per_call, 1e-9))))
                 for _ in range(calls[cell]):
                     t0 = time.perf_counter_ns()
                     runner(x)
-                    times.append(time.perf_counter_ns() - t0)
+                    samples[cell].append(time.perf_counter_ns() - t0)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -131,17 +113,6 @@ def measure(runners: list[tuple[str, object]], images: Tensor, settings: SpeedSe
     for i, (role, runner) in enumerate(runners):
         one = np.array(samples[(i, 1)], dtype=np.float64) / 1e3  # ns -> us
         many = np.array(samples[(i, settings.batch)], dtype=np.float64) / 1e9  # ns -> s
-        rows.append(
-            SpeedRow(
-                role=role,
-                runtime=runner.runtime,
-                threads=runner.threads,
-                latency_median_us=float(np.median(one)),
-                latency_p95_us=float(np.percentile(one, 95)),
-                throughput_ips=float(settings.batch / np.median(many)),
-                batch=settings.batch,
-                latency_samples=len(one),
-                throughput_samples=len(many),
-            )
-        )
+        rows.append(SpeedRow(role, runner.runtime, runner.threads, float(np.median(one)), float(np.percentile(one, 95)),
+                             float(settings.batch / np.median(many)), settings.batch, len(one), len(many)))  # fmt: skip
     return rows

@@ -198,23 +198,31 @@ class DistillationModule(ClassifierSystem):
         norm = self.teacher_norms[i]
         return batch.x if norm is None else normalize(batch.pixels, norm["mean"], norm["std"])
 
-    def views(self, batch, teacher_logits: torch.Tensor | None = None) -> LossInputs:
-        if self.is_ensemble:
-            return self.ensemble_views(batch, teacher_logits)
-        if teacher_logits is None:
+    def views(self, batch, cached: torch.Tensor | None = None) -> LossInputs:
+        """The student's and the teacher's logits (an ensemble's: each member's, and combined) and tapped features.
+
+        `cached`: this training batch's logits from the cache ([B, C], or [members, B, C]); the first batch of a
+        fit is checked against the live teacher, every other one trains on the cached logits alone.
+        """
+        nets = list(self.teacher.members) if self.is_ensemble else [self.teacher]
+        if cached is None:
             with torch.no_grad():
-                teacher_logits = self.teacher(self.teacher_input(batch))
-        elif self._check_outputs:  # the first cached batch of a fit: the very views must agree (trains on the cached)
-            with torch.no_grad():
-                self._verify_cached(teacher_logits, self.teacher(self.teacher_input(batch)), self.teacher_outputs[0])
-        teacher_feats = self.teacher_tap.pop()
-        student_logits = self.net(batch.x)
+                logits = [net(self.teacher_input(batch, i)) for i, net in enumerate(nets)]
+        else:
+            logits = list(cached.unbind(0)) if self.is_ensemble else [cached]
+            if self._check_outputs:
+                with torch.no_grad():
+                    for i, (net, entry) in enumerate(zip(nets, self.teacher_outputs, strict=True)):
+                        self._verify_cached(logits[i], net(self.teacher_input(batch, i)), entry)
+        teacher_feats, member_feats = self.teacher_tap.pop(), [tap.pop() for tap in self.member_taps]
         return LossInputs(
-            student_logits=student_logits,
+            student_logits=self.net(batch.x),
             target=batch.y,
-            teacher_logits=teacher_logits,
+            teacher_logits=self.teacher.combine(logits) if self.is_ensemble else logits[0],
             student_features=self.student_tap.pop(),
             teacher_features=teacher_feats,
+            member_logits=logits if self.is_ensemble else None,
+            member_features=member_feats,
         )
 
     def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor, entry: TeacherOutputs) -> None:
@@ -231,36 +239,6 @@ class DistillationModule(ClassifierSystem):
             )
 
     # -- an ensemble's members ----------------------------------------------------------------------
-    def member_logits(self, batch, cached: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Each ensemble member's logits for this batch, in member order, without a graph.
-
-        `cached` [members, B, C]: the members' cached logits of this training batch, used instead of
-        running them (the first batch of a fit is checked against the live members first).
-        """
-        members = self.teacher.members
-        if cached is None:
-            with torch.no_grad():
-                return [member(self.teacher_input(batch, i)) for i, member in enumerate(members)]
-        if self._check_outputs:
-            with torch.no_grad():
-                for i, (member, entry) in enumerate(zip(members, self.teacher_outputs, strict=True)):
-                    self._verify_cached(cached[i], member(self.teacher_input(batch, i)), entry)
-        return list(cached.unbind(0))
-
-    def ensemble_views(self, batch, cached: torch.Tensor | None = None) -> LossInputs:
-        """views() for an ensemble: `teacher_logits` are the members combined, each member's kept too."""
-        members = self.member_logits(batch, cached)
-        member_feats = [tap.pop() for tap in self.member_taps]
-        student_logits = self.net(batch.x)
-        return LossInputs(
-            student_logits=student_logits,
-            target=batch.y,
-            teacher_logits=self.teacher.combine(members),
-            student_features=self.student_tap.pop(),
-            member_logits=members,
-            member_features=member_feats,
-        )
-
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
         metrics = super().stage_metrics(stage, num_classes)
         if stage != "train":  # how closely the student follows the teacher, on held-out images
