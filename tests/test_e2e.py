@@ -69,9 +69,9 @@ def test_digits_distillation_offline_records_teacher_student_and_baseline(tmp_pa
     baseline's seeds, the record shows the teacher, the student and the baseline."""
 
     def run(*args: str) -> RunRecord:
-        done = subprocess.run([sys.executable, "train.py", *args, f"paths.root_dir={tmp_path}",
-                               "trainer.enable_progress_bar=false"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        command = [sys.executable, "train.py", *args, f"paths.root_dir={tmp_path}", "trainer.enable_progress_bar=false"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         name = args[0].split("=", 1)[1]
         newest = max((tmp_path / "outputs" / name / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
@@ -79,7 +79,9 @@ def test_digits_distillation_offline_records_teacher_student_and_baseline(tmp_pa
 
     scratch = [run("experiment=student_scratch_digits", f"seed={seed}") for seed in (0, 1)]
     distilled = run("experiment=distill_digits")
-    assert distilled.status == "ok" and distilled.data["name"] == "digits" and distilled.data["input_shape"] == [1, 8, 8]
+    assert (
+        distilled.status == "ok" and distilled.data["name"] == "digits" and distilled.data["input_shape"] == [1, 8, 8]
+    )
     assert distilled.teacher is not None and distilled.teacher.recipe == "train_teacher_digits"
     assert distilled.metrics["test/teacher_acc"] > 0.95 and distilled.metrics["test/acc"] > 0.9
     accs = [r.metrics["test/acc"] for r in scratch]

@@ -20,8 +20,13 @@ def trainer(**values):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("fast_dev_run", True), ("limit_train_batches", 2), ("limit_val_batches", 0.5), ("limit_test_batches", 3),
-     ("max_steps", 10)],  # fmt: skip
+    [
+        ("fast_dev_run", True),
+        ("limit_train_batches", 2),
+        ("limit_val_batches", 0.5),
+        ("limit_test_batches", 3),
+        ("max_steps", 10),
+    ],  # fmt: skip
 )
 def test_every_shortening_key_makes_a_smoke_run(key, value):
     assert key in SMOKE_TRAINER_KEYS

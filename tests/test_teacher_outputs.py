@@ -18,6 +18,7 @@ from kdlab.data import normalize, random_flip, random_shift, shift_images
 from kdlab.models import MLP, SmallCNN
 from kdlab.modules import DistillationModule
 from kdlab.record import TeacherRef
+from kdlab.teachers.cache import planned_images, provide_teacher_outputs
 from kdlab.teachers.outputs import (
     TeacherOutputs,
     TeacherOutputsError,
@@ -25,8 +26,6 @@ from kdlab.teachers.outputs import (
     check_sample,
     compute_teacher_outputs,
     load,
-    planned_images,
-    provide_teacher_outputs,
     save,
     tolerance,
     view_offsets,
@@ -157,7 +156,7 @@ def test_an_entry_round_trips_and_an_altered_one_is_moved_aside(tmp_path, caplog
     logits = load_file(str(path))["logits"]
     logits[2, 3, :2] += 0.5  # a few logits changed, the header (and its sha256) kept
     save_file({"logits": logits}, str(path), metadata=meta)
-    caplog.set_level(logging.WARNING, logger="kdlab.teachers.outputs")
+    caplog.set_level(logging.WARNING, logger="kdlab.teachers")
     assert load(path, "k1", 1e-4) is None
     assert not path.exists() and len(list(tmp_path.glob("k1.safetensors.bad-*"))) == 1  # kept for a look, not deleted
     assert "its logits have sha256" in caplog.text
@@ -235,7 +234,7 @@ def first_batch(dm):
 
 
 def test_outputs_are_built_once_then_read_and_checked(setup, caplog):
-    caplog.set_level(logging.INFO, logger="kdlab.teachers.outputs")
+    caplog.set_level(logging.INFO, logger="kdlab.teachers")
     first = provide_teacher_outputs(*setup())
     assert first["used"] is True and first["built_s"] is not None and Path(first["path"]).is_file()
     assert "teachers/outputs-by-sha256/" in first["path"]  # a teacher given by path: keyed by its sha256
@@ -326,7 +325,7 @@ def test_an_entry_that_disagrees_with_the_live_teacher_is_rebuilt(setup, caplog)
     key = entry.stem
     wrong = TeacherOutputs(stored * 1.01, 2, False, key)
     save(wrong, entry)  # a well-formed entry (its own checksum) with other numbers
-    caplog.set_level(logging.WARNING, logger="kdlab.teachers.outputs")
+    caplog.set_level(logging.WARNING, logger="kdlab.teachers")
     again = provide_teacher_outputs(*setup())
     assert "do not match the live teacher" in caplog.text and again["built_s"] is not None
     torch.testing.assert_close(load_file(str(entry))["logits"], stored, rtol=0, atol=0)
@@ -341,7 +340,7 @@ def test_a_corrupted_entry_is_never_trained_on_and_is_rebuilt(setup, caplog):
     changed = stored.clone()
     changed[5, 7, :3] += 0.25  # a few logits of one view, as a flipped bit or a bad write would
     save_file({"logits": changed}, str(entry), metadata=meta)  # the header's sha256 is the original's
-    caplog.set_level(logging.WARNING, logger="kdlab.teachers.outputs")
+    caplog.set_level(logging.WARNING, logger="kdlab.teachers")
     assert load(entry, meta["key"], tolerance("32-true")) is None
     assert not entry.exists()
     aside = list(entry.parent.glob(f"{entry.name}.bad-*"))
@@ -369,7 +368,7 @@ def test_the_same_entries_are_checked_on_every_run_of_a_key(setup):
 
 
 def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
-    caplog.set_level(logging.INFO, logger="kdlab.teachers.outputs")
+    caplog.set_level(logging.INFO, logger="kdlab.teachers")
     with_hint = provide_teacher_outputs(*setup(losses={**KD, "hint": HINT}))
     assert with_hint == {"used": False, "reason": "the loss term(s) hint read teacher features, which are not cached"}
     assert "The teacher runs live in training: the loss term(s) hint" in caplog.text

@@ -8,10 +8,8 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -86,7 +84,10 @@ class CrashAtEpoch(L.Callback):
         (["runtime.teacher_cache=of"], r"runtime\.teacher_cache='of' is not one of auto, on, off"),
         (["runtime.threads=0"], r"runtime\.threads=0"),
         (["+runtime.malloc=tuned"], r"runtime has unknown key\(s\) \['malloc'\]"),
-        (["distill.temperature=1e-30"], r"(?s)distill\.losses\.kd would train on nothing: it underflows.*1e-30 is outside"),
+        (
+            ["distill.temperature=1e-30"],
+            r"(?s)distill\.losses\.kd would train on nothing: it underflows.*1e-30 is outside",
+        ),
         (["distill.temperature=1e30"], r"(?s)distill\.losses\.kd would train on nothing: it overflows"),
         (["distill.losses.ce.weight=1e-50"], r"distill\.losses\.ce would train on nothing"),
         (["seed=abc"], "seed must be an integer"),

@@ -1,4 +1,4 @@
-"""Where the configs live, the typed schema for the keys users sweep most, composition, and what kind of run a config is."""
+"""Where the configs live, the typed schema for the keys users sweep most, composition, and what kind of run it is."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 
 from kdlab.config import ConfigError
 from kdlab.losses import CE, DKD, KD, Hint
-from kdlab.losses.base import check_numerics, degenerate, working_range
+from kdlab.losses.numerics import check_numerics, degenerate, working_range
 
 pytestmark = pytest.mark.unit
 

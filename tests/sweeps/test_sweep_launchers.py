@@ -6,8 +6,8 @@ import pytest
 import submitit
 from omegaconf import OmegaConf
 
-from kdlab.sweeps import RefuseRelaunchingDDP, SweepFailed, check_launcher_strategy, in_submitit_local_job
 from kdlab.config import ConfigError
+from kdlab.sweeps import RefuseRelaunchingDDP, SweepFailed, check_launcher_strategy, in_submitit_local_job
 from kdlab.sweeps.launchers import SUBMITIT_LOCAL_LAUNCHER, SUBMITIT_SLURM_LAUNCHER, relaunches_script
 
 

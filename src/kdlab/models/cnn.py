@@ -30,7 +30,9 @@ class SmallCNN(nn.Module):
             raise ValueError(f"SmallCNN channels must be positive integers, got {list(channels)}.")
         in_channels, height, width = (int(d) for d in input_shape)
         if min(height, width) >> len(channels) < 1:
-            raise ValueError(f"SmallCNN halves the image {len(channels)} times: {height}x{width} is too small for that.")
+            raise ValueError(
+                f"SmallCNN halves the image {len(channels)} times: {height}x{width} is too small for that."
+            )
         widths = [in_channels, *map(int, channels)]
         self.features = nn.Sequential(
             *(

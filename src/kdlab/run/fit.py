@@ -94,7 +94,7 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
     record.params = {"student": count_params(module.net)}
     objects.update(datamodule=datamodule, module=module)
     if is_distillation(cfg):
-        from kdlab.teachers.outputs import provide_teacher_outputs
+        from kdlab.teachers.cache import provide_teacher_outputs
 
         record.params["teacher"] = count_params(module.teacher)
         refs = record.members or [record.teacher]

@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
 from typing import Any, NoReturn
 
 from filelock import BaseFileLock, Timeout

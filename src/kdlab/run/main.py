@@ -125,9 +125,7 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
     return record, objects
 
 
-def resume_source(
-    cfg: DictConfig, owned: Claim | None, identity: dict, setup: str
-) -> tuple[Path | None, Path | None]:
+def resume_source(cfg: DictConfig, owned: Claim | None, identity: dict, setup: str) -> tuple[Path | None, Path | None]:
     """(checkpoint to continue from, the run folder to continue in when not this one), checked to be this run's.
 
     An explicit `ckpt_path`, or the earlier run in this very folder (a requeued or re-run sweep job).

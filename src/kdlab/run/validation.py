@@ -19,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.config import CONFIG_DIR, ConfigError, check_name, is_distillation, is_ensemble, plain
 from kdlab.losses import build_terms
-from kdlab.losses.base import check_numerics, check_term_members
+from kdlab.losses.base import check_term_members
+from kdlab.losses.numerics import check_numerics
 from kdlab.models import build_net
 from kdlab.modules.ensemble import check_combination
 from kdlab.run.threads import check_threads
 from kdlab.sweeps import check_launcher_strategy
-from kdlab.teachers.outputs import MODES
+from kdlab.teachers.cache import MODES
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ def _net(config: DictConfig, shape, classes: int, key: str):
     except ConfigError:
         raise
     except Exception as err:  # the net's own ValueError, wrapped by hydra
-        raise ConfigError(f"{key} cannot be built for this data ({list(shape)} images, {classes} classes): {err}") from err
+        raise ConfigError(
+            f"{key} cannot be built for this data ({list(shape)} images, {classes} classes): {err}"
+        ) from err
 
 
 def _check_runtime(cfg: DictConfig) -> None:
