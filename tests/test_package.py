@@ -48,7 +48,7 @@ def test_the_wheel_runs_kdlab_train_from_an_empty_folder(tmp_path, mnist_dir):
             str(venv / "bin" / "kdlab-train"),
             "experiment=distill_mlp",
             "debug=fast",
-            f"paths.data_dir={mnist_dir}",
+            f"data.data_dir={mnist_dir}",
             "data.verify=false",
             "data.pypi_package=null",
             "data.mirrors=[]",

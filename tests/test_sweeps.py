@@ -202,8 +202,9 @@ def test_optuna_with_the_local_launcher_runs_n_jobs_trials_at_once(tmp_path, mni
 
 
 def test_optuna_with_ddp_runs_one_study(tmp_path, mnist_dir, tiny_cli, run_script):
-    """DDP children run the trial's job in run mode: no study, no sweep folder of their own."""
-    args = [*tiny_cli(tmp_path, mnist_dir), TINY_TEACHER, "data.batch_size=32", *DDP, "hydra.sweeper.n_trials=2"]
+    """DDP in a search (spawned workers, as in any sweep): one study, each trial in its own job folder."""
+    spawn = ("trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2")
+    args = [*tiny_cli(tmp_path, mnist_dir), TINY_TEACHER, "data.batch_size=32", *spawn, "hydra.sweeper.n_trials=2"]
     run_script("train.py", "-m", "experiment=distill_mlp", "hparams_search=kd_optuna", *args)
     (sweep,) = (tmp_path / "outputs" / "distill_mlp" / "multirun").iterdir()
     names = sorted(p.name for p in sweep.iterdir() if not p.name.startswith("."))

@@ -173,3 +173,20 @@ def test_every_rank_computes_every_metric_even_without_batches(teacher_file, mon
         == sorted(module.val_metrics)
         == sorted(["loss", "loss_ce", "loss_kd", "loss_hint", "acc", "agreement", "kl"])
     )
+
+
+def test_validation_and_test_metrics_never_wait_for_the_device(teacher_file, monkeypatch):
+    """Per batch, the stage metrics take tensor ops only: a value read on the host (`bool()`, `.item()`) would
+    stall a GPU at every validation and test batch (torchmetrics' default NaN check on a MeanMetric does)."""
+    module = make_module(teacher_file)
+    module.eval()
+    inputs = module.views(mnist_batch())
+    reads = []
+    for name in ("__bool__", "item"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, _real=real, _name=name: reads.append(_name) or _real(t))
+    for stage in ("val", "test"):
+        metrics = module.metrics_of[stage]
+        module.update_stage_metrics(inputs, metrics, stage)
+    monkeypatch.undo()
+    assert reads == []

@@ -41,6 +41,7 @@ SUBMITIT_TASK_ENV = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "424
 
 def test_ddp_is_refused_inside_a_sweeps_job_only(monkeypatch):
     cfg = OmegaConf.create({"trainer": trainer(strategy="ddp", devices=2)})
+    monkeypatch.setattr("kdlab.sweeps.jobs.in_multirun", lambda: False)
     check_launcher_strategy(cfg)  # a single run, not in a sweep: fine
     for key, value in SUBMITIT_TASK_ENV.items():
         monkeypatch.setenv(key, value)

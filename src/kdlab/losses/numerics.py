@@ -3,8 +3,8 @@
 A temperature, weight or scale at which a term underflows (its weighted value exactly 0 although student and
 teacher disagree), overflows (inf or NaN, in the value or its gradient) or stops depending on the teacher
 would let a run report distillation while learning from one side alone. The range that works is found by
-computing in float32, the dtype the terms run in (autocast keeps softmax and its logs there), never
-hand-picked.
+computing in float32, the dtype the terms run in (autocast keeps softmax and its logs there), with
+subnormals flushed to zero as kdlab's runs compute on the CPU: never a hand-picked constant.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from kdlab.losses.base import LossInputs, LossTerm
 def _probe_value(term: LossTerm, teacher_shift: int, num_classes: int, members: int | None) -> tuple[float, bool]:
     """(weight x term, whether it and its gradient are finite) on fixed float32 logits: the student prefers
     class 0, the teacher class `teacher_shift`, one logit unit between neighbouring classes."""
+    torch.set_flush_denormal(True)  # as every kdlab run computes on the CPU (kdlab.run.main): subnormals are 0
     ranked = torch.arange(num_classes, dtype=torch.float32).flip(0)
     student = ranked.repeat(2, 1).requires_grad_(True)
     teacher = torch.roll(ranked, teacher_shift).repeat(2, 1)
@@ -70,11 +71,10 @@ def check_numerics(name: str, term: LossTerm, num_classes: int, members: int | N
     if not term.weight:
         return
     if term.student_layers or term.teacher_layers:
-        f32 = torch.finfo(torch.float32)
-        smallest = f32.tiny * f32.eps  # 2^-149, float32's smallest (subnormal) number: what a weight may be
-        if float(torch.tensor(term.weight, dtype=torch.float32)) in (0.0, float("inf")):
+        f32 = torch.finfo(torch.float32)  # subnormals are flushed to 0: the smallest weight is the smallest normal
+        if not f32.tiny <= term.weight <= f32.max:
             raise ConfigError(f"{prefix}.{name}.weight={term.weight:g} is 0 or inf in float32: use a weight between "
-                              f"{smallest:.1e} and {f32.max:.1e}.")  # fmt: skip
+                              f"{f32.tiny:.1e} and {f32.max:.1e}.")  # fmt: skip
         return
     if (why := degenerate(term, num_classes, members)) is None:
         return

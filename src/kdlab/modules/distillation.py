@@ -243,7 +243,7 @@ class DistillationModule(ClassifierSystem):
         metrics = super().stage_metrics(stage, num_classes)
         if stage != "train":  # how closely the student follows the teacher, on held-out images
             metrics["agreement"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
-            metrics["kl"] = MeanMetric()
+            metrics["kl"] = MeanMetric(nan_strategy="disable")  # the default NaN check reads the device per batch
         if stage == "test":  # the teacher on the very same test images, computed in the one test pass
             metrics["teacher_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
             # and each ensemble member on them (called before the members exist: count them in hparams)
