@@ -15,6 +15,8 @@ from kdlab.models import MLP
 from kdlab.modules import DistillationModule
 from kdlab.modules.ensemble import TeacherEnsemble
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 pytestmark = pytest.mark.unit
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -41,6 +43,7 @@ def constant_member(tmp_path: Path, name: str, probs: list[float]) -> dict:
 def ensemble_module(members, combine, losses=None) -> DistillationModule:
     losses = losses or {"kd": {"_target_": "kdlab.losses.KD", "weight": 1.0, "temperature": T}}
     return DistillationModule(
+        input_shape=(1, 28, 28),
         net={"_target_": "kdlab.models.MLP", "hidden": [8]},
         teacher_net=None,
         teacher_ckpt=None,
@@ -149,6 +152,7 @@ def test_single_teacher_module_keeps_its_hyperparameters(tmp_path):
     path = tmp_path / "t.pt"
     torch.save(MLP((1, 28, 28), 10, hidden=[8]).state_dict(), path)
     module = DistillationModule(
+        **MNIST_SIZES,
         net={"_target_": "kdlab.models.MLP", "hidden": [8]},
         teacher_net={"_target_": "kdlab.models.MLP", "hidden": [8]},
         teacher_ckpt=str(path),

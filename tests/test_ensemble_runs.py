@@ -26,6 +26,8 @@ from kdlab.run.summary import summary_rows, tensorboard_hparams
 from kdlab.run.validation import validate_config
 from kdlab.teachers import teacher_run_config
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 ENSEMBLE = "experiment=distill_ensemble_mlp"
 
@@ -69,6 +71,7 @@ class AssertMembersEval(L.Callback):
 def test_members_are_frozen_bit_identical_and_reloaded_from_their_files(tmp_path, mnist_dm):
     members = [cnn_member(tmp_path, 0), cnn_member(tmp_path, 1)]
     module = DistillationModule(
+        **MNIST_SIZES,
         net={"_target_": "kdlab.models.MLP", "hidden": [32, 24]},
         teacher_net=None,
         teacher_ckpt=None,

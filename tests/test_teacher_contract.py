@@ -14,6 +14,8 @@ from kdlab.record import RunRecord, TeacherRef
 from kdlab.teachers import TeacherContractError, read_entry, teacher_norm
 from kdlab.teachers.entry import WEIGHTS_FILE, spec_beside, write_entry
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 pytestmark = pytest.mark.unit
 
 DIGITS = [str(i) for i in range(10)]
@@ -75,7 +77,7 @@ def mnist_batch(n: int = 6) -> Batch:
 
 
 def distiller(teacher_file, norm=None) -> DistillationModule:
-    return DistillationModule(
+    return DistillationModule(**MNIST_SIZES,
         net={"_target_": "kdlab.models.MLP", "hidden": [8]}, teacher_net=TEACHER, teacher_ckpt=str(teacher_file),
         losses={"kd": {"_target_": "kdlab.losses.KD", "weight": 1.0}}, optimizer=ADAM, teacher_norm=norm,
     )  # fmt: skip

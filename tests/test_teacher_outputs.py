@@ -31,6 +31,8 @@ from kdlab.teachers.outputs import (
     view_offsets,
 )
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 pytestmark = pytest.mark.unit
 
 MNIST = {"mean": [0.1307], "std": [0.3081]}
@@ -218,7 +220,13 @@ def setup(tmp_path, mnist_dm):
             }
         )
         module = DistillationModule(
-            net=STUDENT, teacher_net=TEACHER, teacher_ckpt=str(path), losses=losses, optimizer=ADAM, teacher_norm=norm
+            **MNIST_SIZES,
+            net=STUDENT,
+            teacher_net=TEACHER,
+            teacher_ckpt=str(path),
+            losses=losses,
+            optimizer=ADAM,
+            teacher_norm=norm,
         )
         dm = mnist_dm(augment_shift=2, seed=0, **(data_kw or {}))
         dm.prepare_data()

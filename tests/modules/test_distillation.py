@@ -11,6 +11,8 @@ from kdlab.data import Batch, normalize
 from kdlab.models import MLP, SmallCNN
 from kdlab.modules import DistillationModule
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 pytestmark = pytest.mark.unit
 
 CNN_TEACHER = {
@@ -47,7 +49,13 @@ def teacher_file(tmp_path):
 
 def make_module(teacher_file, losses=LOSSES, **kw) -> DistillationModule:
     return DistillationModule(
-        net=STUDENT, teacher_net=CNN_TEACHER, teacher_ckpt=str(teacher_file), losses=losses, optimizer=ADAM, **kw
+        **MNIST_SIZES,
+        net=STUDENT,
+        teacher_net=CNN_TEACHER,
+        teacher_ckpt=str(teacher_file),
+        losses=losses,
+        optimizer=ADAM,
+        **kw,
     )
 
 
@@ -107,8 +115,10 @@ def test_nets_are_sized_by_the_data_and_the_filled_configs_are_kept(teacher_file
     assert module.teacher_net_config() == {**CNN_TEACHER, "input_shape": [1, 28, 28], "num_classes": 10}
     assert module.net.features[0][0].in_features == 784 and module.net.head.out_features == 10
     with pytest.raises(ValueError, match=r"model\.num_classes=3, but the data gives 10"):
-        DistillationModule(net={**STUDENT, "num_classes": 3}, teacher_net=CNN_TEACHER, teacher_ckpt=str(teacher_file),
-                           losses=LOSSES, optimizer=ADAM)  # fmt: skip
+        DistillationModule(
+            **MNIST_SIZES, net={**STUDENT, "num_classes": 3}, teacher_net=CNN_TEACHER,
+            teacher_ckpt=str(teacher_file), losses=LOSSES, optimizer=ADAM,
+        )  # fmt: skip
 
 
 class Evil:
@@ -153,8 +163,10 @@ def test_compile_keeps_the_state_dict_keys():
     """module.compile=true compiles the net in place: checkpoints and student.pt keep their keys."""
     from kdlab.modules import TeacherModule
 
-    plain_module = TeacherModule(net=STUDENT, optimizer=ADAM)
-    compiled = TeacherModule(net=STUDENT, optimizer=ADAM, compile=True)  # compiled lazily: at its first call
+    plain_module = TeacherModule(**MNIST_SIZES, net=STUDENT, optimizer=ADAM)
+    compiled = TeacherModule(
+        **MNIST_SIZES, net=STUDENT, optimizer=ADAM, compile=True
+    )  # compiled lazily: at its first call
     assert compiled.hparams.compile is True and "compile" not in plain_module.hparams
     assert list(compiled.net.state_dict()) == list(copy.deepcopy(plain_module.net).state_dict())
     assert list(compiled.state_dict()) == list(plain_module.state_dict())

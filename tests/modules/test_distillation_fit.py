@@ -9,6 +9,8 @@ from kdlab.checkpoints import load_weights
 from kdlab.models import MLP, SmallCNN
 from kdlab.modules import DistillationModule, TeacherModule
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 CNN_TEACHER = {
     "_target_": "kdlab.models.SmallCNN",
     "channels": [4, 8],
@@ -37,7 +39,12 @@ def teacher_file(tmp_path):
 
 def make_module(tmp_path) -> DistillationModule:
     return DistillationModule(
-        net=STUDENT, teacher_net=CNN_TEACHER, teacher_ckpt=str(teacher_file(tmp_path)), losses=LOSSES, optimizer=ADAM
+        **MNIST_SIZES,
+        net=STUDENT,
+        teacher_net=CNN_TEACHER,
+        teacher_ckpt=str(teacher_file(tmp_path)),
+        losses=LOSSES,
+        optimizer=ADAM,
     )
 
 
@@ -77,7 +84,7 @@ def test_teacher_is_bit_identical_and_in_eval_after_an_epoch(tmp_path, mnist_dm)
 
 def test_teacher_loads_from_lightning_ckpt_state_dict_and_safetensors(tmp_path):
     torch.manual_seed(1)
-    system = TeacherModule(net={"_target_": "kdlab.models.MLP", "hidden": [16]}, optimizer=ADAM)
+    system = TeacherModule(**MNIST_SIZES, net={"_target_": "kdlab.models.MLP", "hidden": [16]}, optimizer=ADAM)
     trainer = L.Trainer(max_epochs=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(system)
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")

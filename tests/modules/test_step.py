@@ -14,6 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlab.modules import DistillationModule, TeacherModule
 from kdlab.modules.schedulers import bind_scheduler
 
+MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
+
 STUDENT = {"_target_": "kdlab.models.MLP", "hidden": [32]}
 TEACHER = {"_target_": "kdlab.models.MLP", "hidden": [48], "dropout": 0.2}
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-3, "weight_decay": 1e-4}
@@ -46,7 +48,13 @@ def fit(module, dm, epochs=2, **trainer_kw) -> L.Trainer:
 def distiller(teacher_file) -> DistillationModule:
     torch.manual_seed(0)
     return DistillationModule(
-        net=STUDENT, teacher_net=TEACHER, teacher_ckpt=str(teacher_file), losses=KD, optimizer=ADAMW, scheduler=ONECYCLE
+        **MNIST_SIZES,
+        net=STUDENT,
+        teacher_net=TEACHER,
+        teacher_ckpt=str(teacher_file),
+        losses=KD,
+        optimizer=ADAMW,
+        scheduler=ONECYCLE,
     )
 
 
@@ -98,7 +106,7 @@ def test_clipping_and_accumulation_are_lightnings(teacher_file, mnist_dm, traine
 def test_train_metrics_are_the_epoch_means_of_the_steps(mnist_dm):
     """train/loss and train/acc from the tally equal torchmetrics fed step by step."""
     torch.manual_seed(0)
-    module = TeacherModule(net=STUDENT, optimizer=ADAMW)
+    module = TeacherModule(**MNIST_SIZES, net=STUDENT, optimizer=ADAMW)
     seen = []
 
     class Record(L.Callback):

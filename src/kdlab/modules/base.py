@@ -42,8 +42,9 @@ class ClassifierSystem(LightningModule):
         losses: Mapping[str, Mapping | None],
         optimizer: Mapping,
         scheduler: Mapping | None = None,
-        num_classes: int = 10,
-        input_shape: Sequence[int] = (1, 28, 28),
+        *,
+        num_classes: int,
+        input_shape: Sequence[int],
         compile: bool = False,  # module.compile=true: torch.compile the net, in place (opt-in)
         **extra: Any,
     ) -> None:

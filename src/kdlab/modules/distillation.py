@@ -47,8 +47,9 @@ class DistillationModule(ClassifierSystem):
         losses: Mapping[str, Mapping | None],
         optimizer: Mapping,
         scheduler: Mapping | None = None,
-        num_classes: int = 10,
-        input_shape: tuple[int, ...] = (1, 28, 28),
+        *,
+        num_classes: int,  # from the data's spec (the run passes it)
+        input_shape: Sequence[int],
         teacher_sha256: str | None = None,
         teacher_norm: Mapping | None = None,
         members: Sequence[Mapping] | None = None,

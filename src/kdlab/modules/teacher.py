@@ -14,8 +14,9 @@ class TeacherModule(ClassifierSystem):
         optimizer: Mapping,
         scheduler: Mapping | None = None,
         label_smoothing: float = 0.0,
-        num_classes: int = 10,
-        input_shape: Sequence[int] = (1, 28, 28),
+        *,
+        num_classes: int,  # from the data's spec (the run passes it)
+        input_shape: Sequence[int],
         losses: Mapping | None = None,
         compile: bool = False,  # module.compile=true compiles the net (torch.compile); see ClassifierSystem
     ) -> None:
