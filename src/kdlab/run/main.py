@@ -34,7 +34,7 @@ from kdlab.report.baselines import scratch_baseline
 from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs
 from kdlab.run.folder import Claim, FolderTaken, claim, owns_folders
 from kdlab.run.provenance import job_overrides
-from kdlab.run.resume import check_resume, latest_checkpoint, resume_command, run_folder_of
+from kdlab.run.resume import Finished, check_resume, continued, move_into, read_record, resume_command, resume_source
 from kdlab.run.summary import print_summary
 from kdlab.run.threads import apply_threads, plan_threads
 from kdlab.run.validation import validate_config
@@ -46,14 +46,6 @@ log = logging.getLogger(__name__)
 # What a person gets as one paragraph and exit status 2: their input cannot work, nothing has been lost.
 REFUSALS = (ConfigError, CheckpointError, FolderTaken, TeacherContractError, ForeignDataError,
             DataUnavailableError, TeacherCacheError, FileNotFoundError)  # fmt: skip
-
-
-class Finished(Exception):  # noqa: N818 - a signal between two functions, not an error
-    """The run to continue has already finished: nothing to do."""
-
-    def __init__(self, record: RunRecord) -> None:
-        super().__init__(record.output_dir)
-        self.record = record
 
 
 def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, Any]]:
@@ -82,7 +74,7 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
                 check_resume(ckpt, identity, ("teacher",), evaluation=not cfg.train)
             if target is not None:  # every check passed: continue in the resumed run's folder
                 folder, owned = move_into(target, folder, owned) if owned is not None else (target, None)
-                record = continued(record, _record(target))
+                record = continued(record, read_record(target))
                 record.output_dir = str(folder)
             elif ckpt is not None and owned is not None and not owned.fresh:  # a job continuing in its own folder
                 record = continued(record, owned.previous)
@@ -125,64 +117,6 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
     return record, objects
 
 
-def resume_source(cfg: DictConfig, owned: Claim | None, identity: dict, setup: str) -> tuple[Path | None, Path | None]:
-    """(checkpoint to continue from, the run folder to continue in when not this one), checked to be this run's.
-
-    An explicit `ckpt_path`, or the earlier run in this very folder (a requeued or re-run sweep job).
-    Raises Finished when that run already ended: it is left exactly as it is.
-    """
-    if cfg.ckpt_path:
-        ckpt = Path(cfg.ckpt_path).resolve()
-        check_resume(ckpt, identity, ("config", "data", "code"), evaluation=not cfg.train)
-        target = run_folder_of(ckpt) if cfg.train else None
-        previous = _record(target) if target is not None else None
-        if previous is not None and previous.finished and previous.mode == "train":
-            check_given_teachers(cfg, previous, ckpt)
-            raise Finished(previous)
-        return ckpt, target if target is not None and target != (owned.folder if owned else None) else None
-    if owned is None or owned.fresh:
-        return None, None
-    earlier = owned.previous
-    if earlier is not None and earlier.identity.get("setup") != setup:
-        raise FolderTaken(
-            f"{owned.folder} holds another run ({earlier.name}, seed {earlier.seed}, status {earlier.status}): its "
-            "config, data or code differ from this run's. A run never writes into another run's folder: give this "
-            "one its own (drop hydra.run.dir, or choose a new hydra.sweep.dir)."
-        )
-    if earlier is not None and earlier.finished:
-        raise Finished(earlier)
-    ckpt = latest_checkpoint(owned.folder)
-    if ckpt is None:
-        raise FolderTaken(
-            f"{owned.folder} holds a run that stopped before its first checkpoint (status "
-            f"{earlier.status if earlier else 'unknown'}), so there is nothing to continue. Move that folder away or "
-            "give this run another (drop hydra.run.dir, or choose a new hydra.sweep.dir)."
-        )
-    check_resume(ckpt, identity, ("config", "data", "code"))
-    log.info("Continuing the run in %s from %s.", owned.folder, ckpt.name)
-    return ckpt, None  # already in its folder
-
-
-def check_given_teachers(cfg: DictConfig, previous: RunRecord, ckpt: Path) -> None:
-    """A teacher file given now must be the one the finished run distilled from (cached ones: the config says)."""
-    from kdlab.checkpoints import sha256_file
-
-    then = [ref.sha256 for ref in previous.members or [previous.teacher] if ref is not None]
-    for (name, teacher), sha in zip(teacher_configs(cfg), then, strict=False):
-        if teacher.get("ckpt_path") and Path(teacher.ckpt_path).is_file() and sha256_file(teacher.ckpt_path) != sha:
-            raise CheckpointError(
-                f"{ckpt} belongs to a run distilled from another teacher than {name}.ckpt_path={teacher.ckpt_path} "
-                f"(sha256 {sha[:12]}... then). Resuming it would mix two experiments; start a new run."
-            )
-
-
-def _record(folder: Path) -> RunRecord | None:
-    try:
-        return RunRecord.read(folder)
-    except Exception:
-        return None
-
-
 def provision(cfg: DictConfig, record: RunRecord, identity: dict, spec) -> dict[str, Any]:
     """Each teacher found or trained (before the student's run starts); the distillation module's teacher arguments."""
     teachers = teacher_configs(cfg)
@@ -216,31 +150,6 @@ def provision_only(cfg: DictConfig) -> list:
     datamodule, identity = prepare_data(cfg, record)
     provision(cfg, record, identity, datamodule.spec)
     return record.members or ([record.teacher] if record.teacher else [])
-
-
-def move_into(target: Path, folder: Path, owned: Claim | None) -> tuple[Path, Claim | None]:
-    """Leave this process's fresh folder for the resumed run's own, once every check has passed."""
-    taken = claim(target)  # FolderTaken while that run is still going
-    for handler in logging.getLogger().handlers:  # Hydra's run.log follows the run into its folder
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
-            handler.close()
-            handler.baseFilename = str(target / Path(handler.baseFilename).name)
-    if owned is not None and owned.fresh:
-        owned.release()
-        shutil.rmtree(folder, ignore_errors=True)  # held only Hydra's start-up files and our claim
-    log.info("Resuming in %s (checks passed).", target)
-    return target, taken
-
-
-def continued(record: RunRecord, previous: RunRecord | None) -> RunRecord:
-    """This attempt's record as the continuation of `previous`: what the run was stays what it was."""
-    if previous is None:  # its first attempt died before writing a record
-        return record
-    resumed_at = record.started_at
-    for key in ("overrides", "swept", "fixed", "started_at", "wall_time_s"):
-        setattr(record, key, getattr(previous, key))
-    record.resumed = [*previous.resumed, resumed_at]
-    return record
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
