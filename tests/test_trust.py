@@ -20,7 +20,7 @@ import torch
 import kdlab.run.fit
 from kdlab.callbacks import Interrupted
 from kdlab.checkpoints import CheckpointError
-from kdlab.modules.guards import DivergenceError
+from kdlab.modules.tally import DivergenceError
 from kdlab.record import RunRecord
 from kdlab.report.baselines import scratch_baseline
 from kdlab.run import REFUSALS, train
@@ -422,3 +422,29 @@ def test_a_signal_saves_a_checkpoint_exits_non_zero_and_prints_the_resume_comman
     resume_args = shlex.split(command)[2:]  # drop "python train.py"
     run_script("train.py", *resume_args)
     assert RunRecord.read(folder).status == "ok" and RunRecord.read(folder).epochs == 5
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n"], ids=["empty", "text"])
+def test_a_file_that_is_no_checkpoint_is_refused_in_words_with_the_fix(make_cfg, tmp_path, content):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"the file is empty|not a PyTorch file") as resume:
+        train(make_cfg("experiment=student_scratch_mlp", f"ckpt_path={bad}"))
+    assert "checkpoints/last.ckpt" in str(resume.value)  # says which file to give instead
+    with pytest.raises(CheckpointError, match=r"the file is empty|not a PyTorch file") as teacher:
+        train(make_cfg("experiment=distill_mlp", f"teacher.ckpt_path={bad}"))
+    assert "state_dict" in str(teacher.value)
+
+
+def test_another_nets_weights_offered_as_the_teacher_are_refused_with_a_fix_hydra_accepts(make_cfg, tmp_path):
+    from kdlab.config import compose_config
+    from kdlab.models import SmallCNN
+
+    weights = tmp_path / "cnn.pt"
+    torch.save(SmallCNN((1, 28, 28), 10).state_dict(), weights)
+    cfg = make_cfg("experiment=distill_mlp", f"teacher.ckpt_path={weights}")
+    with pytest.raises(CheckpointError, match=r"does not match the configured teacher network \(MLP\)") as refused:
+        train(cfg)
+    assert not Path(cfg.paths.teacher_dir).exists()  # refused before any teacher trained or student started
+    assert "teacher=cnn_small" in str(refused.value)
+    compose_config(["experiment=distill_mlp", "teacher=cnn_small", f"teacher.ckpt_path={weights}"])  # the fix composes

@@ -29,9 +29,22 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for custom objects, or a corrupt file
         raise CheckpointError(
-            f"Refused to load {str(path)!r} with torch.load(weights_only=True): {err}. kdlab only reads "
-            "checkpoints of tensors and plain containers; it may be corrupt, truncated or not made by kdlab."
+            f"Refused to load {str(path)!r} as a checkpoint: {why_unreadable(path, err)}. kdlab reads checkpoints "
+            "of tensors and plain containers only (torch.load with weights_only=True). Give a checkpoint a kdlab run "
+            "wrote: <run folder>/checkpoints/last.ckpt (after every epoch) or interrupted.ckpt (after a signal)."
         ) from err
+
+
+def why_unreadable(path: str | Path, err: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words (torch's own message can be empty or a number)."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (legacy: a pickle)
+        return f"it is not a PyTorch file ({size} bytes that are neither a zip archive nor a pickle)"
+    return f"{type(err).__name__}: {str(err).strip() or 'unreadable'}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -50,9 +63,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for custom objects, or a corrupt file
         raise CheckpointError(
-            f"Refused to load {str(path)!r} with torch.load(weights_only=True): {err}. kdlab only reads "
-            "tensors and plain containers; re-save the weights as a state_dict "
-            "(torch.save(net.state_dict(), path)) or as .safetensors."
+            f"Refused to load {str(path)!r} as weights: {why_unreadable(path, err)}. kdlab reads tensors and plain "
+            "containers only (torch.load with weights_only=True): give a TeacherModule .ckpt, a state_dict saved with "
+            "torch.save(net.state_dict(), path), or a .safetensors file."
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a Lightning checkpoint
         state = obj["state_dict"]

@@ -25,10 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import Interrupted, InterruptHandler
-from kdlab.checkpoints import CheckpointError
+from kdlab.checkpoints import CheckpointError, load_weights
 from kdlab.config import CONFIG_DIR, ConfigError, teacher_configs
 from kdlab.console import quiet_libraries
 from kdlab.data.fetch import DataUnavailableError, ForeignDataError
+from kdlab.models import build_net
 from kdlab.record import RunRecord
 from kdlab.report.baselines import scratch_baseline
 from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs
@@ -125,6 +126,9 @@ def provision(cfg: DictConfig, record: RunRecord, identity: dict, spec) -> dict[
     fingerprint, root = identity["data"], cfg.paths.teacher_dir
     refs = [provision_teacher(cfg, spec_cfg, fingerprint, root, fit_run, name) for name, spec_cfg in teachers]
     norms = [teacher_norm(ref, spec, name) for ref, (name, _) in zip(refs, teachers, strict=True)]
+    for ref, (name, teacher) in zip(refs, teachers, strict=True):
+        if ref.key is None:  # a file given by path: it must be the configured net's, said now, not at fit
+            load_weights(build_net(teacher.model, spec.input_shape, spec.num_classes), ref.checkpoint, role=name)
     if len(teachers) == 1 and teachers[0][0] == "teacher":
         record.teacher = refs[0]
         cfg.teacher.ckpt_path = refs[0].checkpoint
