@@ -11,8 +11,8 @@ from kdlab.data import Batch, DataSpec, normalize
 from kdlab.models import MLP
 from kdlab.modules import DistillationModule
 from kdlab.record import RunRecord, TeacherRef
-from kdlab.teachers import TeacherContractError, read_entry, teacher_norm
-from kdlab.teachers.entry import WEIGHTS_FILE, spec_beside, write_entry
+from kdlab.teachers import TeacherContractError, teacher_norm
+from kdlab.teachers.entry import WEIGHTS_FILE, read_entry, spec_beside, write_entry
 
 MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
 

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from kdlab.modules.guards import DivergenceError
-from kdlab.modules.tally import StepTally
+from kdlab.modules.tally import DivergenceError, StepTally
 
 pytestmark = pytest.mark.unit
 

@@ -92,9 +92,22 @@ def mismatch(path: Path, spec: FileSpec) -> str | None:
     return f"{path} has MD5 {digest}, not the official {spec.md5}"
 
 
+def aside_path(path: Path, hidden: bool = False) -> Path:
+    """A free name beside `path` for a damaged file or folder: `<name>.bad-<time>-<pid>`, `-1`, `-2`... when taken.
+
+    Never an existing name: a second damaged copy set aside in the same second must not replace the first.
+    """
+    stem = f"{'.' if hidden else ''}{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside, n = path.with_name(stem), 0
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{stem}-{n}")
+    return aside
+
+
 def move_aside(path: Path, reason: str) -> None:
     """Rename a damaged file out of the way, never delete it: it may be the only copy someone has."""
-    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    aside = aside_path(path)
     os.replace(path, aside)
     log.warning("%s. Moved it aside to %s; fetching %s again. The damaged copy is kept, not deleted: %s",
                 reason.rstrip("."), aside.name, path.name, aside)  # fmt: skip

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 # How a squared error is reduced to a scalar: "mean" is nn.MSELoss's default (the article's code),
 # "half_sum" is the article's formula 1/2 * sum (section 4.3), "sum" the plain sum.
-REDUCTIONS = ("mean", "half_sum", "sum")
+REDUCTIONS = {"mean": Tensor.mean, "half_sum": lambda squared: 0.5 * squared.sum(), "sum": Tensor.sum}
 
 
 @dataclass
@@ -37,23 +37,22 @@ class LossTerm(nn.Module, abc.ABC):
     """
 
     needs_teacher: bool = True
+    # Submodules whose outputs this term reads: the module hooks exactly these.
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    shown: tuple[str, ...] = ()  # the settings extra_repr shows after the weight (and member)
 
     def __init__(self, weight: float = 1.0, member: int | None = None) -> None:
         super().__init__()
         self.weight = check_number(
             self, "weight", weight, minimum=0.0, inclusive=True, why="It scales this term in the total loss."
         )
-        self.member = check_member(self, member)
-
-    @property
-    def student_layers(self) -> tuple[str, ...]:
-        """Student submodules whose outputs this term reads; the module hooks exactly these."""
-        return ()
-
-    @property
-    def teacher_layers(self) -> tuple[str, ...]:
-        """Teacher submodules whose outputs this term reads; the module hooks exactly these."""
-        return ()
+        if member is not None and (isinstance(member, bool) or not isinstance(member, int) or member < 0):
+            raise ValueError(
+                f"{type(self).__name__}: member must be the index of a teacher in teacher.members (0, 1, ...) or "
+                f"null for the single (or combined) teacher, got {member!r}. Set distill.losses.<term>.member."
+            )
+        self.member = member
 
     def build(self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]) -> None:
         """Called once, before optimisers are created, with features from a dry forward pass of a
@@ -64,10 +63,7 @@ class LossTerm(nn.Module, abc.ABC):
         """The unweighted scalar term; the caller applies `weight` so it can log both."""
 
     def teacher_logits(self, inputs: LossInputs) -> Tensor:
-        """The teacher's logits as a fixed target: detached, so no gradient can reach the teacher.
-
-        With `member` set, that ensemble member's logits instead of the combined ones.
-        """
+        """The teacher's logits (or member `member`'s) as a fixed target: detached, so no gradient reaches it."""
         if self.member is not None:
             return self._member_entry(inputs.member_logits, "logits").detach()
         if inputs.teacher_logits is None:
@@ -80,29 +76,22 @@ class LossTerm(nn.Module, abc.ABC):
 
     def teacher_features(self, inputs: LossInputs) -> dict[str, Tensor]:
         """The teacher's tapped features, or those of ensemble member `member`."""
-        if self.member is not None:
-            return self._member_entry(inputs.member_features, "features")
-        return inputs.teacher_features
+        return (
+            inputs.teacher_features if self.member is None else self._member_entry(inputs.member_features, "features")
+        )
 
     def _member_entry(self, entries: list | None, what: str):
         if not entries or self.member >= len(entries):
-            count = len(entries) if entries else 0
             raise ValueError(
                 f"{type(self).__name__} reads teacher member {self.member}, but this batch has the {what} of "
-                f"{count} member(s). `member` indexes teacher.members (0 is the first); set it within range, "
-                "or drop it to read the single (or combined) teacher."
+                f"{len(entries or ())} member(s). `member` indexes teacher.members (0 is the first); set it within "
+                "range, or drop it to read the single (or combined) teacher."
             )
         return entries[self.member]
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}" + (f", member={self.member}" if self.member is not None else "")
-
-
-def known_terms() -> list[str]:
-    """The term configs shipped in conf/loss/, for error messages."""
-    from kdlab.config import CONFIG_DIR
-
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml"))
+        member = f", member={self.member}" if self.member is not None else ""
+        return f"weight={self.weight}{member}" + "".join(f", {key}={getattr(self, key)!r}" for key in self.shown)
 
 
 def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.losses") -> dict[str, LossTerm]:
@@ -115,15 +104,18 @@ def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.lo
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from kdlab.config import CONFIG_DIR
+
     terms: dict[str, LossTerm] = {}
     for name, conf in configs.items():
         if conf is None:
             continue
         if not isinstance(conf, Mapping) or "_target_" not in conf:
             shown = dict(conf) if isinstance(conf, Mapping) else conf
+            known = sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml"))  # the terms in conf/loss/
             raise ValueError(
                 f"{prefix}.{name} is not a loss term: it has no `_target_` (got {shown!r}). "
-                f"Add a term from conf/loss/ with +loss@{prefix}.{name}=<one of {', '.join(known_terms())}>, "
+                f"Add a term from conf/loss/ with +loss@{prefix}.{name}=<one of {', '.join(known)}>, "
                 f"or change only the weight of a term the preset already has ({prefix}.<term>.weight=...)."
             )
         try:
@@ -145,31 +137,23 @@ def build_terms(configs: Mapping[str, Mapping | None], prefix: str = "distill.lo
     return terms
 
 
-def check_number(term: object, name: str, value: object, *, minimum: float, inclusive: bool, why: str = "") -> float:
+def finite_number(value: object) -> bool:
+    """A real number that is neither inf nor NaN (not a bool, not a string of digits)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(
+    term: object, name: str, value: object, *, minimum: float, inclusive: bool, maximum: float = math.inf, why: str = ""
+) -> float:
     """A config value as a float, or a ValueError that names the term, the key and the allowed range."""
-    bound = f">= {minimum}" if inclusive else f"> {minimum}"
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= minimum if inclusive else value > minimum
-    if not ok:
+    bound = (f">= {minimum}" if inclusive else f"> {minimum}") + (f" and <= {maximum}" if maximum < math.inf else "")
+    if not (finite_number(value) and (value >= minimum if inclusive else value > minimum) and value <= maximum):
         raise ValueError(
             f"{type(term).__name__}: {name} must be a finite number {bound}, got {value!r}. "
             + (f"{why} " if why else "")
             + f"Set {name} in the term's config (conf/loss/*.yaml, or distill.losses.<term>.{name})."
         )
     return float(value)
-
-
-def check_member(term: object, member: object) -> int | None:
-    """An ensemble member's index (an int >= 0) or None, or a ValueError saying what `member` means."""
-    if member is None:
-        return None
-    if isinstance(member, bool) or not isinstance(member, int) or member < 0:
-        raise ValueError(
-            f"{type(term).__name__}: member must be the index of a teacher in teacher.members (0, 1, ...) or "
-            f"null for the single (or combined) teacher, got {member!r}. Set distill.losses.<term>.member."
-        )
-    return member
 
 
 def check_term_members(terms: Mapping[str, LossTerm], members: int | None, prefix: str = "distill.losses") -> None:
@@ -197,7 +181,7 @@ def check_term_members(terms: Mapping[str, LossTerm], members: int | None, prefi
 
 def check_reduction(term: object, reduction: object) -> str:
     """The reduction name, or a ValueError listing the ones squared_error understands."""
-    if reduction not in REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(
             f"{type(term).__name__}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
             f"got {reduction!r}. 'mean' averages over every element like nn.MSELoss, 'half_sum' is "
@@ -208,11 +192,4 @@ def check_reduction(term: object, reduction: object) -> str:
 
 def squared_error(prediction: Tensor, target: Tensor, reduction: str) -> Tensor:
     """Squared error reduced as named in REDUCTIONS; shared by LogitMSE and Hint so they agree."""
-    squared = (prediction - target).pow(2)
-    if reduction == "mean":
-        return squared.mean()
-    if reduction == "half_sum":
-        return 0.5 * squared.sum()
-    if reduction == "sum":
-        return squared.sum()
-    raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    return REDUCTIONS[reduction]((prediction - target).pow(2))

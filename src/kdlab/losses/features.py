@@ -17,15 +17,12 @@ class Hint(LossTerm):
     as teacher, `member` names the member whose `teacher_layer` is the target.
     """
 
+    shown = ("student_layer", "teacher_layer", "reduction")
+
     def __init__(
-        self,
-        *,
-        weight: float = 1.0,
-        student_layer: str,
-        teacher_layer: str,
-        reduction: str = "mean",
+        self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, reduction: str = "mean",
         member: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(weight, member)
         for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
             if not isinstance(name, str) or not name:
@@ -33,19 +30,11 @@ class Hint(LossTerm):
                     f"Hint: {key} must be the dotted name of a submodule (e.g. 'features.1', as listed "
                     f"by model.named_modules()), got {name!r}."
                 )
-        self.student_layer = student_layer
-        self.teacher_layer = teacher_layer
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
         self.reduction = check_reduction(self, reduction)
         self.regressor: nn.Module | None = None
         self.flatten = False  # set by build(): compare flattened features when shapes are incompatible
-
-    @property
-    def student_layers(self) -> tuple[str, ...]:
-        return (self.student_layer,)
-
-    @property
-    def teacher_layers(self) -> tuple[str, ...]:
-        return (self.teacher_layer,)
 
     def build(self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]) -> None:
         student = self._feature(student_features, self.student_layer, "student")
@@ -87,9 +76,3 @@ class Hint(LossTerm):
                 "(see model.named_modules()), and make sure the module hooks that layer."
             )
         return features[name]
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, student_layer={self.student_layer!r}, "
-            f"teacher_layer={self.teacher_layer!r}, reduction={self.reduction!r}"
-        )

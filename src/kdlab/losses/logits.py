@@ -8,38 +8,39 @@ from torch import Tensor
 
 from kdlab.losses.base import LossInputs, LossTerm, check_number, check_reduction, squared_error
 
-_TEMPERATURE_WHY = (
-    "It divides the logits before the softmax, so 0 or less has no meaning; "
-    "distill.temperature sets it for every term that reads T."
-)
+
+def check_temperature(term: LossTerm, temperature: object) -> float:
+    why = "It divides the logits before the softmax, so 0 or less has no meaning; "
+    why += "distill.temperature sets it for every term that reads T."
+    return check_number(term, "temperature", temperature, minimum=0.0, inclusive=False, why=why)
+
+
+def _kl(log_student: Tensor, log_teacher: Tensor) -> Tensor:
+    """KL(teacher || student) from log-probabilities, summed over classes and averaged over samples."""
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
 
 
 class CE(LossTerm):
     """Cross-entropy on the hard labels: keeps the student anchored to the ground truth."""
 
     needs_teacher = False
+    shown = ("label_smoothing",)
 
     def __init__(self, *, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__(weight)
-        self.label_smoothing = check_number(self, "label_smoothing", label_smoothing, minimum=0.0, inclusive=True)
-        if self.label_smoothing > 1.0:
-            raise ValueError(
-                f"CE: label_smoothing must lie in [0, 1], got {label_smoothing!r}; it is the share of the "
-                "target mass spread uniformly over all classes, so 0 means plain one-hot labels."
-            )
+        why = "It is the share of the target mass spread uniformly over all classes, so 0 means plain one-hot labels."
+        self.label_smoothing = check_number(
+            self, "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0, inclusive=True, why=why
+        )
 
     def forward(self, inputs: LossInputs) -> Tensor:
         return F.cross_entropy(inputs.student_logits, inputs.target, label_smoothing=self.label_smoothing)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, label_smoothing={self.label_smoothing}"
 
 
 def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes, mean over samples (Hinton's KD term)."""
     t = temperature
-    log_student, log_teacher = F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1)
-    return t * t * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return t * t * _kl(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1))
 
 
 class KD(LossTerm):
@@ -50,21 +51,20 @@ class KD(LossTerm):
     member i alone, so one KD term per member, each with its own weight, is multi-teacher KD.
     """
 
+    shown = ("temperature",)
+
     def __init__(self, *, weight: float = 0.9, temperature: float = 4.0, member: int | None = None) -> None:
         super().__init__(weight, member)
-        self.temperature = check_number(
-            self, "temperature", temperature, minimum=0.0, inclusive=False, why=_TEMPERATURE_WHY
-        )
+        self.temperature = check_temperature(self, temperature)
 
     def forward(self, inputs: LossInputs) -> Tensor:
         return kd_divergence(inputs.student_logits, self.teacher_logits(inputs), self.temperature)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, temperature={self.temperature}"
-
 
 class LogitMSE(LossTerm):
     """Squared error between student and teacher logits, as in the reference article's code."""
+
+    shown = ("reduction",)
 
     def __init__(self, *, weight: float = 1.0, reduction: str = "mean", member: int | None = None) -> None:
         super().__init__(weight, member)
@@ -72,9 +72,6 @@ class LogitMSE(LossTerm):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         return squared_error(inputs.student_logits, self.teacher_logits(inputs), self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, reduction={self.reduction!r}"
 
 
 class DKD(LossTerm):
@@ -87,21 +84,16 @@ class DKD(LossTerm):
     Everything stays in log space, so confident teachers give no log(0).
     """
 
+    shown = ("alpha", "beta", "temperature")
+
     def __init__(
-        self,
-        *,
-        weight: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        temperature: float = 4.0,
+        self, *, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
         member: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(weight, member)
         self.alpha = check_number(self, "alpha", alpha, minimum=0.0, inclusive=True)
         self.beta = check_number(self, "beta", beta, minimum=0.0, inclusive=True)
-        self.temperature = check_number(
-            self, "temperature", temperature, minimum=0.0, inclusive=False, why=_TEMPERATURE_WHY
-        )
+        self.temperature = check_temperature(self, temperature)
 
     def parts(self, inputs: LossInputs) -> tuple[Tensor, Tensor]:
         """(TCKD, NCKD), each already T^2-scaled and batch-averaged; forward combines them."""
@@ -109,27 +101,13 @@ class DKD(LossTerm):
         student = inputs.student_logits / t
         teacher = self.teacher_logits(inputs) / t
         is_target = F.one_hot(inputs.target, student.shape[1]).bool()
-
-        tckd = F.kl_div(
-            _log_binary(student, is_target),
-            _log_binary(teacher, is_target),
-            reduction="batchmean",
-            log_target=True,
-        )
-        nckd = F.kl_div(
-            _log_non_target(student, is_target),
-            _log_non_target(teacher, is_target),
-            reduction="batchmean",
-            log_target=True,
-        )
+        tckd = _kl(_log_binary(student, is_target), _log_binary(teacher, is_target))
+        nckd = _kl(_log_non_target(student, is_target), _log_non_target(teacher, is_target))
         return t * t * tckd, t * t * nckd
 
     def forward(self, inputs: LossInputs) -> Tensor:
         tckd, nckd = self.parts(inputs)
         return self.alpha * tckd + self.beta * nckd
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}"
 
 
 def _log_binary(logits: Tensor, is_target: Tensor) -> Tensor:

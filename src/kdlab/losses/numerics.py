@@ -33,12 +33,7 @@ def _probe_value(term: LossTerm, teacher_shift: int, num_classes: int, members: 
 
 
 def degenerate(term: LossTerm, num_classes: int, members: int | None) -> str | None:
-    """Why `term` computes nothing useful in float32 at its settings (None: it does).
-
-    Underflow (the weighted value is exactly 0 although student and teacher disagree), overflow (inf or
-    NaN, in the value or its gradient) and, for a term that reads the teacher, not depending on it.
-    Derived by computing in float32, the dtype the terms run in (autocast keeps softmax and its logs there).
-    """
+    """Why `term` computes nothing useful in float32 at its settings (None: it does); see the module docstring."""
     if term.student_layers or term.teacher_layers:
         return None  # reads features, which a probe has not got; the weight is checked alone
     one, finite = _probe_value(term, 1, num_classes, members)
@@ -64,7 +59,7 @@ def working_range(term: LossTerm, key: str, num_classes: int, members: int | Non
 
 
 def check_numerics(name: str, term: LossTerm, num_classes: int, members: int | None, prefix: str = "distill.losses"):
-    """Refuse (ConfigError) a term that is degenerate in float32, naming the key and the range that works.
+    """Refuse a term that is degenerate in float32, naming the key and the range that works.
 
     A ConfigError, as every refusal of a config value: `train.py` exits 2 with one line saying why.
     """

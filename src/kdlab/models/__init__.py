@@ -12,8 +12,6 @@ from torch import nn
 from kdlab.models.cnn import SmallCNN
 from kdlab.models.mlp import MLP
 
-SIZED_BY_DATA = ("input_shape", "num_classes")
-
 
 def net_config(config: Mapping[str, Any], input_shape, num_classes: int, key: str = "model") -> dict[str, Any]:
     """A net's `_target_` config with the data's input shape and class count filled in (plain data).
@@ -41,4 +39,4 @@ def build_net(config: Mapping[str, Any], input_shape=None, num_classes: int | No
     return instantiate(dict(config), _convert_="all")
 
 
-__all__ = ["MLP", "SIZED_BY_DATA", "SmallCNN", "build_net", "net_config"]
+__all__ = ["MLP", "SmallCNN", "build_net", "net_config"]

@@ -23,7 +23,6 @@ from kdlab.models import build_net, net_config
 from kdlab.modules.schedulers import bind_scheduler
 from kdlab.modules.tally import StepTally
 
-STAGES = ("train", "val", "test")
 TALLY_KEY = "kdlab_train_tally"
 CHECK_EVERY = 50  # steps between reads of the training values (each is one host sync; NaN/inf caught there)
 
@@ -37,17 +36,9 @@ class ClassifierSystem(LightningModule):
     """
 
     def __init__(
-        self,
-        net: Mapping,
-        losses: Mapping[str, Mapping | None],
-        optimizer: Mapping,
-        scheduler: Mapping | None = None,
-        *,
-        num_classes: int,
-        input_shape: Sequence[int],
-        compile: bool = False,  # module.compile=true: torch.compile the net, in place (opt-in)
-        **extra: Any,
-    ) -> None:
+        self, net: Mapping, losses: Mapping[str, Mapping | None], optimizer: Mapping, scheduler: Mapping | None = None,
+        *, num_classes: int, input_shape: Sequence[int], compile: bool = False, **extra: Any,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters(
             {
@@ -63,18 +54,17 @@ class ClassifierSystem(LightningModule):
             logger=False,  # the run logs hparams once, with the final metrics, for TensorBoard's hparams tab
         )
         self.net: nn.Module = build_net(self.hparams.net)
-        if compile:  # in place: the state_dict keeps its keys, so checkpoints and student.pt are unchanged
+        if compile:  # module.compile=true (opt-in), in place: the state_dict keeps its keys, as do checkpoints
             self.net.compile()
         self.losses = nn.ModuleDict(build_terms(self.hparams.losses))
         # Terms with weight 0 are switched off: never computed, tapped or logged.
         self.active_terms = [name for name, term in self.losses.items() if term.weight]
-        # One set of epoch metrics per stage, logged once per epoch. Training steps do not update them:
-        # their values are tallied on the device and fed in once per epoch (StepTally). Under DDP each
-        # metric syncs exactly (sums and counts).
-        self.train_metrics, self.val_metrics, self.test_metrics = (
-            nn.ModuleDict(self.stage_metrics(stage, num_classes)) for stage in STAGES
-        )
-        self.metrics_of = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
+        self.loss_names = ["loss", *(f"loss_{term}" for term in self.active_terms)]
+        # One set of epoch metrics per stage, logged once per epoch; under DDP each syncs exactly (sums, counts).
+        self.metrics_of = {
+            stage: nn.ModuleDict(self.stage_metrics(stage, num_classes)) for stage in ("train", "val", "test")
+        }
+        self.train_metrics, self.val_metrics, self.test_metrics = self.metrics_of.values()
         # The best validation accuracy so far is part of the run, not of one process: persistent, so
         # a resumed run keeps it (it is the value Optuna optimises and the record reports).
         self.val_acc_best = MaxMetric()
@@ -86,17 +76,16 @@ class ClassifierSystem(LightningModule):
         """The metrics logged as `<stage>/<name>` at the end of each epoch of that stage."""
         # nan_strategy="disable": the default "warn" checks every update for NaN with a host sync; a
         # non-finite loss is caught by the step tally instead (kdlab.modules.tally).
-        names = ("loss", *(f"loss_{term}" for term in self.active_terms))
-        means = {name: MeanMetric(nan_strategy="disable") for name in names}
-        if stage == "train":  # fed once per epoch with the tallied accuracy, weighted by the image count
+        means = {name: MeanMetric(nan_strategy="disable") for name in self.loss_names}
+        if stage == "train":  # not updated per step: fed once per epoch from the tally (StepTally)
             return {**means, "acc": MeanMetric(nan_strategy="disable")}
         return {**means, "acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
 
-    def views(self, batch, teacher_logits: torch.Tensor | None = None) -> LossInputs:
+    def views(self, batch, teacher_logits: list[torch.Tensor] | None = None) -> LossInputs:
         """Everything the loss terms may read for one `Batch` (`teacher_logits`: known already, e.g. cached)."""
         return LossInputs(student_logits=self.net(batch.x), target=batch.y)
 
-    def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
+    def known_teacher_logits(self, batch, stage: str) -> list[torch.Tensor] | None:
         """The teacher's logits for this batch when they need not be computed (a cache); None: compute them."""
         return None
 
@@ -108,7 +97,7 @@ class ClassifierSystem(LightningModule):
         return self.net(x)
 
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
-        y = batch.y  # a kdlab.data.Batch
+        """The weighted loss of one `kdlab.data.Batch` and what the terms read; tallied or fed to the metrics."""
         inputs = self.views(batch, self.known_teacher_logits(batch, stage))
         active = [self.losses[name] for name in self.active_terms]
         terms = [term(inputs) for term in active]
@@ -116,13 +105,11 @@ class ClassifierSystem(LightningModule):
         for term, value in zip(active[1:], terms[1:], strict=True):
             loss = loss + term.weight * value
         if stage == "train":  # no metric objects per step: a few tensor ops, read once per CHECK_EVERY steps
-            self.tally.add(self.global_step, [loss, *terms], inputs.student_logits, y)
+            self.tally.add(self.global_step, [loss, *terms], inputs.student_logits, batch.y)
             return loss, inputs
         metrics = self.metrics_of[stage]
-        metrics["loss"].update(loss.detach(), len(y))
-        for name, value in zip(self.active_terms, terms, strict=True):
-            metrics[f"loss_{name}"].update(value.detach(), len(y))
-        metrics["acc"].update(inputs.student_logits.detach(), y)
+        self.update_losses(metrics, [value.detach() for value in (loss, *terms)], len(batch.y))
+        metrics["acc"].update(inputs.student_logits.detach(), batch.y)
         self.update_stage_metrics(inputs, metrics, stage)
         return loss, inputs
 
@@ -158,11 +145,13 @@ class ClassifierSystem(LightningModule):
         if taken is None:
             return
         means, acc, count = taken
-        metrics = self.train_metrics
-        metrics["loss"].update(means["total"], count)
-        for name in self.active_terms:
-            metrics[f"loss_{name}"].update(means[name], count)
-        metrics["acc"].update(acc, count)
+        self.update_losses(self.train_metrics, [means["total"], *(means[name] for name in self.active_terms)], count)
+        self.train_metrics["acc"].update(acc, count)
+
+    def update_losses(self, metrics: nn.ModuleDict, values: list[torch.Tensor], weight) -> None:
+        """`loss` and each active term's `loss_<term>` metric, from `values` in that order."""
+        for name, value in zip(self.loss_names, values, strict=True):
+            metrics[name].update(value, weight)
 
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")

@@ -18,7 +18,7 @@ from kdlab.models import build_net, net_config
 from kdlab.modules.base import ClassifierSystem
 from kdlab.modules.ensemble import TeacherEnsemble, check_combination
 from kdlab.modules.taps import FeatureTap
-from kdlab.teachers.outputs import TeacherOutputs, TeacherOutputsError
+from kdlab.teachers.outputs import TeacherOutputs, TeacherOutputsError, evaluating
 
 TEACHER_PREFIX = "teacher."
 
@@ -40,93 +40,63 @@ class DistillationModule(ClassifierSystem):
     """
 
     def __init__(
-        self,
-        net: Mapping,
-        teacher_net: Mapping | None,
-        teacher_ckpt: str | None,
-        losses: Mapping[str, Mapping | None],
-        optimizer: Mapping,
-        scheduler: Mapping | None = None,
-        *,
-        num_classes: int,  # from the data's spec (the run passes it)
-        input_shape: Sequence[int],
-        teacher_sha256: str | None = None,
-        teacher_norm: Mapping | None = None,
-        members: Sequence[Mapping] | None = None,
-        combine: Mapping | None = None,
+        self, net: Mapping, teacher_net: Mapping | None, teacher_ckpt: str | None, losses: Mapping[str, Mapping | None],
+        optimizer: Mapping, scheduler: Mapping | None = None, *, num_classes: int, input_shape: Sequence[int],
+        teacher_sha256: str | None = None, teacher_norm: Mapping | None = None,
+        members: Sequence[Mapping] | None = None, combine: Mapping | None = None,
         compile: bool = False,  # module.compile=true compiles the student (torch.compile)
-    ) -> None:
+    ) -> None:  # fmt: skip
         # Only an ensemble adds its keys: a single teacher's hyperparameters stay exactly as they were.
         ensemble = {} if members is None else {"members": [plain(m) for m in members], "combine": plain(combine) or {}}
         super().__init__(
-            net=net,
-            losses=losses,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            compile=compile,
-            teacher_net=teacher_net,
-            teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
-            teacher_sha256=teacher_sha256,
-            teacher_norm=plain(teacher_norm),
-            **ensemble,
-        )
+            net, losses, optimizer, scheduler, num_classes=num_classes, input_shape=input_shape, compile=compile,
+            teacher_net=teacher_net, teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else teacher_ckpt,
+            teacher_sha256=teacher_sha256, teacher_norm=plain(teacher_norm), **ensemble,
+        )  # fmt: skip
         terms = [self.losses[name] for name in self.active_terms]
-        check_term_members({n: self.losses[n] for n in self.active_terms}, None if members is None else len(members))
-        if members is not None:
-            self.teacher = self._load_members(self.hparams.members, self.hparams.combine, teacher_ckpt, input_shape,
-                                              num_classes)  # fmt: skip
-        else:
-            if not teacher_ckpt:
-                raise ValueError(
-                    "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
-                    "train.py so the teacher is found in the cache or trained first."
-                )
-            _check_unchanged(teacher_ckpt, teacher_sha256, "teacher")
-            net = build_net(self.hparams.teacher_net, input_shape, num_classes)
-            self.teacher = load_weights(net, teacher_ckpt, role="teacher")
-        # {mean, std} per teacher net (members in order), None where it reads the student's input as it is
-        self.teacher_norms = [m.get("norm") for m in self.hparams.members] if members is not None else [teacher_norm]
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
-
-        self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
-        if self.is_ensemble:  # each member taps the layers of the terms that name it
-            self.teacher_tap = FeatureTap(self.teacher, (), "teacher")
-            self.member_taps = [
-                FeatureTap(m, {n for t in terms if t.member == i for n in t.teacher_layers}, f"teacher member {i}")
-                for i, m in enumerate(self.teacher.members)
-            ]
-        else:
-            self.teacher_tap = FeatureTap(self.teacher, {n for t in terms for n in t.teacher_layers}, "teacher")
-            self.member_taps = []
-        self._build_terms(terms, tuple(input_shape))
-        # The teacher's logits of every training view, when cached (kdlab.teachers.outputs); not saved in
-        # checkpoints. Validation and test always run the teacher.
-        self.teacher_outputs: list[TeacherOutputs] | None = None  # one per teacher net (ensemble members)
-        self._check_outputs = False  # compare the first training batch of each fit with the live teacher
-
-    @staticmethod
-    def _load_members(members: Sequence[Mapping], combine: Mapping, teacher_ckpt: str | None, input_shape,
-                      num_classes: int) -> TeacherEnsemble:  # fmt: skip
-        """Each member's net from its own file (checked against its sha256), and their combination."""
-        if teacher_ckpt or not members:
+        check_term_members(dict(zip(self.active_terms, terms, strict=True)), None if members is None else len(members))
+        if members is None and not teacher_ckpt:
+            raise ValueError(
+                "DistillationModule needs teacher_ckpt: set teacher.ckpt_path, or leave it null in "
+                "train.py so the teacher is found in the cache or trained first."
+            )
+        if members is not None and (teacher_ckpt or not members):
             raise ValueError(
                 "DistillationModule takes either one teacher (teacher_net, teacher_ckpt) or an ensemble (members, "
                 f"at least one), not both; got teacher_ckpt={teacher_ckpt!r} and {len(members)} member(s)."
             )
-        nets = []
-        for i, member in enumerate(members):
-            if not member.get("ckpt"):
-                raise ValueError(
-                    f"Teacher member {i} has no weights file (members.{i}.ckpt is empty): train.py fills it in "
-                    f"from the teacher cache, or set teacher.members.{i}.ckpt_path."
-                )
-            _check_unchanged(member["ckpt"], member.get("sha256"), f"teacher member {i}")
-            net = build_net(member["net"], input_shape, num_classes)
-            nets.append(load_weights(net, member["ckpt"], role=f"teacher.members.{i}"))
-        return TeacherEnsemble(nets, **check_combination(combine, len(nets), key="teacher.combine"))
+        if members is None:
+            one = {"net": self.hparams.teacher_net, "ckpt": teacher_ckpt, "sha256": teacher_sha256}
+            self.teacher = _load_teacher(one, None, input_shape, num_classes)
+        else:
+            nets = [_load_teacher(spec, i, input_shape, num_classes) for i, spec in enumerate(self.hparams.members)]
+            self.teacher = TeacherEnsemble(nets, **check_combination(self.hparams.combine, len(nets)))
+        # {mean, std} per teacher net (members in order), None where it reads the student's input as it is
+        self.teacher_norms = [m.get("norm") for m in self.hparams.members] if members is not None else [teacher_norm]
+        self.teacher.requires_grad_(False).eval()
+
+        # One teacher taps the layers its terms read; an ensemble's members each those of the terms that name them.
+        self.student_tap = FeatureTap(self.net, {n for t in terms for n in t.student_layers}, "student")
+        single = () if self.is_ensemble else {n for t in terms for n in t.teacher_layers}
+        self.teacher_tap = FeatureTap(self.teacher, single, "teacher")
+        self.member_taps = [
+            FeatureTap(m, {n for t in terms if t.member == i for n in t.teacher_layers}, f"teacher member {i}")
+            for i, m in enumerate(self.teacher.members if self.is_ensemble else ())
+        ]
+        # One dry pass so terms can size their own parameters (e.g. a hint regressor) up front.
+        with torch.no_grad(), evaluating(self.net):
+            example = torch.zeros(2, *input_shape)
+            self.net(example)
+            for teacher in self.teacher_nets:
+                teacher(example)
+        student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
+        member_feats = [tap.pop() for tap in self.member_taps]
+        for term in terms:  # weight-0 terms are neither tapped nor built
+            term.build(student_feats, teacher_feats if term.member is None else member_feats[term.member])
+        # The teacher's logits of every training view, when cached (kdlab.teachers.outputs); not saved in
+        # checkpoints. Validation and test always run the teacher.
+        self.teacher_outputs: list[TeacherOutputs] | None = None  # one per teacher net (ensemble members)
+        self._check_outputs = False  # compare the first training batch of each fit with the live teacher
 
     def teacher_net_config(self, i: int = 0) -> dict:
         """Teacher net `i`'s config (an ensemble's member `i`), its input shape and classes filled in."""
@@ -135,27 +105,13 @@ class DistillationModule(ClassifierSystem):
         return net_config(net, hp.input_shape, hp.num_classes)
 
     @property
-    def student(self) -> nn.Module:
-        return self.net
-
-    @property
     def is_ensemble(self) -> bool:
         return isinstance(self.teacher, TeacherEnsemble)
 
-    def _build_terms(self, terms: list, input_shape: tuple[int, ...]) -> None:
-        """One dry pass so terms can size their own parameters (e.g. a hint regressor) up front."""
-        was_training = self.net.training
-        self.net.eval()
-        with torch.no_grad():
-            example = torch.zeros(2, *input_shape)
-            self.net(example)
-            for member in self.teacher.members if self.is_ensemble else [self.teacher]:
-                member(example)
-        student_feats, teacher_feats = self.student_tap.pop(), self.teacher_tap.pop()
-        member_feats = [tap.pop() for tap in self.member_taps]
-        for term in terms:  # weight-0 terms are neither tapped nor built
-            term.build(student_feats, teacher_feats if term.member is None else member_feats[term.member])
-        self.net.train(was_training)
+    @property
+    def teacher_nets(self) -> list[nn.Module]:
+        """The nets that compute teacher logits: an ensemble's members in order, or the one teacher."""
+        return list(self.teacher.members) if self.is_ensemble else [self.teacher]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -178,43 +134,41 @@ class DistillationModule(ClassifierSystem):
                 "hold: the teacher must run live (runtime.teacher_cache=off)."
             )
         entries = None if outputs is None else [outputs] if isinstance(outputs, TeacherOutputs) else list(outputs)
-        expected = len(self.teacher.members) if self.is_ensemble else 1
-        if entries is not None and len(entries) != expected:
-            raise ValueError(f"use_teacher_outputs: {len(entries)} cache entries for {expected} teacher net(s).")
+        if entries is not None and len(entries) != len(self.teacher_nets):
+            raise ValueError(
+                f"use_teacher_outputs: {len(entries)} cache entries for {len(self.teacher_nets)} teacher net(s)."
+            )
         self.teacher_outputs = entries
         self._check_outputs = entries is not None
 
     def on_fit_start(self) -> None:
         self._check_outputs = self.teacher_outputs is not None
 
-    def known_teacher_logits(self, batch, stage: str) -> torch.Tensor | None:
-        """The cached logits of this training batch: [B, C] for one teacher, [members, B, C] for an ensemble."""
+    def known_teacher_logits(self, batch, stage: str) -> list[torch.Tensor] | None:
+        """The cached logits [B, C] of this training batch, one per teacher net (an ensemble's members in order)."""
         if stage != "train" or self.teacher_outputs is None:
             return None
-        looked_up = [entry.lookup(batch.index, batch.shift, batch.flip) for entry in self.teacher_outputs]
-        return torch.stack(looked_up) if self.is_ensemble else looked_up[0]
+        return [entry.lookup(batch.index, batch.shift, batch.flip) for entry in self.teacher_outputs]
 
     def teacher_input(self, batch, i: int = 0) -> torch.Tensor:
         """What teacher net `i` reads: the student's input, or the pixels normalised by that teacher's own data."""
         norm = self.teacher_norms[i]
         return batch.x if norm is None else normalize(batch.pixels, norm["mean"], norm["std"])
 
-    def views(self, batch, cached: torch.Tensor | None = None) -> LossInputs:
+    def views(self, batch, cached: list[torch.Tensor] | None = None) -> LossInputs:
         """The student's and the teacher's logits (an ensemble's: each member's, and combined) and tapped features.
 
-        `cached`: this training batch's logits from the cache ([B, C], or [members, B, C]); the first batch of a
-        fit is checked against the live teacher, every other one trains on the cached logits alone.
+        `cached`: this training batch's logits from the cache, one per teacher net; the first batch of a fit is
+        checked against the live teacher, every other one trains on the cached logits alone.
         """
-        nets = list(self.teacher.members) if self.is_ensemble else [self.teacher]
-        if cached is None:
+        logits = cached
+        if cached is None or self._check_outputs:
             with torch.no_grad():
-                logits = [net(self.teacher_input(batch, i)) for i, net in enumerate(nets)]
-        else:
-            logits = list(cached.unbind(0)) if self.is_ensemble else [cached]
-            if self._check_outputs:
-                with torch.no_grad():
-                    for i, (net, entry) in enumerate(zip(nets, self.teacher_outputs, strict=True)):
-                        self._verify_cached(logits[i], net(self.teacher_input(batch, i)), entry)
+                live = [net(self.teacher_input(batch, i)) for i, net in enumerate(self.teacher_nets)]
+            if cached is None:
+                logits = live
+            else:
+                self._verify_cached(cached, live)
         teacher_feats, member_feats = self.teacher_tap.pop(), [tap.pop() for tap in self.member_taps]
         return LossInputs(
             student_logits=self.net(batch.x),
@@ -226,18 +180,19 @@ class DistillationModule(ClassifierSystem):
             member_features=member_feats,
         )
 
-    def _verify_cached(self, cached: torch.Tensor, live: torch.Tensor, entry: TeacherOutputs) -> None:
-        """One host sync per fit: the cached logits of this batch's (image, shift) pairs against the teacher's."""
+    def _verify_cached(self, cached: list[torch.Tensor], live: list[torch.Tensor]) -> None:
+        """Once per fit (a host sync): the cached logits of this batch's (image, shift) pairs against the teacher's."""
         self._check_outputs = False
-        tol = entry.tolerance  # of the run's precision (kdlab.teachers.outputs.tolerance)
-        if not torch.allclose(cached, live.float(), rtol=tol, atol=tol):
-            worst = float((cached - live.float()).abs().max())
-            raise TeacherOutputsError(
-                f"The cached teacher outputs ({entry.path}) differ from the live teacher on the first "
-                f"training batch (max |difference| {worst:.3g}): the batches' index or shift no longer mean what they "
-                "meant when the outputs were computed (another split, augmentation or data order?). Run with "
-                "runtime.teacher_cache=off, and report this."
-            )
+        for cached_logits, live_logits, entry in zip(cached, live, self.teacher_outputs, strict=True):
+            tol = entry.tolerance  # of the run's precision (kdlab.teachers.outputs.tolerance)
+            if not torch.allclose(cached_logits, live_logits.float(), rtol=tol, atol=tol):
+                worst = float((cached_logits - live_logits.float()).abs().max())
+                raise TeacherOutputsError(
+                    f"The cached teacher outputs ({entry.path}) differ from the live teacher on the first training "
+                    f"batch (max |difference| {worst:.3g}): the batches' index or shift no longer mean what they "
+                    "meant when the outputs were computed (another split, augmentation or data order?). Run with "
+                    "runtime.teacher_cache=off, and report this."
+                )
 
     # -- an ensemble's members ----------------------------------------------------------------------
     def stage_metrics(self, stage: str, num_classes: int) -> dict[str, Metric]:
@@ -245,11 +200,10 @@ class DistillationModule(ClassifierSystem):
         if stage != "train":  # how closely the student follows the teacher, on held-out images
             metrics["agreement"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
             metrics["kl"] = MeanMetric(nan_strategy="disable")  # the default NaN check reads the device per batch
-        if stage == "test":  # the teacher on the very same test images, computed in the one test pass
-            metrics["teacher_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
-            # and each ensemble member on them (called before the members exist: count them in hparams)
-            for i in range(len(self.hparams.get("members") or ())):
-                metrics[f"member{i}_acc"] = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        if stage == "test":  # the teacher, and each ensemble member, on the very same test images in the one pass
+            members = range(len(self.hparams.get("members") or ()))  # called before the members exist: the hparams
+            for name in ("teacher_acc", *(f"member{i}_acc" for i in members)):
+                metrics[name] = MulticlassAccuracy(num_classes=num_classes, average="micro")
         return metrics
 
     def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
@@ -269,21 +223,28 @@ class DistillationModule(ClassifierSystem):
     # -- checkpoints: the teacher lives in its own file, not in every student checkpoint ------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(TEACHER_PREFIX)
-        }
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(TEACHER_PREFIX)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
 
 
-def _check_unchanged(path: str, sha256: str | None, role: str) -> None:
-    """Refuse a teacher file whose content differs from the one this student was distilled from."""
+def _load_teacher(spec: Mapping, member: int | None, input_shape, num_classes) -> nn.Module:
+    """The teacher's net (or ensemble member `member`'s) from its file, refused if that changed since distillation."""
+    what, key = ("teacher", "teacher") if member is None else (f"teacher member {member}", f"teacher.members.{member}")
+    path, sha256 = spec.get("ckpt"), spec.get("sha256")
+    if not path:  # a member (one teacher without a file is refused before)
+        raise ValueError(
+            f"Teacher member {member} has no weights file (members.{member}.ckpt is empty): train.py fills it in "
+            f"from the teacher cache, or set teacher.members.{member}.ckpt_path."
+        )
     if sha256 is not None and Path(path).is_file() and (found := sha256_file(path)) != sha256:
         raise CheckpointError(
-            f"The {role} file {path} has changed since this student was distilled from it "
+            f"The {what} file {path} has changed since this student was distilled from it "
             f"(sha256 {found[:12]}... now, {sha256[:12]}... then). A student resumed or reloaded "
             "against another teacher would silently mix two experiments. Restore the original teacher "
             "file, or start a new run with the new teacher."
         )
+    return load_weights(build_net(spec["net"], input_shape, num_classes), path, role=key)

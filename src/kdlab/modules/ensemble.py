@@ -11,39 +11,37 @@ Members that agree exactly give their own distribution back at every T (t = z - 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kdlab.losses.base import finite_number
 
 COMBINE_MODES = ("mean_probs", "mean_logits", "weighted")
 
 
 def check_combination(combine: Mapping, members: int, key: str = "teacher.combine") -> dict:
     """`combine` ({mode, temperature, weights}) as plain values, or a ValueError naming the full key."""
-    known = {"mode", "temperature", "weights"}
-    if unknown := sorted(set(combine) - known):
+    if unknown := sorted(set(combine) - {"mode", "temperature", "weights"}):
         raise ValueError(
             f"{key} has unknown key(s) {unknown}: it takes mode ({' | '.join(COMBINE_MODES)}), temperature "
             "(for mean_probs and weighted) and weights (for weighted: one per member)."
         )
-    mode = combine.get("mode", "mean_probs")
+    get = combine.get
+    mode, temperature, weights = get("mode", "mean_probs"), get("temperature", 1.0), get("weights")
     if mode not in COMBINE_MODES:
         raise ValueError(
             f"{key}.mode={mode!r} is not a way to combine teachers: use mean_probs (mean of the members' "
             "probabilities at temperature T, as Hinton et al.), mean_logits, or weighted (fixed per-member "
             f"weights on the probabilities at T, set {key}.weights)."
         )
-    temperature = combine.get("temperature", 1.0)
-    if not _finite(temperature) or temperature <= 0:
+    if not finite_number(temperature) or temperature <= 0:
         raise ValueError(
             f"{key}.temperature must be a finite number > 0, got {temperature!r}: the members' logits are divided "
             "by it before their probabilities are averaged (by default it is distill.temperature, the KD term's T)."
         )
-    weights = combine.get("weights")
     if mode != "weighted":
         if weights is not None:
             raise ValueError(
@@ -58,7 +56,7 @@ def check_combination(combine: Mapping, members: int, key: str = "teacher.combin
             f"e.g. {key}.weights=[{', '.join(['1.0'] * members)}]."
         )
     for i, w in enumerate(weights):
-        if not _finite(w) or w < 0:
+        if not finite_number(w) or w < 0:
             raise ValueError(
                 f"{key}.weights.{i} must be a finite number >= 0, got {w!r}: it is member {i}'s share of the "
                 "ensemble's probabilities (the weights are divided by their sum)."
@@ -66,10 +64,6 @@ def check_combination(combine: Mapping, members: int, key: str = "teacher.combin
     if sum(weights) <= 0:
         raise ValueError(f"{key}.weights are all 0 ({weights!r}): at least one member needs a weight above 0.")
     return {"mode": mode, "temperature": float(temperature), "weights": [float(w) for w in weights]}
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def combine_logits(

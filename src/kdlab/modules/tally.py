@@ -1,12 +1,11 @@
 """Training-step values kept on the device and read back once per window: metrics and the divergence check.
 
-Per step, updating torchmetrics objects cost ~0.1 ms of Python (argument checks, casts, state
-bookkeeping) for three metrics, and reading a value back (`.item()`, `if not loss.isfinite()`) would
-stall a GPU on every step. Even a few small tensor ops per step (stack the losses, argmax, compare,
-sum) cost 2-3% of a small MLP's step. So a step only keeps references to its detached loss values,
-logits and labels. Every CHECK_EVERY steps and at the end of the epoch the window is folded into the
-epoch's sums by a handful of batched ops and one host read, which also finds the first step at
-which any value went NaN or inf.
+Updating torchmetrics objects per step costs Python bookkeeping, and reading a value back (`.item()`,
+`if not loss.isfinite()`) would stall a GPU on every step; even a few small tensor ops per step are
+noticeable on a small net. So a step only keeps references to its detached loss values, logits and
+labels. Every CHECK_EVERY steps and at the end of the epoch the window is folded into the epoch's sums
+by a handful of batched ops and one host read, which also finds the first step at which any value
+went NaN or inf: the run stops there instead of reporting numbers from a broken model.
 """
 
 from __future__ import annotations
@@ -16,7 +15,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from kdlab.modules.guards import divergence_error
+PENDING = ("values", "logits", "targets", "sizes", "steps")  # what a step keeps until the next fold
+
+
+class DivergenceError(RuntimeError):
+    """The loss went non-finite: the run's numbers would be meaningless, so it stops."""
 
 
 class StepTally:
@@ -27,12 +30,8 @@ class StepTally:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
-        self._values: list[Tensor] = []  # per step, len(names) scalars: the values of `names`
-        self._logits: list[Tensor] = []  # per step: the student's logits [B, C]
-        self._targets: list[Tensor] = []  # per step: the labels [B]
-        self._sizes: list[int] = []  # per step: images (known on the host: no sync)
-        self._steps: list[int] = []  # per step: the optimiser step, for the error message
         self._sums: Tensor | None = None  # [len(names) + 2]: weighted value sums, correct, images
+        self.reset()
 
     @property
     def pending(self) -> int:
@@ -41,11 +40,11 @@ class StepTally:
 
     def add(self, step: int, values: Sequence[Tensor], logits: Tensor, target: Tensor) -> None:
         """Keep this step's values (detached: no graph is kept alive); no tensor op, no sync."""
-        self._values.extend(v.detach() for v in values)
-        self._logits.append(logits.detach())
+        self._values.extend(v.detach() for v in values)  # len(names) scalars per step
+        self._logits.append(logits.detach())  # the student's logits [B, C]
         self._targets.append(target)
-        self._sizes.append(len(target))
-        self._steps.append(step)
+        self._sizes.append(len(target))  # known on the host: no sync
+        self._steps.append(step)  # the optimiser step, for the error message
 
     def fold(self, hint: Callable[[], str] = str) -> None:
         """Add the pending steps to the epoch's sums; one host read. Raises DivergenceError on NaN/inf."""
@@ -64,21 +63,23 @@ class StepTally:
         self.reset(keep_sums=True)
         if bool(finite.all()):  # the one sync
             return
-        bad = torch.isfinite(values).logical_not().tolist()
-        first = {}
-        for row, step in zip(bad, steps, strict=True):
-            for name, is_bad in zip(self.names, row, strict=True):
-                if is_bad and name not in first:
-                    first[name] = step
-        raise divergence_error(first, hint())
+        bad = torch.isfinite(values).logical_not().T.tolist()  # per name, per step
+        first = {name: steps[row.index(True)] for name, row in zip(self.names, bad, strict=True) if any(row)}
+        step = min(first.values())
+        terms = [name for name, s in first.items() if s == step and name != "total"] or ["total"]
+        raise DivergenceError(
+            f"Training diverged: the loss became non-finite (NaN or inf) at optimiser step {step}, "
+            f"first in the term(s) {', '.join(terms)}. The run stops here instead of reporting "
+            f"numbers from a broken model. {hint()}".strip()
+        )
 
     def take(self) -> tuple[dict[str, Tensor], Tensor, Tensor] | None:
         """The epoch's means of `names`, its accuracy and its image count (tensors, no sync); then reset.
 
         None when no step was folded (a rank that trained on nothing). Fold first: pending steps are dropped.
         """
-        self.reset(keep_sums=True)
-        sums, self._sums = self._sums, None
+        sums = self._sums
+        self.reset()
         if sums is None:
             return None
         count = sums[-1]
@@ -87,13 +88,12 @@ class StepTally:
 
     def state_dict(self) -> dict:
         """The epoch so far, as it stands (folded sums and the pending window): a resumed epoch adds up the same."""
-        return {"sums": self._sums, "values": list(self._values), "logits": list(self._logits),
-                "targets": list(self._targets), "sizes": list(self._sizes), "steps": list(self._steps)}  # fmt: skip
+        return {"sums": self._sums, **{key: list(getattr(self, f"_{key}")) for key in PENDING}}
 
     def load_state_dict(self, state: dict) -> None:
         self._sums = state["sums"]
-        self._values, self._logits, self._targets = list(state["values"]), list(state["logits"]), list(state["targets"])
-        self._sizes, self._steps = list(state["sizes"]), list(state["steps"])
+        for key in PENDING:
+            setattr(self, f"_{key}", list(state[key]))
 
     def reset(self, keep_sums: bool = False) -> None:
         self._values, self._logits, self._targets, self._sizes, self._steps = [], [], [], [], []

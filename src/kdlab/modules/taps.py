@@ -1,5 +1,7 @@
 """Capture intermediate outputs by module name with forward hooks, so nets need no special API."""
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -16,13 +18,10 @@ class FeatureTap:
                     f"A loss term asks for {role} layer {name!r}, which {type(net).__name__} does not have. "
                     f"Available layers: {[n for n in available if n]}."
                 )
-            available[name].register_forward_hook(self._recorder(name))
+            available[name].register_forward_hook(partial(self._record, name))
 
-    def _recorder(self, name: str):
-        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-            self.features[name] = output
-
-        return hook
+    def _record(self, name: str, module: nn.Module, args, output: torch.Tensor) -> None:
+        self.features[name] = output
 
     def pop(self) -> dict[str, torch.Tensor]:
         """This pass's features; cleared so stale tensors (and their graphs) are not kept alive."""

@@ -9,25 +9,11 @@ class TeacherModule(ClassifierSystem):
     """The distillation path with no teacher and a single cross-entropy term."""
 
     def __init__(
-        self,
-        net: Mapping,
-        optimizer: Mapping,
-        scheduler: Mapping | None = None,
-        label_smoothing: float = 0.0,
-        *,
-        num_classes: int,  # from the data's spec (the run passes it)
-        input_shape: Sequence[int],
-        losses: Mapping | None = None,
-        compile: bool = False,  # module.compile=true compiles the net (torch.compile); see ClassifierSystem
-    ) -> None:
+        self, net: Mapping, optimizer: Mapping, scheduler: Mapping | None = None, label_smoothing: float = 0.0, *,
+        num_classes: int, input_shape: Sequence[int], compile: bool = False,  # sizes from the data's spec
+    ) -> None:  # fmt: skip
         ce = {"_target_": "kdlab.losses.CE", "weight": 1.0, "label_smoothing": label_smoothing}
         super().__init__(
-            net=net,
-            losses=losses or {"ce": ce},
-            optimizer=optimizer,
-            scheduler=scheduler,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            compile=compile,
-            label_smoothing=label_smoothing,
-        )
+            net, {"ce": ce}, optimizer, scheduler, num_classes=num_classes, input_shape=input_shape,
+            compile=compile, label_smoothing=label_smoothing,
+        )  # fmt: skip

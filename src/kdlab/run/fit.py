@@ -25,7 +25,7 @@ from kdlab.analysis.omitted import logits_of, omitted_class_report
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
 from kdlab.config import is_distillation, plain
 from kdlab.identity import code_versions, config_identity, digest, run_key, student_key
-from kdlab.modules.guards import DivergenceError
+from kdlab.modules.tally import DivergenceError
 from kdlab.record import RunRecord
 from kdlab.run.provenance import code_state, smoke_reasons
 from kdlab.run.summary import tensorboard_hparams

@@ -1,4 +1,4 @@
-"""When a run reads cached teacher outputs instead of running its teacher, and how it gets them.
+"""When a run reads cached teacher outputs (kdlab.teachers.outputs) instead of running its teacher; how it gets them.
 
 Used only when the teacher contributes logits alone (no loss term taps a teacher feature) and the run's
 precision has a cached form; `runtime.teacher_cache=auto` builds a missing entry only when the run puts at
@@ -24,41 +24,26 @@ from torch import Tensor
 from kdlab.data.batches import derive_seed
 from kdlab.identity import digest
 from kdlab.locks import file_lock
-from kdlab.teachers.outputs import (
-    AUTOCAST,
-    BY_SHA_DIR,
-    FORMAT_VERSION,
-    FULL,
-    OUTPUTS_DIR,
-    TeacherOutputs,
-    TeacherOutputsError,
-    build_batch_size,
-    check_sample,
-    compute_teacher_outputs,
-    load,
-    save,
-    tolerance,
-    view_offsets,
-)
+from kdlab.teachers import outputs
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "on", "off")
+GPU = ("gpu", "cuda", "auto")  # trainer.accelerator values that run on a GPU when there is one
+FULL = ("32-true", "32", 32)  # trainer.precision values that compute in float32
+FORMAT_VERSION = 2  # bump when what an entry holds changes: older entries then miss
+OUTPUTS_DIR = "outputs"  # inside a cached teacher's entry
+BY_SHA_DIR = "outputs-by-sha256"  # under teacher_dir, for teachers given by path
 
 
-def mode_of(cfg: DictConfig) -> str:
-    return OmegaConf.select(cfg, "runtime.teacher_cache", default="auto")
-
-
-def why_live(cfg: DictConfig, module, datamodule) -> str | None:
-    """Why the teacher must run live for this run (None: its outputs can be cached)."""
-    if mode_of(cfg) == "off":
+def why_live(cfg: DictConfig, module, mode: str, precision: Any) -> str | None:
+    """Why the teacher must run live for this run whatever the cache holds (None: its outputs can be cached)."""
+    if mode == "off":
         return "runtime.teacher_cache=off"
     if not OmegaConf.select(cfg, "train", default=True):
         return "nothing is trained (train=false)"
     if feature_terms := module.teacher_feature_terms():
         return f"the loss term(s) {', '.join(feature_terms)} read teacher features, which are not cached"
-    precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
-    if precision not in FULL and str(precision) not in AUTOCAST:
+    if precision not in FULL and str(precision) not in outputs.AUTOCAST:
         return f"trainer.precision={precision} runs the whole teacher in that dtype"
     return None
 
@@ -82,40 +67,35 @@ def planned_images(cfg: DictConfig, n_train: int) -> int | None:
     return min(known) if known else None
 
 
-def device_of(cfg: DictConfig) -> torch.device:
-    """Where the build runs: this process's GPU (LOCAL_RANK, as launchers set it) on a GPU run, else the CPU."""
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
-    if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def provide_teacher_outputs(cfg: DictConfig, module, datamodule, refs: list, teacher_dir: str) -> dict[str, Any]:
     """Give `module` the cached teacher outputs when they are exact for this run; build them first if absent.
 
     `refs` holds one TeacherRef per teacher net (an ensemble's members in order): each net reads its own
     entry, the one a single-teacher run of it uses too. Returns what the run record keeps.
     """
-    if (reason := why_live(cfg, module, datamodule)) is not None:
+    mode = OmegaConf.select(cfg, "runtime.teacher_cache", default="auto")
+    precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    if (reason := why_live(cfg, module, mode, precision)) is not None:
         log.info("The teacher runs live in training: %s.", reason)
         return {"used": False, "reason": reason}
-    nets = list(module.teacher.members) if module.is_ensemble else [module.teacher]
-    precision, device = OmegaConf.select(cfg, "trainer.precision", default="32-true"), device_of(cfg)
+    # The build runs on this process's GPU (LOCAL_RANK, as launchers set it) on a GPU run, else on the CPU.
+    on_gpu = torch.cuda.is_available() and OmegaConf.select(cfg, "trainer.accelerator", default="cpu") in GPU
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
     images, hp = train_images(datamodule), datamodule.hparams
-    views = len(view_offsets(hp.augment_shift, hp.augment_flip))
-    norms = [norm or datamodule.static_spec.normalization for norm in module.teacher_norms]
+    views = len(outputs.view_offsets(hp.augment_shift, hp.augment_flip))
     plans = []
-    for net, ref, norm in zip(nets, refs, norms, strict=True):
+    for i, (net, ref, norm) in enumerate(zip(module.teacher_nets, refs, module.teacher_norms, strict=True)):
+        norm = norm or datamodule.static_spec.normalization
         net.to(device)
-        batch = build_batch_size(net, images.shape[1:], device)
-        key = digest({"format": FORMAT_VERSION, "teacher": ref.sha256, "net": module.teacher_net_config(len(plans)),
+        batch = outputs.build_batch_size(net, images.shape[1:], device)
+        key = digest({"format": FORMAT_VERSION, "teacher": ref.sha256, "net": module.teacher_net_config(i),
                       "norm": norm, "data": datamodule.spec.fingerprint, "split": [hp.val_size, hp.split_seed,
                       sorted(hp.exclude_classes)], "views": [hp.augment_shift, hp.augment_flip], "batch": batch,
                       "precision": str(precision)})  # fmt: skip
         folder = (Path(ref.checkpoint).parent / OUTPUTS_DIR if ref.key else
                   Path(teacher_dir).expanduser().resolve() / BY_SHA_DIR / ref.sha256[:16])  # fmt: skip
         plans.append((net, norm, key, folder / f"{key}.safetensors", batch))
-    if mode_of(cfg) == "auto" and any(not path.is_file() for *_, path, _ in plans):
+    if mode == "auto" and any(not path.is_file() for *_, path, _ in plans):
         planned = planned_images(cfg, len(images))
         if planned is not None and planned < views * len(images):
             reason = (
@@ -126,46 +106,51 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, refs: list, tea
             return {"used": False, "reason": reason}
     entries = [_provide_one(net, images, norm, key, path, batch, hp, device, precision)
                for net, norm, key, path, batch in plans]  # fmt: skip
-    module.use_teacher_outputs([outputs for outputs, _ in entries])
+    module.use_teacher_outputs([entry for entry, _ in entries])
     infos = [info for _, info in entries]
     return {"used": True, "members": infos} if module.is_ensemble else {"used": True, **infos[0]}
 
 
-def _provide_one(net, images, norm, key, path, batch, hp, device, precision) -> tuple[TeacherOutputs, dict]:
+def _provide_one(net, images, norm, key, path, batch, hp, device, precision) -> tuple[outputs.TeacherOutputs, dict]:
     """One teacher net's entry: read (checksum and sample checked) or built, and what the record keeps of it."""
-    started, built, tol = time.perf_counter(), False, tolerance(precision)
-    writable = _writable(path.parent)
+    started, built = time.perf_counter(), False
+    try:  # a read-only cache still serves a run: the entry is then built in memory
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path.parent, os.W_OK)
+    except OSError:
+        writable = False
     with file_lock(path.parent / f".{key}.lock") if writable else contextlib.nullcontext():
-        outputs = load(path, key, tol)
+        entry = outputs.load(path, key, outputs.tolerance(precision))
         for attempt in range(2):
-            if outputs is None:
+            if entry is None:
                 log.info("Computing the teacher's outputs for %d images x %d views (once) into %s", len(images),
-                         len(view_offsets(hp.augment_shift, hp.augment_flip)), path)  # fmt: skip
-                outputs = compute_teacher_outputs(net, images, hp.augment_shift, hp.augment_flip, norm, device,
-                                                  precision, batch)  # fmt: skip
-                outputs.key, outputs.path = key, str(path)
+                         len(outputs.view_offsets(hp.augment_shift, hp.augment_flip)), path)  # fmt: skip
+                entry = outputs.compute_teacher_outputs(net, images, hp.augment_shift, hp.augment_flip, norm, device,
+                                                        precision, batch)  # fmt: skip
+                entry.key, entry.path = key, str(path)
                 if writable:
-                    save(outputs, path)
+                    outputs.save(entry, path)
                 else:
                     log.warning(
                         "%s is not writable: the teacher outputs are kept in memory, for this run.", path.parent
                     )
                 built = True
-            ok, detail = check_sample(outputs, net, images, norm, device, precision, derive_seed(0, int(key[:12], 16)))
+            seed = derive_seed(0, int(key[:12], 16))
+            ok, detail = outputs.check_sample(entry, net, images, norm, device, precision, seed)
             if ok:
                 break
             if attempt == 1:
-                raise TeacherOutputsError(
+                raise outputs.TeacherOutputsError(
                     f"The teacher outputs in {path} disagree with the live teacher right after being rebuilt: "
                     f"{detail}. The teacher is not a fixed function of its input here (a layer that stays random in "
                     "eval mode?). Run with runtime.teacher_cache=off."
                 )
             log.warning("The cached teacher outputs %s do not match the live teacher (%s): rebuilding.", path, detail)
-            outputs = None
+            entry = None
     seconds = time.perf_counter() - started
     log.info("Teacher outputs %s (%s; %s): training reads them instead of running the teacher.",
              f"built in {seconds:.1f} s" if built else "read from the cache", path, detail)  # fmt: skip
-    return outputs, {"key": key, "path": str(path), "built_s": round(seconds, 2) if built else None}
+    return entry, {"key": key, "path": str(path), "built_s": round(seconds, 2) if built else None}
 
 
 def train_images(datamodule) -> Tensor:
@@ -177,11 +162,3 @@ def train_images(datamodule) -> Tensor:
     probe = type(datamodule)(**{**datamodule.hparams, "seed": 0})
     probe.setup("fit")
     return probe.data_train.x
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)

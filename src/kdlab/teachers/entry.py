@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from kdlab.checkpoints import sha256_file
+from kdlab.data.fetch import aside_path
 from kdlab.data.spec import DataSpec
-from kdlab.listing import LAST_USED_FILE  # noqa: F401 - touched on every reuse, for `scripts/runs.py --teachers`
 from kdlab.record import RECORD_FILE, RecordError, RunRecord, TeacherRef
 
 log = logging.getLogger(__name__)
@@ -49,19 +48,6 @@ def read_entry(folder: Path) -> RunRecord | None:
         os.replace(folder, aside)
         return None
     return record
-
-
-def aside_path(path: Path, hidden: bool = False) -> Path:
-    """A free name beside `path` for a damaged file or folder: `<name>.bad-<time>-<pid>`, `-1`, `-2`... when taken.
-
-    Never an existing name: a second damaged copy set aside in the same second must not replace the first.
-    """
-    stem = f"{'.' if hidden else ''}{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    aside, n = path.with_name(stem), 0
-    while aside.exists() or aside.is_symlink():
-        n += 1
-        aside = path.with_name(f"{stem}-{n}")
-    return aside
 
 
 def write_entry(folder: Path, net: torch.nn.Module, model: dict, record: RunRecord) -> None:

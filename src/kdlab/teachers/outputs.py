@@ -16,16 +16,12 @@ Rules that keep it exact:
   before use, and the first training batch of every fit again, within the tolerance of the precision;
 - validation and test always run the live teacher.
 
-Entries live beside the teacher they came from: `<teacher entry>/outputs/<key>.safetensors`, or
-`<teacher_dir>/outputs-by-sha256/<sha256[:16]>/<key>.safetensors` for a teacher given by path.
-`runtime.teacher_cache=auto|on|off`: `auto` reads an entry when there is one and builds a missing one
-only when the run puts at least as many images through the teacher as the build does; `on` always builds.
+When a run uses an entry, where it lives and when it is built: kdlab.teachers.cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 import os
@@ -36,19 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdlab.data.fetch import aside_path
 from kdlab.data.transforms import normalize, shift_images
-from kdlab.teachers.entry import aside_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when what an entry holds changes: older entries then miss
-OUTPUTS_DIR = "outputs"  # inside a cached teacher's entry
-BY_SHA_DIR = "outputs-by-sha256"  # under teacher_dir, for teachers given by path
 BUILD_BATCH = 4096  # at most this many images per teacher forward while building: large GEMMs
 BUILD_ACTIVATION_BYTES = 32 * 2**20  # ...and fewer where the teacher's largest activation would outgrow this
 SAMPLE = 512  # (image, view) pairs checked against the live teacher on every use
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # precisions whose teacher runs under autocast
-FULL = ("32-true", "32", 32)
 
 
 class TeacherOutputsError(RuntimeError):
@@ -91,54 +83,54 @@ class TeacherOutputs:
     def views(self) -> int:
         return self.logits.shape[1]
 
-    def rows(self, index: Tensor, shift: Tensor | None, flip: Tensor | None) -> Tensor:
-        s, side = self.max_shift, 2 * self.max_shift + 1
+    def lookup(self, index: Tensor, shift: Tensor | None, flip: Tensor | None = None) -> Tensor:
+        """float32 logits [B, C] of training images `index` seen with `shift` [B, 2] and `flip` [B] (None: none)."""
+        s, side = self.max_shift, 2 * self.max_shift + 1  # the row of a view: see view_offsets
         view = torch.full_like(index, s * side + s) if shift is None else (shift[:, 0] + s) * side + shift[:, 1] + s
         if flip is not None:
             view = view + flip.long() * side * side
-        return index * self.views + view
-
-    def lookup(self, index: Tensor, shift: Tensor | None, flip: Tensor | None = None) -> Tensor:
-        """float32 logits [B, C] of training images `index` seen with `shift` [B, 2] and `flip` [B] (None: none)."""
         if self._flat.device != index.device:  # once: the whole table moves to the training device
             self._flat = self._flat.to(index.device)
-        return self._flat.index_select(0, self.rows(index, shift, flip)).float()
+        return self._flat.index_select(0, index * self.views + view).float()
 
 
 def logits_sha256(logits: Tensor) -> str:
     return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy()).hexdigest()
 
 
-def precision_context(precision: Any, device: torch.device):
-    dtype = AUTOCAST.get(str(precision))
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+@contextlib.contextmanager
+def evaluating(net: nn.Module):
+    """`net` in eval mode for the block (dropout off, batch-norm statistics fixed), then in its mode again."""
+    was_training = net.training
+    try:
+        yield net.eval()
+    finally:
+        net.train(was_training)
 
 
-def views_of(images: Tensor, offsets: Tensor) -> Tensor:
-    """uint8 images shifted (zero fill) and flipped as the datamodule's augmentation would, one view per row."""
+def logits_of_views(teacher: nn.Module, images: Tensor, offsets: Tensor, norm: dict, precision: Any, device) -> Tensor:
+    """float32 logits of uint8 `images`, each shifted (zero fill) and flipped by its row of `offsets` as the
+    datamodule's augmentation would, then normalised by the teacher's `norm`: bitwise the training input."""
     x = shift_images(images, offsets[:, :2])
-    flips = offsets[:, 2].bool().to(x.device)
-    return torch.where(flips[:, None, None, None], x.flip(-1), x)
+    x = torch.where(offsets[:, 2].bool().to(x.device)[:, None, None, None], x.flip(-1), x)
+    dtype = AUTOCAST.get(str(precision))
+    with torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        return teacher(normalize(x, norm["mean"], norm["std"])).float()
 
 
 @torch.no_grad()
 def build_batch_size(teacher: nn.Module, image_shape, device) -> int:
     """The largest batch (a power of two, at most BUILD_BATCH) whose largest activation fits BUILD_ACTIVATION_BYTES."""
-    largest = 0
-
-    def measure(module, inputs, output) -> None:
-        nonlocal largest
-        if isinstance(output, Tensor):
-            largest = max(largest, output[0].numel() * output.element_size())
-
-    hooks = [m.register_forward_hook(measure) for m in teacher.modules() if next(m.children(), None) is None]
-    was_training = teacher.training
+    outputs: list = []  # of every leaf module, for one image
+    leaves = [m for m in teacher.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda module, args, output: outputs.append(output)) for m in leaves]
     try:
-        teacher.eval()(torch.zeros(1, *image_shape, device=device))
+        with evaluating(teacher):
+            teacher(torch.zeros(1, *image_shape, device=device))
     finally:
-        teacher.train(was_training)
         for hook in hooks:
             hook.remove()
+    largest = max((out[0].numel() * out.element_size() for out in outputs if isinstance(out, Tensor)), default=0)
     fits = max(1, BUILD_ACTIVATION_BYTES // max(largest, 1))
     return min(BUILD_BATCH, 1 << (fits.bit_length() - 1))
 
@@ -148,22 +140,16 @@ def compute_teacher_outputs(
     teacher: nn.Module, images: Tensor, max_shift: int, flip: bool, norm: dict, device="cpu",
     precision: Any = "32-true", batch_size: int | None = None,
 ) -> TeacherOutputs:  # fmt: skip
-    """The teacher's logits for every image of `images` (uint8 [N, C, H, W]) in every view.
-
-    Each view is shifted and flipped in uint8, then normalised by the teacher's `norm` ({mean, std}):
-    bitwise the training input. The teacher itself is left as it was.
-    """
+    """The teacher's logits for every image of `images` (uint8 [N, C, H, W]) in every view (logits_of_views)."""
     device = torch.device(device)
     batch_size = batch_size or build_batch_size(teacher, images.shape[1:], device)
-    net = copy.deepcopy(teacher).eval()  # a copy: the live teacher keeps its mode
     offsets = view_offsets(max_shift, flip)
     out: Tensor | None = None
-    with precision_context(precision, device):
+    with evaluating(teacher):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device)
             for v, offset in enumerate(offsets):
-                view = views_of(x, offset.expand(len(x), 3).to(device))
-                logits = net(normalize(view, norm["mean"], norm["std"])).float()
+                logits = logits_of_views(teacher, x, offset.expand(len(x), 3).to(device), norm, precision, device)
                 if out is None:
                     out = torch.empty(len(images), len(offsets), logits.shape[1])
                 out[start : start + len(x), v] = logits.cpu()
@@ -176,19 +162,12 @@ def check_sample(outputs: TeacherOutputs, teacher: nn.Module, images: Tensor, no
     """Compare `size` seeded (image, view) entries with the live teacher: (all within tolerance, details)."""
     generator = torch.Generator().manual_seed(seed)
     n, views = outputs.logits.shape[:2]
-    index, view = (
-        torch.randint(0, n, (size,), generator=generator),
-        torch.randint(0, views, (size,), generator=generator),
-    )
+    index = torch.randint(0, n, (size,), generator=generator)
+    view = torch.randint(0, views, (size,), generator=generator)
     offsets = view_offsets(outputs.max_shift, outputs.flip)[view]
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with precision_context(precision, torch.device(device)):
-            x = views_of(images.index_select(0, index).to(device), offsets.to(device))
-            live = teacher(normalize(x, norm["mean"], norm["std"])).float().cpu()
-    finally:
-        teacher.train(was_training)
+    with evaluating(teacher):
+        live = logits_of_views(teacher, images.index_select(0, index).to(device), offsets.to(device), norm, precision,
+                               device).cpu()  # fmt: skip
     cached = outputs.logits[index, view].float()
     tol = outputs.tolerance
     error = (cached - live).abs()

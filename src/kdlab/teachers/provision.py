@@ -17,14 +17,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.checkpoints import sha256_file
 from kdlab.config import compose_config, plain
 from kdlab.identity import run_key
+from kdlab.listing import LAST_USED_FILE
 from kdlab.locks import file_lock
 from kdlab.record import TeacherRef
-from kdlab.teachers.entry import LAST_USED_FILE, MODEL_FILE, WEIGHTS_FILE, read_entry, spec_beside, write_entry
+from kdlab.teachers.entry import MODEL_FILE, WEIGHTS_FILE, read_entry, spec_beside, write_entry
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 # normalisation, the train/val split) is the run's, so a teacher never trains on the images that select
 # the student, and is never trained on another dataset than the one it teaches.
 RECIPE_DATA_KEYS = ("batch_size", "eval_batch_size", "augment_shift", "augment_flip", "exclude_classes", "seed")
-STAGING = ".{key}.staging"
 
 
 class TeacherCacheError(RuntimeError):
@@ -102,21 +102,16 @@ def provision_teacher(
             if (record := read_entry(final)) is None:
                 record = _train(tcfg, root, key, teacher, fit)
     with contextlib.suppress(OSError):  # a read-only cache still serves teachers
-        (final / LAST_USED_FILE).touch()
+        (final / LAST_USED_FILE).touch()  # for `scripts/runs.py --teachers`
     log.info("Teacher %s: %s (recipe %s, seed %s)", name, final, teacher.recipe, teacher.seed)
     return TeacherRef(str(final / WEIGHTS_FILE), record.files["sha256"], key=key, recipe=str(teacher.recipe),
-                      seed=teacher.seed, model=plain_yaml(final / MODEL_FILE), data=record.data)  # fmt: skip
-
-
-def plain_yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+                      seed=teacher.seed, model=OmegaConf.to_container(OmegaConf.load(final / MODEL_FILE), resolve=True),
+                      data=record.data)  # fmt: skip
 
 
 def _train(tcfg: DictConfig, root: Path, key: str, teacher: DictConfig, fit: Callable):
     """Train the teacher in its staging folder (resuming an interrupted training there), then move it into place."""
-    staging = root / STAGING.format(key=key)
+    staging = root / f".{key}.staging"
     checkpoints = staging / "checkpoints"
     resume = next((p for p in (checkpoints / "interrupted.ckpt", checkpoints / "last.ckpt") if p.is_file()), None)
     log.warning("No cached teacher for recipe %r (seed %s, key %s): %s it first, into %s", teacher.recipe,
