@@ -2,24 +2,8 @@
 change a result does, including keys kdlab does not know yet. Not in the unit tier: it composes the whole config
 once per override (see tests/test_identity.py for the key's rules)."""
 
-import functools
-
 import pytest
-
-from kdlab.config import compose_config
-from kdlab.identity import run_key
-
-DATA = {"train-images-idx3-ubyte": "a" * 32, "t10k-labels-idx1-ubyte": "b" * 32}
-
-
-@functools.cache
-def _key(overrides: tuple[str, ...], data: tuple[tuple[str, str], ...]) -> str:
-    cfg = compose_config(["experiment=train_teacher_mlp", "paths.root_dir=/r", *overrides])
-    return run_key(cfg, dict(data))
-
-
-def key(*overrides: str, data=DATA) -> str:
-    return _key(overrides, tuple(sorted(data.items())))
+from test_identity import key
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict, read_write
+from stand_ins import CrashAtEpoch
 
 import kdlab.run.fit
 from kdlab.checkpoints import CheckpointError
@@ -17,17 +17,6 @@ from kdlab.run import train
 from kdlab.run.folder import FolderTaken, claim
 
 SHORT = ("experiment=student_scratch_mlp", "trainer.max_epochs=3", "data.batch_size=64")
-
-
-class CrashAtEpoch(L.Callback):
-    """Stands in for kill -9 as epoch `epoch` (0-based) starts: last.ckpt is what the run leaves."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -66,3 +66,4 @@ def test_a_seed_run_twice_counts_once_with_its_latest_result(tmp_path):
     later.write(tmp_path / "c")
     baseline = scratch_baseline(tmp_path, "student-key")
     assert baseline["runs"] == 2 and baseline["mean"] == pytest.approx(0.95)
+    assert baseline["by_seed"] == {"0": 0.94, "1": 0.96}  # what a distilled run of seed 0 is paired with

@@ -110,7 +110,8 @@ def test_distillation_trains_teacher_once_then_reuses_it(make_cfg, caplog):
 def test_scratch_baseline_shows_up_in_distillation_record(make_cfg):
     scratch, _ = train(make_cfg("experiment=student_scratch_mlp", "trainer.max_epochs=1"))
     distilled, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER, "trainer.max_epochs=1"))
-    assert distilled.baseline == {"mean": scratch.metrics["test/acc"], "std": 0.0, "runs": 1, "seeds": [0]}
+    acc = scratch.metrics["test/acc"]
+    assert distilled.baseline == {"mean": acc, "std": 0.0, "runs": 1, "seeds": [0], "by_seed": {"0": acc}}
 
 
 def test_resuming_a_finished_run_is_a_no_op_that_changes_nothing(make_cfg):

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from stand_ins import CrashAtEpoch
 
 import kdlab.run.fit
 from kdlab.callbacks import Interrupted
@@ -50,17 +51,6 @@ class SignalAt(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.during_validation and not trainer.sanity_checking:
             self._send(trainer)
-
-
-class CrashAtEpoch(L.Callback):
-    """Stands in for kill -9: the run dies as epoch `epoch` (0-based) starts; last.ckpt is what it leaves."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 # -- refused before any work ------------------------------------------------------------------------

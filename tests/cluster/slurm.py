@@ -43,3 +43,26 @@ def wait_job(env: dict, job: str, timeout: float = 120) -> str:
             return " ".join(sorted(states))
         time.sleep(0.5)
     raise AssertionError(f"job {job} not finished after {timeout}s")
+
+
+def requeue_first_job(env: dict, sweep: subprocess.Popen, sweep_dir: Path, ready, timeout: float,
+                      settle_s: float = 0.0) -> str:  # fmt: skip
+    """Requeue job 0 of a running submitit sweep once `ready()` holds, as PreemptMode=REQUEUE would; return
+    the sweep's output. A sweep that ends or stalls before then fails the test, and nothing is left queued."""
+    task = None
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
+            time.sleep(0.1)
+        time.sleep(settle_s)
+        (task,) = [d.name for d in (sweep_dir / ".submitit").glob("*_0")]
+        sh(env, "scontrol", "requeue", task)
+        out, _ = sweep.communicate(timeout=3 * timeout)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            if task:
+                subprocess.run(["scancel", task.split("_")[0]], env=env)
+    assert sweep.returncode == 0, out[-3000:]
+    return out

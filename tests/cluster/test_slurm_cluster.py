@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from slurm import HERE, NEEDS_SLURM, sh, wait_job
+from slurm import HERE, NEEDS_SLURM, requeue_first_job, sh, wait_job
 
 pytestmark = [pytest.mark.slow, NEEDS_SLURM]
 
@@ -76,22 +75,11 @@ def test_requeued_sweep_job_resumes_in_its_own_folder(slurm_env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    task = None
-    try:
-        progress = sweep_dir / "0" / "progress"
-        deadline = time.monotonic() + 120
-        while not (progress.is_file() and progress.read_text() and int(progress.read_text()) >= 8):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
-            time.sleep(0.1)
-        (task,) = [d.name for d in (sweep_dir / ".submitit").glob("*_0")]
-        sh(slurm_env, "scontrol", "requeue", task)
-        out, _ = sweep.communicate(timeout=180)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            if task:
-                subprocess.run(["scancel", task.split("_")[0]], env=slurm_env)
-    assert sweep.returncode == 0, out[-3000:]
+    progress = sweep_dir / "0" / "progress"
+    requeue_first_job(
+        slurm_env, sweep, sweep_dir, lambda: progress.is_file() and bool(progress.read_text())
+        and int(progress.read_text()) >= 8, timeout=120,
+    )  # fmt: skip
 
     first, stop, again, done = _events(sweep_dir / "0")
     assert [e["event"] for e in (first, stop, again, done)] == ["start", "interrupted", "start", "done"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from slurm import NEEDS_SLURM, sh
+from slurm import NEEDS_SLURM, requeue_first_job
 
 from kdlab.record import RunRecord
 
@@ -49,22 +48,11 @@ def test_a_preempted_sweep_job_is_resumed_from_its_interrupt_checkpoint(slurm_en
          f"hydra.sweep.dir={sweep_dir}", "seed=0,1"],  # fmt: skip
         cwd=REPO, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    task = None
-    try:
-        log, deadline = sweep_dir / "0" / "run.log", time.monotonic() + 300
-        while not (log.is_file() and "training for 2 epochs" in log.read_text()):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
-            time.sleep(0.2)
-        time.sleep(1.5)  # mid-epoch 1
-        (task,) = [d.name for d in (sweep_dir / ".submitit").glob("*_0")]
-        sh(slurm_env, "scontrol", "requeue", task)  # what PreemptMode=REQUEUE does to a running job
-        out, _ = sweep.communicate(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            if task:
-                subprocess.run(["scancel", task.split("_")[0]], env=slurm_env)
-    assert sweep.returncode == 0, out[-3000:]
+    log = sweep_dir / "0" / "run.log"
+    requeue_first_job(
+        slurm_env, sweep, sweep_dir, lambda: log.is_file() and "training for 2 epochs" in log.read_text(),
+        timeout=300, settle_s=1.5,  # mid-epoch 1
+    )  # fmt: skip
 
     preempted, untouched = RunRecord.read(sweep_dir / "0"), RunRecord.read(sweep_dir / "1")
     assert preempted.status == "ok" and len(preempted.resumed) == 1  # it stopped, then continued in its folder

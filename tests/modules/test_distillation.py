@@ -36,8 +36,8 @@ LOSSES = {
 }
 
 
-@pytest.fixture
-def teacher_file(tmp_path):
+def write_teacher(tmp_path):
+    """A CNN teacher's weights in a file, with batch-norm statistics that would show any change."""
     torch.manual_seed(0)
     net = SmallCNN((1, 28, 28), 10, channels=(4, 8), hidden=16, batch_norm=True, dropout=0.5)
     with torch.no_grad():  # non-trivial running statistics, so a change would show
@@ -45,6 +45,11 @@ def teacher_file(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def teacher_file(tmp_path):
+    return write_teacher(tmp_path)
 
 
 def make_module(teacher_file, losses=LOSSES, **kw) -> DistillationModule:

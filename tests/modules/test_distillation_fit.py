@@ -4,48 +4,11 @@ loaded from every file format kdlab writes."""
 import lightning as L
 import torch
 from safetensors.torch import save_file
+from test_distillation import ADAM, MNIST_SIZES, make_module, write_teacher
 
 from kdlab.checkpoints import load_weights
-from kdlab.models import MLP, SmallCNN
+from kdlab.models import MLP
 from kdlab.modules import DistillationModule, TeacherModule
-
-MNIST_SIZES = {"num_classes": 10, "input_shape": (1, 28, 28)}  # what these tests' nets read
-
-CNN_TEACHER = {
-    "_target_": "kdlab.models.SmallCNN",
-    "channels": [4, 8],
-    "hidden": 16,
-    "batch_norm": True,
-    "dropout": 0.5,  # dropout and batch norm: both would change if the teacher ever left eval mode
-}
-STUDENT = {"_target_": "kdlab.models.MLP", "hidden": [32, 24]}  # 24 -> 16: hint needs a regressor
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-LOSSES = {
-    "ce": {"_target_": "kdlab.losses.CE", "weight": 0.1},
-    "kd": {"_target_": "kdlab.losses.KD", "weight": 0.9, "temperature": 4.0},
-    "hint": {"_target_": "kdlab.losses.Hint", "weight": 1.0, "student_layer": "features.1", "teacher_layer": "neck"},
-}
-
-
-def teacher_file(tmp_path):
-    torch.manual_seed(0)
-    net = SmallCNN((1, 28, 28), 10, channels=(4, 8), hidden=16, batch_norm=True, dropout=0.5)
-    with torch.no_grad():  # non-trivial running statistics, so a change would show
-        net.features[0][1].running_mean.uniform_(-1, 1)
-    path = tmp_path / "teacher.pt"
-    torch.save(net.state_dict(), path)
-    return path
-
-
-def make_module(tmp_path) -> DistillationModule:
-    return DistillationModule(
-        **MNIST_SIZES,
-        net=STUDENT,
-        teacher_net=CNN_TEACHER,
-        teacher_ckpt=str(teacher_file(tmp_path)),
-        losses=LOSSES,
-        optimizer=ADAM,
-    )
 
 
 def quiet_trainer(**kw) -> L.Trainer:
@@ -67,7 +30,7 @@ class AssertTeacherEval(L.Callback):
 
 
 def test_teacher_is_bit_identical_and_in_eval_after_an_epoch(tmp_path, mnist_dm):
-    module = make_module(tmp_path)
+    module = make_module(write_teacher(tmp_path))
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     probe = AssertTeacherEval()
     trainer = quiet_trainer(callbacks=[probe])
@@ -98,7 +61,7 @@ def test_teacher_loads_from_lightning_ckpt_state_dict_and_safetensors(tmp_path):
 
 
 def test_checkpoint_leaves_teacher_out_and_reloads(tmp_path, mnist_dm):
-    module = make_module(tmp_path)
+    module = make_module(write_teacher(tmp_path))
     trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=mnist_dm())
     trainer.save_checkpoint(tmp_path / "distill.ckpt")

@@ -30,7 +30,9 @@ NOT_STUDENT_RECIPE = frozenset(
 
 
 def scratch_baseline(log_dir: str | os.PathLike, student_key: str) -> dict[str, Any] | None:
-    """Test accuracy of the same student trained from scratch: mean and sample std, one run per seed.
+    """Test accuracy of the same student trained from scratch: mean and sample std, one run per seed, and each
+    seed's accuracy (`by_seed`, keyed by the seed as text, as JSON keys are), so that a distilled run can be
+    compared with the scratch run of its own seed.
 
     Only healthy, full, trained runs count (no smoke runs, no evaluations, nothing diverged), and a
     seed run twice counts once (its latest run), so repeating a seed cannot shrink the std.
@@ -42,8 +44,10 @@ def scratch_baseline(log_dir: str | os.PathLike, student_key: str) -> dict[str, 
             latest.setdefault(record.seed, record)
     if not latest:
         return None
-    mean, std = mean_std([record.metrics["test/acc"] for record in latest.values()])
-    return {"mean": mean, "std": std, "runs": len(latest), "seeds": sorted(latest, key=lambda s: (s is None, s))}
+    seeds = sorted(latest, key=lambda s: (s is None, s))
+    mean, std = mean_std([latest[seed].metrics["test/acc"] for seed in seeds])
+    by_seed = {str(seed): latest[seed].metrics["test/acc"] for seed in seeds}
+    return {"mean": mean, "std": std, "runs": len(latest), "seeds": seeds, "by_seed": by_seed}
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Baseline:
     runs: int
     seeds: list
     params: int | None  # of the student, for the accuracy-vs-parameters plot
+    by_seed: dict[str, float]  # str(seed) -> test acc: what a distilled run of that seed is paired with
 
 
 @dataclass
@@ -79,7 +84,9 @@ def references(jobs: list[Job]) -> References:
         std = float(found["std"]) if is_number(found.get("std")) else 0.0
         if key not in baselines or runs > baselines[key].runs:
             seeds = list(found.get("seeds") or [])
-            baselines[key] = Baseline(float(found["mean"]), std, runs, seeds, job.param("student"))
+            by_seed = found.get("by_seed") if isinstance(found.get("by_seed"), dict) else {}
+            by_seed = {str(seed): float(acc) for seed, acc in by_seed.items() if is_number(acc)}
+            baselines[key] = Baseline(float(found["mean"]), std, runs, seeds, job.param("student"), by_seed)
     for job in distilled:
         key = job.record.identity.get("student") or "unknown"
         if key not in baselines and key not in missing:

@@ -14,13 +14,21 @@ import yaml
 from kdlab.report import formatting as fmt
 from kdlab.report.aggregate import SEED_KEY, SELECT_METRIC, Sweep
 from kdlab.report.baselines import References
+from kdlab.report.compare import Comparison
 from kdlab.report.load import Job, is_number
 
 OPTUNA_FILE = "optimization_results.yaml"  # the best trial, written by kdlab.sweeps.study at the end of a search
 
 
-def markdown_table(sweep: Sweep) -> str:
-    """One line per row, padded so that the raw text printed to a terminal reads as a table too."""
+def _gain(row, scratch: list[Comparison]) -> str:
+    """`+0.10 [-0.04, +0.23]`: the row minus its scratch baseline, seed by seed, in points with its 95% interval."""
+    found = next((c.paired for c in scratch if c.row is row), None)
+    return fmt.MISSING if found is None else found.points()
+
+
+def markdown_table(sweep: Sweep, scratch: list[Comparison] = ()) -> str:
+    """One line per row, padded so that the raw text printed to a terminal reads as a table too; with a
+    column of each row's paired gain over its scratch baseline where there is one."""
     notes = [row.notes() for row in sweep.rows]
     jobs = [job for row in sweep.rows for job in row.jobs]
     members = 0  # how many ensemble members the jobs scored (0: single teachers); one column each
@@ -28,11 +36,13 @@ def markdown_table(sweep: Sweep) -> str:
         members += 1
     accs = ["test/teacher_acc", *(f"test/member{i}_acc" for i in range(members)), "test/agreement"]
     header = [*sweep.keys, "n seeds", f"{'student ' if sweep.distilled else ''}test acc (%)", "val acc best (%)"]
+    header += ["vs scratch, paired (points, 95% CI)"] if scratch else []
     header += ["ensemble acc (%)" if members else "teacher acc (%)", *(f"member {i} acc (%)" for i in range(members))]
     header += ["agreement (%)", "KL", "params", "wall time (s)", *(["notes"] if any(notes) else [])]
     body = [
         [*(fmt.short(row.value(k), row.setting[k]) for k in sweep.keys), str(len(row.jobs))]
         + [fmt.mean_std_percent(row.stats(metric)) for metric in ("test/acc", SELECT_METRIC)]
+        + ([_gain(row, scratch)] if scratch else [])
         + [fmt.percent(row.mean(metric)) for metric in accs]
         + [fmt.number(row.mean("test/kl")), fmt.count(row.params), fmt.number(row.wall_time(), 1)]
         + ([note] if any(notes) else [])
@@ -108,7 +118,25 @@ def _optuna_note(sweep_dir: Path, sweep: Sweep) -> str | None:
     return f"Optuna best trial{where}: {settings} with value {value} (from `{OPTUNA_FILE}`)."
 
 
-def document(sweep_dir: Path, sweep: Sweep, refs: References, table: str, plots_skipped: str | None) -> list[str]:
+def paired_lines(comparisons: list[Comparison]) -> list[str]:
+    if not comparisons:
+        return []
+    return [
+        "**Paired comparisons** (test acc, A minus B seed by seed: mean difference in percentage points, its 95% "
+        "t-interval over the seeds both have, and n):",
+        "",
+        *(f"- {comparison.line()}" for comparison in comparisons),
+    ]
+
+
+def document(
+    sweep_dir: Path,
+    sweep: Sweep,
+    refs: References,
+    table: str,
+    plots_skipped: str | None,
+    comparisons: list[Comparison] = (),
+) -> list[str]:
     """The report's lines, without images: report.md adds them, scripts/report.py prints these."""
     names = [job.record.name for job in sweep.jobs if job.record is not None and job.record.name]
     seeds = [job.record.seed for job in sweep.finished if job.record.seed is not None]
@@ -126,6 +154,8 @@ def document(sweep_dir: Path, sweep: Sweep, refs: References, table: str, plots_
     lines += [summary, "", table if sweep.rows else "No job finished, so there is nothing to average."]
     problems = problem_lines(sweep)
     lines += ["", *problems] if problems else []
+    paired = paired_lines(list(comparisons))
+    lines += ["", *paired] if paired else []
     notes = [note for note in (_smoke_note(sweep), _best_note(sweep)) if note]
     for key, base in refs.baselines.items():
         which = f", seeds {fmt.seeds(base.seeds)}" if base.seeds else ""

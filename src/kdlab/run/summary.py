@@ -37,6 +37,7 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         if base := record.baseline:
             mean_std = f"{percent(base['mean'], '%')} ± {percent(base['std'])}"
             rows.append((f"student from scratch ({base['runs']} seeds)", mean_std))
+            rows += _same_seed(record, base)
         else:
             rows.append(("student from scratch", "none found: run the scratch experiment with seed=0,1,2"))
         kl = record.metric("test/kl")
@@ -60,6 +61,16 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         rows.append((f"test errors (on omitted {', '.join(map(str, omitted['classes']))})", errors("test")))
         rows.append((f"after bias +{omitted['bias_offset']:g} (tuned on val)", errors("test_bias_fixed")))
     return [*rows, ("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
+
+
+def _same_seed(record: RunRecord, base: dict[str, Any]) -> list[tuple[str, str]]:
+    """This run minus the scratch run of its own seed: one pair of a paired comparison (the sweep report
+    gives the interval over seeds). Smoke runs are never compared with the full runs a baseline holds."""
+    scratch, acc = (base.get("by_seed") or {}).get(str(record.seed)), record.metric("test/acc")
+    if record.smoke or scratch is None or acc is None:
+        return []
+    gain = f"{100 * (acc - scratch):+.2f} points (scratch {percent(scratch, '%')})"
+    return [(f"vs scratch, seed {record.seed}", gain)]
 
 
 def print_summary(record: RunRecord, console: Console | None = None) -> None:

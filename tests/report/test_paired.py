@@ -1,0 +1,129 @@
+"""Paired comparisons over seeds, checked against intervals computed by hand (t-table values to 6 digits)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sweep_builders import COMMON, GRID, STUDENT_KEY, TEST_ACC, distill_record, write_job
+
+from kdlab.record import RunRecord
+from kdlab.report import ComparisonError, write_report
+from kdlab.report.paired import pair, t_quantile
+from kdlab.run.summary import summary_rows
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("df", "p", "table"),  # Student's t quantiles as printed in any statistics table
+    [(1, 0.975, 12.706205), (2, 0.975, 4.302653), (4, 0.975, 2.776445), (9, 0.975, 2.262157), (1, 0.995, 63.656741)],
+)
+def test_t_quantiles_match_the_table(df, p, table):
+    assert t_quantile(df, p) == pytest.approx(table, abs=2e-6)
+
+
+def test_an_interval_over_zero_reads_no_detectable_difference():
+    # d = 0.2, 0.1, 0.3 points: mean 0.2, sd 0.1, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    found = pair({0: 0.952, 1: 0.961, 2: 0.903}, {0: 0.950, 1: 0.960, 2: 0.900})
+    low, high = found.interval
+    assert found.n == 3 and found.mean == pytest.approx(0.002)
+    assert (100 * low, 100 * high) == pytest.approx((0.2 - 0.248414, 0.2 + 0.248414), abs=1e-5)
+    assert found.describe("distilled", "scratch") == "+0.20 [-0.05, +0.45] points, n=3: no detectable difference"
+
+
+def test_an_interval_clear_of_zero_names_the_better_side():
+    # d = 1.0, 1.2, 1.1, 1.3, 0.9 points: mean 1.1, sd sqrt(0.1/4) = 0.158114, half 2.776445 * 0.158114 / sqrt(5)
+    a = {seed: 0.9 + d / 100 for seed, d in enumerate([1.0, 1.2, 1.1, 1.3, 0.9])}
+    found = pair(a, dict.fromkeys(range(5), 0.9))
+    half = 2.776445 * math.sqrt(0.1 / 4) / math.sqrt(5)
+    assert [100 * x for x in found.interval] == pytest.approx([1.1 - half, 1.1 + half], abs=1e-6)
+    assert found.verdict("T=4", "T=8") == "T=4 better"
+    assert pair(dict.fromkeys(range(5), 0.9), a).verdict("T=4", "T=8") == "T=8 better"
+
+
+def test_one_seed_has_no_interval_and_no_shared_seed_no_pair():
+    assert pair({0: 0.99}, {0: 0.98}).describe() == "+1.00 points, n=1: one seed, no interval"
+    assert pair({0: 0.99}, {1: 0.98}) is None
+
+
+def _baseline(by_seed: dict[int, float]) -> dict:
+    accs = list(by_seed.values())
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
+    by_text = {str(seed): acc for seed, acc in by_seed.items()}
+    return {"mean": mean, "std": std, "runs": len(accs), "seeds": list(by_seed), "by_seed": by_text}
+
+
+@pytest.fixture
+def sweep_with_baseline(tmp_path):
+    """The 2-temperature x 3-seed grid, its jobs having found scratch runs of seeds 0, 1, 2 and 3."""
+    sweep = tmp_path / "multirun" / "t"
+    baseline = _baseline({0: 0.950, 1: 0.940, 2: 0.960, 3: 0.999})  # seed 3: no distilled partner
+    for job, (temp, seed) in enumerate(GRID):
+        overrides = [*COMMON, f"distill.temperature={temp}", f"seed={seed}"]
+        record = distill_record(overrides, seed, TEST_ACC[job], 0.9, 0.1, baseline=baseline)
+        write_job(sweep / str(job), overrides, record)
+    return sweep
+
+
+def test_every_distilled_setting_is_paired_with_the_scratch_run_of_each_seed(sweep_with_baseline):
+    report = write_report(sweep_with_baseline)
+    # T=2: 0.955-0.950, 0.951-0.940, 0.962-0.960 = 0.5, 1.1, 0.2 points: mean 0.6, sd 0.458258, half 1.138371
+    # T=10: 0.912-0.950, 0.921-0.940, 0.905-0.960 = -3.8, -1.9, -5.5: mean -3.733333, sd 1.800926, half 4.473786
+    two = "distill.temperature=2 minus from scratch, test acc: +0.60 [-0.54, +1.74] points, n=3"
+    ten = "distill.temperature=10 minus from scratch, test acc: -3.73 [-8.21, +0.74] points, n=3"
+    for line in (two, ten):
+        assert f"- {line}: no detectable difference (seed 3 has no partner, left out)" in report.text
+    assert "+0.60 [-0.54, +1.74]" in report.table and "-3.73 [-8.21, +0.74]" in report.table
+    assert "vs scratch, paired (points, 95% CI)" in report.table
+
+
+def test_two_named_settings_are_paired_seed_by_seed(grid_sweep):
+    report = write_report(grid_sweep, compare_settings=[("distill.temperature=2", "distill.temperature=10")])
+    # 4.3, 3.0, 5.7 points: mean 4.333333, sd 1.350309, half 4.302653 * 1.350309 / sqrt(3) = 3.354339
+    assert (
+        "- distill.temperature=2 minus distill.temperature=10, test acc: +4.33 [+0.98, +7.69] points, n=3: "
+        "distill.temperature=2 better" in report.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "why"),
+    [("distill.losses.kd.weight=0.5", "is not swept here"), ("distill.temperature=7", "matches 0 rows")],
+)
+def test_a_setting_that_names_no_single_row_is_refused_before_anything_is_written(grid_sweep, a, why):
+    with pytest.raises(ComparisonError, match=why) as refused:
+        write_report(grid_sweep, compare_settings=[(a, "distill.temperature=10")])
+    assert "distill.temperature=2; distill.temperature=10" in str(refused.value)  # the rows there are
+    assert not (grid_sweep / "report.md").exists()
+
+
+def _scratch_sweep(folder, accs: dict[int, float], smoke: bool = False):
+    for job, (seed, acc) in enumerate(accs.items()):
+        overrides = ["experiment=student_scratch_mlp", f"seed={seed}"]
+        record = RunRecord(name="student_scratch_mlp", kind="supervised", status="smoke" if smoke else "ok", seed=seed,
+                           metrics={"test/acc": acc, "val/acc_best": acc}, identity={"student": STUDENT_KEY},
+                           overrides=overrides, smoke=["debug=fast"] if smoke else [])  # fmt: skip
+        write_job(folder / str(job), overrides, record)
+    return folder
+
+
+def test_each_row_is_paired_with_another_sweep_of_the_same_seeds(grid_sweep, tmp_path):
+    scratch = _scratch_sweep(tmp_path / "scratch", {0: 0.950, 1: 0.940, 2: 0.960})
+    report = write_report(grid_sweep, against=[scratch])
+    assert f"- distill.temperature=2 minus `{scratch}`, test acc: +0.60 [-0.54, +1.74] points, n=3" in report.text
+
+
+def test_smoke_runs_are_paired_only_with_smoke_runs(grid_sweep, tmp_path):
+    smoke_only = _scratch_sweep(tmp_path / "smoke", {0: 0.5, 1: 0.5, 2: 0.5}, smoke=True)
+    with pytest.raises(ComparisonError, match="0 candidates"):
+        write_report(grid_sweep, against=[smoke_only])
+
+
+def test_the_run_summary_pairs_a_run_with_the_scratch_run_of_its_seed():
+    baseline = _baseline({0: 0.950, 1: 0.940})
+    record = distill_record(["seed=1"], 1, 0.9512, 0.9, 0.1, baseline=baseline)
+    assert dict(summary_rows(record))["vs scratch, seed 1"] == "+1.12 points (scratch 94.00%)"
+    record.smoke, record.status = ["debug=fast"], "smoke"
+    assert "vs scratch, seed 1" not in dict(summary_rows(record))
