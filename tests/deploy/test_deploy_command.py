@@ -49,8 +49,9 @@ def test_report_has_every_row(shipped_run: Path):
     assert rows == {(role, rt, n) for role, rt in ROLES_RUNTIMES for n in threads}
     for r in report["speed"]["rows"]:
         assert 0 < r["latency_median_us"] <= r["latency_p95_us"] and r["throughput_ips"] > 0
-    for n in report["nets"]:  # weights, TorchScript and ONNX files, each on disk at its stated size
-        assert sorted(n["files"]) == ["onnx", "torchscript", "weights"]
+    for n in report["nets"]:  # weights, TorchScript and ONNX files (the student's also as safetensors), at their sizes
+        shipped = ["config", "safetensors"] if n["role"] == "student" else []
+        assert sorted(n["files"]) == sorted(["onnx", "torchscript", "weights", *shipped])
         assert all(Path(f["path"]).stat().st_size == f["bytes"] for f in n["files"].values())
     # 2 x (784 x 32 + 32 x 16 + 16 x 10) = 51,520 FLOPs for the teacher, 2 x (784 x 8 + 8 x 10) for the student
     assert [n["flops_per_image"] for n in report["nets"]] == [51_520, 12_704]
@@ -61,8 +62,11 @@ def test_report_has_every_row(shipped_run: Path):
             assert f"| {role} | {rt} | {n} |" in md
     assert "Student vs teacher: 0.25x the parameters" in md
     assert sorted(p.name for p in (shipped_run / "export").iterdir()) == [
+        "README.md",
         "student.onnx",
+        "student.safetensors",
         "student.torchscript.pt",
+        "student.yaml",
         "teacher.onnx",
         "teacher.torchscript.pt",
     ]  # and no .partial file left behind

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from kdlab.checkpoints import load_weights
 from kdlab.data import normalize
@@ -50,6 +51,12 @@ def exported(folder: Path, *args: str) -> dict:
     return json.loads((folder / "deploy.json").read_text())
 
 
+def carded(folder: Path) -> dict:
+    """The figures in the front matter of the run's model card (export/README.md)."""
+    text = (folder / "export" / "README.md").read_text()
+    return yaml.safe_load(text.removeprefix("---\n").split("\n---\n", 1)[0])["kdlab"]
+
+
 def test_an_ensemble_run_evaluates_and_exports(make_cfg, capsys):
     record, _ = train(make_cfg("experiment=distill_ensemble_mlp", *TINY_CNN, TWO_MEMBERS))
     folder, metrics, trained = Path(record.output_dir), record.metrics, record.analysis
@@ -80,6 +87,17 @@ def test_an_ensemble_run_evaluates_and_exports(make_cfg, capsys):
         assert manifest["net"] == "kdlab.models.SmallCNN"
     assert "Student vs the ensemble of 2 (mean_probs)" in (folder / "deploy.md").read_text()
 
+    card = carded(folder)  # the model card lists each member, as the record names it
+    assert [(t["role"], t["recipe"], t["seed"], t["sha256"]) for t in card["teachers"]] == [
+        (f"member{i}", m.recipe, m.seed, m.sha256) for i, m in enumerate(record.members)
+    ]
+    assert [t["accuracy"] for t in card["teachers"]] == pytest.approx(
+        [metrics["test/member0_acc"], metrics["test/member1_acc"]], abs=1e-6
+    )
+    assert card["ensemble"]["combine"]["mode"] == "mean_probs"
+    assert card["ensemble"]["accuracy"] == pytest.approx(metrics["test/teacher_acc"], abs=1e-6)
+    assert card["agreement"] == analysis["agreement"] and card["params"] == record.params
+
 
 def test_a_teacher_trained_on_another_normalisation_keeps_it(make_cfg, capsys):
     """The teacher's run normalised MNIST with mean 0.5, std 0.25; the student's with MNIST's own statistics."""
@@ -106,3 +124,15 @@ def test_a_teacher_trained_on_another_normalisation_keeps_it(make_cfg, capsys):
     with torch.inference_mode():  # the file is the trained teacher behind the normalisation it learnt
         expected = net(normalize(x, 0.5, 0.25))
     assert torch.allclose(runner.logits(x), expected, atol=1e-4)
+
+    card = carded(folder)  # the model card: the record's figures and config.yaml's recipe
+    assert card["test"]["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert (
+        card["test"]["accuracy"] == analysis["student"]["acc"] and card["ece"]["student"] == analysis["student"]["ece"]
+    )
+    assert card["agreement"] == analysis["agreement"] and card["params"] == record.params
+    (teacher,) = card["teachers"]
+    assert (teacher["sha256"], teacher["normalization"]) == (record.teacher.sha256, {"mean": [0.5], "std": [0.25]})
+    body = (folder / "export" / "README.md").read_text()
+    assert "| loss `kd` | KD(weight=0.9, temperature=4.0) |" in body and "| loss `ce` | CE(weight=0.1," in body
+    assert "| epochs | 1 run (trainer.max_epochs 1)" in body

@@ -15,13 +15,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from kdlab.deploy.bundle import Bundle, load_bundle
+from kdlab.deploy.card import CARD_FILE, write_card
 from kdlab.deploy.export import FORMATS, ExportError, export_path, open_export, verify_export, write_export
 from kdlab.deploy.parity import Parity, ParityError, accuracy, batched_logits, compare
 from kdlab.deploy.report import DeployResult, busy_note, speed_table, write_report
 from kdlab.deploy.runtimes import MissingDependencyError, TorchRunner, require_formats
 from kdlab.deploy.speed import DEFAULT, QUICK, SpeedSettings, available_threads, count_flops, measure
+from kdlab.deploy.weights import safetensors_path, verify_safetensors, write_safetensors
 from kdlab.runfolder import FolderNet
 
 EXPORT_DIR = "export"  # under --out (default: the run folder)
@@ -72,6 +75,30 @@ def _check(bundle: Bundle, formats: tuple[str, ...], export_dir: Path, check_onl
     return results, references
 
 
+def _ship_weights(net: FolderNet, export_dir: Path, check_only: bool) -> dict[str, Path]:
+    """The net's safetensors weights and its config YAML beside them, the weights checked tensor for tensor.
+
+    check_only: verify the safetensors file already there (an export older than it has none: nothing to check).
+    """
+    weights, config = safetensors_path(export_dir, net.role), export_dir / f"{net.role}.yaml"
+    if check_only:
+        if not weights.is_file():
+            return {}
+        verify_safetensors(weights, net)
+        return {"safetensors": weights, **({"config": config} if config.is_file() else {})}
+    partial = weights.with_name(f".{weights.name}.{os.getpid()}.partial")
+    try:
+        write_safetensors(net, partial)
+        verify_safetensors(partial, net)  # read back: exactly the net's tensors, config and normalisation
+        os.replace(partial, weights)
+    finally:
+        partial.unlink(missing_ok=True)
+    partial = config.with_name(f".{config.name}.{os.getpid()}.partial")
+    OmegaConf.save(OmegaConf.create(net.config), partial)
+    os.replace(partial, config)
+    return {"safetensors": weights, "config": config}
+
+
 def export_run(
     folder: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -83,6 +110,9 @@ def export_run(
     data_dir: str | os.PathLike | None = None,
 ) -> DeployResult:
     """Export the run's net(s) to `out/export/`, check parity, time them, write deploy.json + deploy.md.
+
+    Once every file passed, the run's own net is also written as safetensors (with its config YAML) and
+    the model card `out/export/README.md` (kdlab.deploy.card) describes it.
 
     check_only: export nothing and write no report; verify the files already in `out/export/` against the
     run (and time them, with bench), for a file that was copied, archived or is about to be shipped.
@@ -101,6 +131,7 @@ def export_run(
     try:
         parity, references = _check(bundle, formats, export_dir, check_only)
         failed = [p for p in parity if not p.passed]
+        shipped = {} if failed else _ship_weights(run.student, export_dir, check_only)
         ensemble = None  # a complete ensemble: its members' logits combined as in training
         if run.combine is not None:
             roles = [net.role for net in run.teachers]
@@ -111,8 +142,8 @@ def export_run(
                  "status": run.record.status},
             test={"images": len(bundle.test), "source": bundle.source, "data": run.spec.name,
                   "input_shape": list(run.spec.input_shape)},
-            nets=[_describe(net, accuracy(references[net.role], labels), formats, export_dir, shipped=not failed)
-                  for net in bundle.nets],
+            nets=[_describe(net, accuracy(references[net.role], labels), formats, export_dir, shipped=not failed,
+                            extra=shipped if net is run.student else {}) for net in bundle.nets],
             parity=[p.to_dict() for p in parity],
             formats=list(formats),
             ensemble=ensemble,
@@ -121,9 +152,12 @@ def export_run(
         )  # fmt: skip
         if bench and not failed:
             result.speed = _time(bundle, formats, export_dir, threads or (1, available_threads()), settings)
+        correct = int((references[run.student.role].argmax(1) == labels).sum())  # the card's exact count
     finally:
         torch.set_num_threads(saved_threads)
     if not check_only:
+        if not failed:
+            result.card = str(write_card(export_dir, run, result, correct, shipped))
         write_report(result, out)
     if failed:
         kept = "The files were left as they are (--check)." if check_only else (
@@ -136,9 +170,12 @@ def export_run(
     return result
 
 
-def _describe(net: FolderNet, score: float, formats: tuple[str, ...], export_dir: Path, shipped: bool) -> dict:
-    """One net's row of the report: size, cost, accuracy and its files."""
+def _describe(
+    net: FolderNet, score: float, formats: tuple[str, ...], export_dir: Path, shipped: bool, extra: dict[str, Path]
+) -> dict:
+    """One net's row of the report: size, cost, accuracy and its files (`extra`: safetensors, config)."""
     files = {"weights": {"path": str(net.weights), "bytes": net.weights.stat().st_size}}
+    files.update({name: {"path": str(path), "bytes": path.stat().st_size} for name, path in extra.items()})
     for fmt in formats:
         final = export_path(export_dir, net.role, fmt)
         if shipped and final.is_file():
@@ -213,5 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"checked the files in {out / EXPORT_DIR}/: they are this run's nets")
     else:
-        print(f"wrote {out / 'deploy.md'}, {out / 'deploy.json'} and {out / EXPORT_DIR}/")
+        print(
+            f"wrote {out / 'deploy.md'}, {out / 'deploy.json'} and {out / EXPORT_DIR}/ (with the model card "
+            f"{CARD_FILE} and the weights as safetensors)"
+        )
     return 0

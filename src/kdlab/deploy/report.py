@@ -33,6 +33,7 @@ class DeployResult:
     ensemble: dict[str, Any] | None = None  # members (roles), combine, accuracy: the members combined as in training
     notes: list[str] = field(default_factory=list)
     status: str = "ok"
+    card: str | None = None  # the model card (export/README.md), written once every file passed
     version: int = REPORT_VERSION
 
     def to_json(self) -> str:
@@ -137,6 +138,9 @@ def render_markdown(result: DeployResult) -> str:
             f"{student['flops_per_image'] / max(flops, 1):.2f}x the FLOPs, test accuracy {_pct(student['accuracy'])} "
             f"vs {_pct(accuracy)} ({100 * (student['accuracy'] - accuracy):+.2f} points).",
         ]
+
+    if result.card:
+        lines += ["", f"Model card (with the weights as safetensors beside it): `{result.card}`."]
 
     lines += ["", "## Parity: each exported file against PyTorch, on every test image", ""]
     body = [
