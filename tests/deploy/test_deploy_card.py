@@ -55,7 +55,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 @unit
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (140, 360), (9_871, 10_000), (400, 400)])
 def test_wilson_interval(k: int, n: int):
-    from kdlab.deploy.card import wilson_interval
+    from kdlab.deploy.card_figures import wilson_interval
 
     low, high = wilson_interval(k, n)
     assert (low, high) == (pytest.approx(wilson(k, n)[0], abs=1e-12), pytest.approx(wilson(k, n)[1], abs=1e-12))
