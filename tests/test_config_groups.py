@@ -4,6 +4,7 @@ Before, only experiment/* was iterated: trainer=fsdp|ddp_spawn|ddp_multinode|gpu
 optimizer=sgd, logger=none and debug=fast were never composed by any test.
 """
 
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -11,9 +12,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from kdlab.config import CONFIG_DIR
+from kdlab.config import CONFIG_DIR, ConfigError
 from kdlab.losses import LossTerm, build_terms
 from kdlab.models import build_net
+from kdlab.run.trackers import EXTRAS
 from kdlab.run.validation import validate_config
 
 # Groups chosen with `group=option` on the command line; `loss` is added as `+loss@distill.losses.x=...`.
@@ -50,7 +52,12 @@ def test_every_option_composes_and_builds(group, option, tmp_path, make_cfg, mni
     if cfg.get("distill"):
         assert all(isinstance(t, LossTerm) for t in build_terms(cfg.distill.losses).values())
     for conf in (cfg.get("logger") or {}).values():
-        conf.save_dir = str(tmp_path)
+        if "save_dir" in conf:
+            conf.save_dir = str(tmp_path)
+        if (package := EXTRAS.get(conf._target_, (None,))[0]) and importlib.util.find_spec(package) is None:
+            with pytest.raises(ConfigError, match=rf"pip install 'kdlab\[{package}\]'"):
+                validate_config(cfg)  # a tracker whose extra is not installed: refused at the start
+            return
         assert isinstance(instantiate(conf), L.pytorch.loggers.Logger)
     for name, conf in (cfg.get("callbacks") or {}).items():
         assert isinstance(instantiate(conf), L.Callback), name

@@ -26,7 +26,7 @@ IGNORED_KEYS = (
     "name",  # names the run folder
     "paths",  # every location
     "hydra",  # the launcher's own settings (present in composed test configs)
-    "logger",  # TensorBoard or nothing: logging does not change training
+    "logger",  # which trackers (TensorBoard, CSV, MLflow, W&B): logging does not change training
     "ckpt_path",  # which checkpoint a run resumes from (the resume check compares the checkpoint itself)
     "train",  # train=false runs are evaluations; their records say so and never count as baselines
     "test",

@@ -92,12 +92,14 @@ class ImageDataModule(LightningDataModule):
             )
         if len(set(exclude_classes)) == n:
             raise ValueError(f"{owner}: exclude_classes lists every class, which leaves nothing to train on")
-        # Plain lists in the saved hparams: weights-only checkpoint loading refuses tuples of custom types
+        # Plain lists in the saved hparams: weights-only checkpoint loading refuses tuples of custom types.
+        # logger=False: the run logs its own keys (data.batch_size, ...); these (`seed` is the data's, often
+        # null) would clash with them on a tracker that refuses a changed value (MLflow).
         self.save_hyperparameters(dict(
             name=name, input_shape=list(spec.input_shape), classes=list(spec.classes), mean=list(spec.mean),
             std=list(spec.std), batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
             split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip), seed=seed,
-            exclude_classes=list(exclude_classes), **dataset))  # fmt: skip
+            exclude_classes=list(exclude_classes), **dataset), logger=False)  # fmt: skip
         self.static_spec = spec  # everything but the fingerprint, known before any file is read
         self.exclude_classes = sorted(set(exclude_classes))
         self.spec: DataSpec | None = None  # set by setup(): the static spec plus the fingerprint of what was read

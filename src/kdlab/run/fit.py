@@ -22,13 +22,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdlab.analysis import TestAnalysis
 from kdlab.analysis.omitted import logits_of, omitted_class_report
-from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession
+from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession, TrackerMirror
 from kdlab.config import is_distillation, plain
 from kdlab.identity import code_versions, config_identity, digest, run_key, student_key
 from kdlab.modules.tally import DivergenceError
 from kdlab.record import RunRecord
 from kdlab.run.provenance import code_state, smoke_reasons
 from kdlab.run.summary import tensorboard_hparams
+from kdlab.run.trackers import build_loggers
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +102,18 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
         record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, refs,
                                                                      cfg.paths.teacher_dir)  # fmt: skip
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
+    mirror = TrackerMirror(tensorboard_hparams(cfg, record))  # the same keys for CSV, MLflow, W&B
     analysis = TestAnalysis(output_dir=folder)  # confusion, calibration, disagreements
     interrupts.dirpath = folder / "checkpoints"
-    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, analysis]
-    loggers = [instantiate(conf) for conf in (cfg.get("logger") or {}).values() if conf is not None]
+    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, mirror, analysis]
+    loggers = build_loggers(cfg, folder)
     show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     # Under SLURM, Lightning would requeue on SIGUSR1 and later resume from its own hpc checkpoint, past
     # kdlab's resume checks; a preempted job resumes through kdlab instead (its folder's checkpoint).
     slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      enable_progress_bar=show_bar, **slurm)  # fmt: skip
-    objects.update(trainer=trainer, session=session)
+    objects.update(trainer=trainer, session=session, mirror=mirror)
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if (stopped := interrupts.interrupted()) is not None:
@@ -209,4 +211,6 @@ def fit_run(cfg: DictConfig, folder: Path, ckpt_path: Path | None, overrides: li
         trainer = objects.get("trainer")
         if trainer is None or trainer.is_global_zero:
             save_outputs(cfg, record, objects, folder)
+        if (mirror := objects.get("mirror")) is not None:
+            mirror.end(record)
     return record, objects.get("module")

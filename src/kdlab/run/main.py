@@ -111,6 +111,8 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
                 save_outputs(cfg, record, objects, folder)
             if (session := objects.get("session")) is not None:
                 session.end(success=record.finished)
+            if (mirror := objects.get("mirror")) is not None:
+                mirror.end(record)  # after save_outputs: the record's final metrics and status
         if owned is not None:
             owned.release()
         if announce and owns_folders():

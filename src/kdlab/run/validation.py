@@ -2,8 +2,8 @@
 
 Everything that can be checked without data or a teacher is checked here: values the constructors
 validate (data, trainer, nets, loss terms), the names feature terms tap, the numbers each term can
-compute with (kdlab.losses.base.check_numerics), `runtime.*`, the launcher/strategy pair. Messages name
-the full key and the fix.
+compute with (kdlab.losses.base.check_numerics), `runtime.*`, the launcher/strategy pair, the packages
+of the selected trackers. Messages name the full key and the fix.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kdlab.losses.numerics import check_numerics
 from kdlab.models import build_net
 from kdlab.modules.ensemble import check_combination
 from kdlab.run.threads import check_threads
+from kdlab.run.trackers import check_tracker_packages
 from kdlab.sweeps import check_launcher_strategy
 from kdlab.teachers.cache import MODES
 
@@ -105,6 +106,7 @@ def _validate(cfg: DictConfig) -> None:
             "(e.g. outputs/<name>/runs/<time>/checkpoints/last.ckpt), or drop ckpt_path."
         )
     _check_runtime(cfg)
+    check_tracker_packages(cfg)  # logger=[...,mlflow] without mlflow installed
     datamodule = instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
     shape, classes = datamodule.input_shape, datamodule.num_classes
     _check_trainer(cfg)
