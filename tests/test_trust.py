@@ -254,6 +254,7 @@ def test_a_signal_then_the_resume_command_gives_the_uninterrupted_result(
     assert resumed.output_dir == stopped_cfg.paths.output_dir and resumed.global_step == whole.global_step
     for key in ("test/acc", "test/loss", "val/acc_best", "val/loss", "test/kl"):
         assert resumed.metrics[key] == whole.metrics[key], key
+    assert resumed.metric_epochs == whole.metric_epochs and resumed.metric_epochs["val/acc"] == 4
     assert Path(resumed.files["best_checkpoint"]).name == Path(whole.files["best_checkpoint"]).name
     last = [torch.load(Path(r.output_dir) / "checkpoints" / "last.ckpt", weights_only=True) for r in (resumed, whole)]
     assert last[0]["state_dict"].keys() == last[1]["state_dict"].keys()

@@ -105,3 +105,16 @@ def load_weights(net: nn.Module, path: str | Path, role: str = "teacher") -> nn.
         raise CheckpointError(" ".join(lines))
     net.load_state_dict(state)
     return net
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch, counted from 1, whose weights a Lightning checkpoint holds (saved at that epoch's end or
+    validation); None for a file without one (a state_dict, safetensors). The tensors are mapped, not read."""
+    if Path(path).suffix == ".safetensors":
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy (non-zip) file cannot be mapped: it has been tested already, it is no error here
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    epoch = obj.get("epoch") if isinstance(obj, dict) else None
+    return epoch + 1 if isinstance(epoch, int) else None  # Lightning saves the 0-based trainer.current_epoch

@@ -1,14 +1,19 @@
-"""A console a person can read: library chatter that is not the user's to act on is filtered out.
+"""A console a person can read, and a run.log that holds everything, whatever the terminal.
 
 Dropped: Lightning's advertising tips, its notes about defaults kdlab sets on purpose, and
 deprecation warnings raised inside torch/Lightning internals. Kept: everything about the user's own
 config, data and results, and every error.
+
+What the console shows its own way (the live progress bar, the summary table) goes to run.log as plain
+lines through the `RUN_LOG` logger, which conf/hydra/default.yaml sends to the file alone.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+
+RUN_LOG = "kdlab.run_log"  # the logger of lines for run.log only (the console has them as a bar or a table)
 
 # Lightning's info lines that say nothing about this run.
 _DROPPED_INFO = (

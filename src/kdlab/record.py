@@ -4,6 +4,10 @@ Every reader and writer (run, summary, teacher cache, sweep report, run listing,
 through `RunRecord`, so "is this a distillation run", "did it finish" and "may it count in a
 baseline" are answered here and nowhere else. The file is strict JSON: a NaN or an infinity is
 written as `null` (with the status saying why), never as a bare `NaN` that JSON parsers reject.
+
+`metrics` mixes epochs: `val/*` are the last validated epoch's, `val/acc_best` the best epoch's and
+`test/*` the tested checkpoint's (the best epoch on validation); `metric_epochs` says which for each.
+A field added since a format version has a default, so older records of that version still read.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class RunRecord:
     status: Status = "running"
     seed: int | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)  # "test/acc", "val/acc_best", ...
+    # The epoch (counted from 1, as the progress bar counts) each metric comes from: val/* the last validated
+    # epoch, val/acc_best the best one, test/* the tested checkpoint's (the best epoch's); a metric whose epoch is
+    # unknown (a record written before kdlab kept them, a tested state_dict) has no entry.
+    metric_epochs: dict[str, int] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)  # "student" (the trained net), "teacher"
     identity: dict[str, Any] = field(default_factory=dict)  # "run", "student", "data": see kdlab.identity
     data: dict[str, Any] = field(default_factory=dict)  # the DataSpec of the data it ran on (kdlab.data.spec)

@@ -37,6 +37,8 @@ class TestAnalysis(Callback):
         output_dir: the run folder; figures go to `<output_dir>/analysis/` (default: the trainer's
             `default_root_dir`).
         max_images: most disagreeing test images drawn in the grid.
+        net: what the figures call the tested net: "student" in a distillation, "teacher" when training
+            one, the run's name for any other supervised run (a from-scratch baseline).
 
     After `trainer.test`, `results` holds the numbers (`PredictionStats.results`) plus "files", the
     PNGs written, relative to `output_dir`; `images` holds the rendered figures on rank zero.
@@ -44,9 +46,10 @@ class TestAnalysis(Callback):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, output_dir: str | Path | None = None, max_images: int = 64) -> None:
+    def __init__(self, output_dir: str | Path | None = None, max_images: int = 64, net: str = "student") -> None:
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.max_images = max_images
+        self.net = net
         self.stats: PredictionStats | None = None
         self.results: dict[str, Any] = {}
         self.images: dict[str, np.ndarray] = {}
@@ -111,9 +114,9 @@ class TestAnalysis(Callback):
                 figures.PLOTS_HINT,
             )
             return []
-        student = results["student"]
-        title = f"student, test acc {figures.percent(student['acc'])}"
-        models = {name: results[name] for name in ("student", "teacher") if name in results}
+        student = results["student"]  # the tested net, whatever its role: PredictionStats' name for it
+        title = f"{self.net}, test acc {figures.percent(student['acc'])}"
+        models = {self.net: student, **({"teacher": results["teacher"]} if "teacher" in results else {})}
         drawn = {CONFUSION_PNG: figures.confusion_figure(student["confusion"], title),
                  RELIABILITY_PNG: figures.reliability_figure(models, results["n_bins"])}  # fmt: skip
         if grid := self._disagreement_grid(trainer, results.get("disagreements", 0)):

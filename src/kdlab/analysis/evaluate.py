@@ -70,7 +70,7 @@ def evaluate_run(
     test = run.datamodule(data_dir).data_test
     module = FrozenNets(run, test.x, test.y)
 
-    analysis = TestAnalysis(run_dir)
+    analysis = TestAnalysis(run_dir, net="student" if run.record.is_distillation else run.record.name)
     trainer = L.Trainer(accelerator=accelerator, devices=1, callbacks=[analysis], default_root_dir=run_dir,
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)  # fmt: skip

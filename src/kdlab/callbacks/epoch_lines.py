@@ -1,7 +1,9 @@
 """One line per epoch in the log: progress that survives redirection (`make run > log`, SLURM, CI).
 
 Rich's live bar draws nothing into a file, so without a terminal (or with the bar off) a 45-minute
-teacher training would print nothing at all and look like a hang.
+teacher training would print nothing at all and look like a hang. With the live bar on screen the
+lines go to run.log alone (kdlab.console.RUN_LOG): a run's log is the same whether it ran in a
+terminal or not, and a line printed under the live bar would tear it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+
+from kdlab.console import RUN_LOG
 
 log = logging.getLogger("kdlab.progress")
 
@@ -40,14 +44,19 @@ class EpochLines(L.Callback):
         self._epoch_start = 0.0
         self._fit_start = 0.0
         self._first_epoch = 0
+        self._since_resume = False
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
+        # A run resumed mid-epoch (from interrupted.ckpt) continues that epoch without an epoch start:
+        # its time is counted from here, and said to be only the resumed part.
+        self._fit_start = self._epoch_start = time.perf_counter()
+        self._since_resume = True
         self._first_epoch = trainer.current_epoch  # a resumed run does not start at 0
-        self._say(f"training for {trainer.max_epochs} epochs ({trainer.num_training_batches} steps each)")
+        self._say(trainer, f"training for {trainer.max_epochs} epochs ({trainer.num_training_batches} steps each)")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
+        self._since_resume = False
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Callbacks run before the module's own epoch-end hook, which logs the train loss; the metric
@@ -59,13 +68,17 @@ class EpochLines(L.Callback):
         left = (trainer.max_epochs or 0) - trainer.current_epoch - 1
         eta = (now - self._fit_start) / done * left if done > 0 and left > 0 else 0.0
         metrics = trainer.callback_metrics
+        took = _duration(now - self._epoch_start) + (" since resume" if self._since_resume else "")
         self._say(
+            trainer,
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
             f"train loss {'-' if loss is None else f'{float(loss):.4f}'}  "
             f"val acc {_pct(metrics.get('val/acc'))}  best {_pct(metrics.get('val/acc_best'))}  "
-            f"{_duration(now - self._epoch_start)}  ETA {_duration(eta)}"
+            f"{took}  ETA {_duration(eta)}",
         )
 
     @rank_zero_only
-    def _say(self, text: str) -> None:
-        log.info("%s%s", f"[{self.label}] " if self.label else "", text)
+    def _say(self, trainer, text: str) -> None:
+        bar = trainer.progress_bar_callback
+        logger = logging.getLogger(RUN_LOG) if bar is not None and bar.is_enabled else log
+        logger.info("%s%s", f"[{self.label}] " if self.label else "", text)

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdlab.analysis import TestAnalysis
 from kdlab.analysis.omitted import logits_of, omitted_class_report
 from kdlab.callbacks import Interrupted, InterruptHandler, ResumeState, TensorBoardSession, TrackerMirror
+from kdlab.callbacks.metric_epochs import MetricEpochs
+from kdlab.checkpoints import checkpoint_epoch
 from kdlab.config import is_distillation, plain
 from kdlab.identity import code_versions, config_identity, digest, run_key, student_key
 from kdlab.modules.tally import DivergenceError
@@ -72,19 +74,24 @@ def prepare_data(cfg: DictConfig, record: RunRecord) -> tuple[L.LightningDataMod
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The configured callbacks; without a terminal the Rich bar gives way to one line per epoch."""
+    """The configured callbacks; the Rich bar only in a terminal. The epoch lines always: on the console
+    without a bar, in run.log alone beside one (kdlab.callbacks.epoch_lines)."""
     show_bar = cfg.trainer.enable_progress_bar and sys.stdout.isatty()
     callbacks = []
     for name, conf in (cfg.get("callbacks") or {}).items():
-        if conf is None or (name == "progress_bar" and not show_bar) or (name == "epoch_lines" and show_bar):
+        if conf is None or (name == "progress_bar" and not show_bar):
             continue
         callbacks.append(instantiate(conf))
     return callbacks
 
 
 def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: RunRecord, objects: dict,
-                 interrupts: InterruptHandler, datamodule, identity: dict, module_args: dict) -> None:  # fmt: skip
-    """Build the system and Trainer (outputs into `folder`), fit (from `ckpt_path`), test the best checkpoint."""
+                 interrupts: InterruptHandler, datamodule, identity: dict, module_args: dict,
+                 net: str | None = None) -> None:  # fmt: skip
+    """Build the system and Trainer (outputs into `folder`), fit (from `ckpt_path`), test the best checkpoint.
+
+    `net` names the trained net in the figures: by default "student" when distilling, else the run's name.
+    """
     with open_dict(cfg):
         cfg.paths.output_dir = str(folder)  # checkpoints, TensorBoard, analysis: callbacks interpolate it
     record.identity["run"] = run_key(cfg, identity["data"], identity.get("teacher"))
@@ -103,9 +110,11 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
                                                                      cfg.paths.teacher_dir)  # fmt: skip
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
     mirror = TrackerMirror(tensorboard_hparams(cfg, record))  # the same keys for CSV, MLflow, W&B
-    analysis = TestAnalysis(output_dir=folder)  # confusion, calibration, disagreements
+    net = net or ("student" if is_distillation(cfg) else cfg.name)
+    analysis = TestAnalysis(output_dir=folder, net=net)  # confusion, calibration, disagreements
     interrupts.dirpath = folder / "checkpoints"
-    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, mirror, analysis]
+    epochs = MetricEpochs()  # which epoch each recorded metric comes from
+    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, mirror, analysis, epochs]
     loggers = build_loggers(cfg, folder)
     show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     # Under SLURM, Lightning would requeue on SIGUSR1 and later resume from its own hpc checkpoint, past
@@ -113,7 +122,7 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
     slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      enable_progress_bar=show_bar, **slurm)  # fmt: skip
-    objects.update(trainer=trainer, session=session, mirror=mirror)
+    objects.update(trainer=trainer, session=session, mirror=mirror, metric_epochs=epochs)
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if (stopped := interrupts.interrupted()) is not None:
@@ -129,6 +138,8 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
         tested = (record.files.get("best_checkpoint") or None) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
         record.metrics.update(metrics_of(trainer, "test/"))
+        # without a checkpoint callback, test ran on the weights of the last epoch trained
+        epochs.tested = checkpoint_epoch(tested) if tested else (trainer.current_epoch if cfg.train else None)
         record.analysis = {k: v for k, v in analysis.results.items() if k != "files"}
         record.files.update({Path(f).stem: f for f in analysis.results.get("files", [])})
         if datamodule.exclude_classes and trainer.is_global_zero:
@@ -153,6 +164,8 @@ def conclude(record: RunRecord, objects: dict, wall: float) -> None:
     if trainer is not None:
         record.metrics.update({k: v for k, v in metrics_of(trainer, "val/").items() if k not in record.metrics})
         record.epochs, record.global_step = trainer.current_epoch, trainer.global_step
+    if (epochs := objects.get("metric_epochs")) is not None:
+        record.metric_epochs = epochs.of(record.metrics)
     record.wall_time_s = round(record.wall_time_s + wall, 2)  # a resumed run adds to its earlier time
     record.finished_at = datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -198,7 +211,7 @@ def fit_run(cfg: DictConfig, folder: Path, ckpt_path: Path | None, overrides: li
     try:
         with interrupts:
             datamodule, identity = prepare_data(cfg, record)
-            fit_and_test(cfg, folder, ckpt_path, record, objects, interrupts, datamodule, identity, {})
+            fit_and_test(cfg, folder, ckpt_path, record, objects, interrupts, datamodule, identity, {}, net="teacher")
         record.status = "smoke" if record.smoke else "ok"
     except BaseException as err:
         if (stop := outcome(record, err, interrupts)) is err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kdlab.config import plain
+from kdlab.console import RUN_LOG
 from kdlab.record import RunRecord
 from kdlab.report.formatting import percent
 
@@ -25,6 +28,11 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         rows.append(("message", record.message))
     rows += [("student test acc" if record.is_distillation else "test acc", pct("test/acc"))]
     rows += [("best val acc", pct("val/acc_best"))]
+    best, tested = (record.metric_epochs.get(key) for key in ("val/acc_best", "test/acc"))
+    if best is not None:
+        rows.append(("best epoch", f"{best} of {record.epochs}"))
+    if tested is not None and tested != best:  # a checkpoint chosen otherwise, or given to test
+        rows.append(("tested epoch", str(tested)))
     if record.is_distillation:
         who = "ensemble" if record.is_ensemble else "teacher"
         for i, ref in enumerate(record.members):  # each member and their combination, from the same test pass
@@ -81,6 +89,9 @@ def print_summary(record: RunRecord, console: Console | None = None) -> None:
     for row in summary_rows(record):
         table.add_row(*(Text(str(cell)) for cell in row))  # plain text: a message's "[...]" is not Rich markup
     (console or Console()).print(table)
+    plain_text = Console(file=io.StringIO(), width=120, color_system=None, record=True)
+    plain_text.print(table)
+    logging.getLogger(RUN_LOG).info("Summary:\n%s", plain_text.export_text().rstrip())  # run.log has it too
 
 
 def _flat(prefix: str, node: Any, out: dict[str, Any]) -> None:
