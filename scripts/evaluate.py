@@ -1,7 +1,7 @@
 """Error analysis of a finished run: `python scripts/evaluate.py <run folder> [--data-dir DIR]`.
 
 Re-runs the test pass from the folder's saved weights and configs (the student, and the teacher or
-each ensemble member, combined as in training) and writes per-class accuracy, calibration (ECE) and
+each ensemble member, combined at T=1 as training scored them) and writes per-class accuracy, calibration (ECE) and
 student-teacher disagreements into its metrics.json (`analysis`), the figures into
 <run folder>/analysis/ and, if the run logged to TensorBoard, into tensorboard/.
 The logic lives in kdlab.analysis.evaluate; this file only parses arguments.
@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from kdlab.analysis.evaluate import evaluate_run
+from kdlab.record import scored_as
 from kdlab.runfolder import RunFolderError
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     line = f"student: acc {analysis['student']['acc']:.4f}, ECE {analysis['student']['ece']:.4f}"
     if "teacher" in analysis:
         members = analysis.get("members", [])
-        teacher = f"ensemble of {len(members)}" if members else "teacher"
+        teacher = f"ensemble of {len(members)} ({scored_as(record.combine)})" if members else "teacher"
         line += f"; {teacher}: acc {analysis['teacher']['acc']:.4f}, ECE {analysis['teacher']['ece']:.4f}"
         if members:
             line += " (members: acc " + ", ".join(f"{m['acc']:.4f}" for m in members) + ")"

@@ -165,3 +165,35 @@ def test_single_teacher_module_keeps_its_hyperparameters(tmp_path):
         + ["teacher_sha256", "teacher_norm", "input_shape"]
     )
     assert "member0_acc" not in module.test_metrics
+
+
+def logit_member(tmp_path: Path, name: str, logits: list[float]) -> dict:
+    """A member whose logits are `logits` for any image (head weights 0, head bias set), in its own file."""
+    net = MLP((1, 28, 28), 3, hidden=[4])
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor(logits))
+    path = tmp_path / f"{name}.safetensors"
+    save_file(net.state_dict(), str(path))
+    return {"net": TINY_MLP, "ckpt": str(path), "sha256": sha256_file(path)}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 8.0])
+def test_the_ensembles_accuracy_is_scored_at_t1_whatever_the_targets_t(tmp_path, temperature):
+    """One member sure of class 0, one of class 1: the mean of their probabilities picks class 0 at T=1,
+    class 1 at T=8. The targets follow T; the accuracy, agreement and analysis read the ensemble at T=1.
+
+    z0 = [10, 0, 0], z1 = [-20, 3, 0]. T=1: p0 ~ [1, 0, 0], p1 ~ [0, 0.953, 0.047]: mean [0.500, 0.476, 0.024].
+    T=8: p0 = softmax([1.25, 0, 0]) = [0.543, 0.229, 0.229], p1 = softmax([-2.5, 0.375, 0]) = [0.032, 0.574, 0.394]:
+    mean [0.287, 0.401, 0.312].
+    """
+    members = [logit_member(tmp_path, "m0", [10.0, 0.0, 0.0]), logit_member(tmp_path, "m1", [-20.0, 3.0, 0.0])]
+    module = ensemble_module(members, {"mode": "mean_probs", "temperature": temperature})
+    batch = batch_of(torch.zeros(6, dtype=torch.long))  # every label is class 0
+    outputs = module.test_step(batch, 0)
+    inputs = module.views(batch)
+    assert (inputs.teacher_logits.argmax(1) == (0 if temperature == 1.0 else 1)).all()  # the targets at T
+    assert (outputs["teacher_logits"].argmax(1) == 0).all()  # what the test analysis reads
+    assert module.test_metrics["teacher_acc"].compute().item() == 1.0
+    expected = torch.tensor([[0.5, 0.476, 0.024]]).expand(6, -1)
+    assert torch.allclose(F.softmax(outputs["teacher_logits"], 1), expected, atol=1e-3)

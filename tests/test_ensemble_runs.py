@@ -280,11 +280,13 @@ def test_members_are_provisioned_once_and_reused_and_checkpoints_check_them(make
     assert first.params["teacher"] == 2 * single.params["teacher"]
     assert RunRecord.read(cfg.paths.output_dir) == first
     rows = dict(summary_rows(first))
-    assert rows["ensemble of 2 test acc"] == f"{100 * first.metrics['test/teacher_acc']:.2f}%"
+    assert first.combine == {"mode": "mean_probs", "temperature": 4.0, "weights": None, "scored_at": 1.0}
+    assert rows["ensemble of 2 test acc (mean_probs at T=1)"] == f"{100 * first.metrics['test/teacher_acc']:.2f}%"
     assert rows["member 1 test acc (train_teacher_cnn, seed 1)"] == f"{100 * first.metrics['test/member1_acc']:.2f}%"
     assert rows["member 0"] == single.teacher.checkpoint
     hp = tensorboard_hparams(cfg, first)
     assert (hp["teacher.members"], hp["teacher.combine"], hp["teacher.seeds"]) == (2, "mean_probs", "0,1")
+    assert hp["teacher.combine.temperature"] == 4.0 == hp["distill.losses.kd.temperature"]
     saved = OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml")  # it names every member's file
     assert [m.ckpt_path for m in saved.teacher.members] == [m.checkpoint for m in first.members]
     assert objects["module"].hparams["members"][1]["sha256"] == first.members[1].sha256

@@ -63,6 +63,9 @@ class RunRecord:
     resumed: list[str] = field(default_factory=list)  # when each resume of this run started (ISO 8601)
     teacher: TeacherRef | None = None  # the one teacher; None when the teacher is an ensemble
     members: list[TeacherRef] = field(default_factory=list)  # an ensemble's teachers, in teacher.members order
+    # an ensemble's teacher.combine as it ran ({mode, temperature, weights}) and `scored_at`, the T at which its
+    # members were combined for test/teacher_acc, agreement and KL (not the targets' T): see `scored_as`
+    combine: dict[str, Any] | None = None
     overrides: list[str] = field(default_factory=list)  # this job's overrides, as typed
     swept: list[str] = field(default_factory=list)  # keys a sweep varied (empty for a single run)
     fixed: list[str] = field(default_factory=list)  # the sweep's overrides every job shared
@@ -169,6 +172,17 @@ class RecordError(ValueError):
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"non-standard JSON constant {name}")
+
+
+def scored_as(combine: dict[str, Any] | None) -> str | None:
+    """How an ensemble's accuracy combined its members, for labels: "mean_probs at T=1", "mean_logits" (no T).
+
+    None when `combine` does not say (a record written before kdlab recorded it): no label then claims a T.
+    """
+    if not isinstance(combine, dict) or "scored_at" not in combine:
+        return None
+    mode = combine.get("mode", "mean_probs")
+    return str(mode) if mode == "mean_logits" else f"{mode} at T={combine['scored_at']:g}"
 
 
 def nulls_for_non_finite(value: Any) -> Any:

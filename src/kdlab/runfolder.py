@@ -97,10 +97,11 @@ class RunFolder:
         return self.nets[1:]
 
     def teacher_logits(self, logits: list[Tensor]) -> Tensor:
-        """The teacher's logits from its nets' (in `teachers` order): a complete ensemble's combined as in training."""
-        from kdlab.modules.ensemble import combine_logits
+        """The teacher's logits from its nets' (in `teachers` order): a complete ensemble's predictions, its
+        members combined at T=1 as training's test pass scored them (kdlab.modules.ensemble)."""
+        from kdlab.modules.ensemble import ensemble_predictions
 
-        return logits[0] if self.combine is None else combine_logits(logits, **self.combine)
+        return logits[0] if self.combine is None else ensemble_predictions(logits, **self.combine)
 
     def datamodule(self, data_dir: str | os.PathLike | None = None):
         """The run's own datamodule (config.data; `data_dir` says where its files are now), set up for test."""

@@ -110,11 +110,11 @@ def test_evaluate_distillation_run_writes_analysis(tmp_path, mnist_dir):
 
     events = EventAccumulator(str(folder / "tensorboard")).Reload()
     assert set(events.Tags()["images"]) == {
-        "analysis/confusion_student",
-        "analysis/reliability",
-        "analysis/disagreements",
+        "visuals/confusion_student",
+        "visuals/reliability",
+        "visuals/disagreements",
     }
-    assert [event.step for event in events.Images("analysis/reliability")] == [42]  # the run's last step
+    assert [event.step for event in events.Images("visuals/reliability")] == [42]  # the run's last step
 
 
 def test_evaluate_a_colour_run(tmp_path, cifar_dir):

@@ -86,9 +86,9 @@ def test_distillation_run_numbers_files_and_tensorboard(tmp_path):
 
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert set(events.Tags()["images"]) == {
-        "analysis/confusion_student",
-        "analysis/reliability",
-        "analysis/disagreements",
+        "visuals/confusion_student",
+        "visuals/reliability",
+        "visuals/disagreements",
     }
 
 

@@ -49,7 +49,11 @@ def test_an_ensemble_costs_its_members_together():
     r.nets = [{**NET, "role": "member0", "accuracy": 0.9, "normalization": rgb},
               {**NET, "role": "member1", "accuracy": 0.8, "normalization": rgb},
               {**NET, "role": "student", "accuracy": 0.85, "normalization": rgb}]  # fmt: skip
-    r.ensemble = {"members": ["member0", "member1"], "combine": {"mode": "mean_probs"}, "accuracy": 0.95}
+    r.ensemble = {
+        "members": ["member0", "member1"],
+        "combine": {"mode": "mean_probs", "scored_at": 1.0},
+        "accuracy": 0.95,
+    }
     r.speed["rows"] = [
         {**ROW, "role": "member0", "latency_median_us": 60.0, "throughput_ips": 20000.0},
         {**ROW, "role": "member1", "latency_median_us": 30.0, "throughput_ips": 40000.0},
@@ -58,7 +62,7 @@ def test_an_ensemble_costs_its_members_together():
     md = render_markdown(r)
     # (60 + 30) / 30 = 3; 50k x (1/20k + 1/40k) = 2.5 + 1.25
     assert "| student | onnxruntime | 1 | 30.0 | 30.0 | 50,000 | 3.00x / 3.75x |" in md
-    assert "Student vs the ensemble of 2 (mean_probs): 0.50x the parameters, 0.50x the FLOPs" in md
+    assert "Student vs the ensemble of 2 (mean_probs at T=1): 0.50x the parameters, 0.50x the FLOPs" in md
     assert "test accuracy 85.00% vs 95.00% (-10.00 points)" in md  # the members combined, not either one
     assert "raw uint8 pixels [N, 3, 32, 32]" in md and "| member0 | 1,000 | 0.002 | 90.00% | 0.49,0.48,0.45 / " in md
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from kdlab.data import normalize
 from kdlab.deploy.bundle import load_bundle
 from kdlab.models import build_net
-from kdlab.modules.ensemble import combine_logits
+from kdlab.modules.ensemble import combine_logits, ensemble_predictions
 from kdlab.record import RunRecord
 from kdlab.runfolder import RunFolderError, read_run_folder
 
@@ -53,7 +53,9 @@ def test_each_member_reads_its_own_normalisation_and_they_combine_as_configured(
     with torch.no_grad():
         own = [teacher(normalize(x, TEACHER_MEAN, TEACHER_STD)), teacher(normalize(x, MEAN, STD))]
         members = [n.net(normalize(x, n.spec.mean, n.spec.std)) for n in run.teachers]
-        assert torch.equal(run.teacher_logits(members), combine_logits(own, **WEIGHTED))
+        assert torch.equal(run.teacher_logits(members), ensemble_predictions(own, **WEIGHTED))
+        # its predictions, as training's test pass scored them: the weights at T=1, not the targets' T=2
+        assert torch.equal(run.teacher_logits(members), combine_logits(own, **{**WEIGHTED, "temperature": 1.0}))
         assert not torch.allclose(own[0], own[1], atol=1e-2)  # the two normalisations do differ
 
 

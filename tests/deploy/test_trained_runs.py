@@ -63,8 +63,8 @@ def test_an_ensemble_run_evaluates_and_exports(make_cfg, capsys):
     assert record.status == "ok" and len(record.members) == 2 and record.teacher is None
 
     out, analysis = evaluated(folder, capsys)
-    assert "ensemble of 2: acc" in out
-    # the members combined by teacher.combine (mean_probs at T) score what training's test pass measured
+    assert "ensemble of 2 (mean_probs at T=1): acc" in out
+    # the members combined by teacher.combine at T=1 score what training's test pass measured
     assert analysis["teacher"]["acc"] == pytest.approx(metrics["test/teacher_acc"], abs=1e-6)
     assert [m["acc"] for m in analysis["members"]] == pytest.approx(
         [metrics["test/member0_acc"], metrics["test/member1_acc"]], abs=1e-6
@@ -85,7 +85,7 @@ def test_an_ensemble_run_evaluates_and_exports(make_cfg, capsys):
         manifest = read_manifest(runner)
         assert (manifest["mean"], manifest["std"]) == (member.data["mean"], member.data["std"])
         assert manifest["net"] == "kdlab.models.SmallCNN"
-    assert "Student vs the ensemble of 2 (mean_probs)" in (folder / "deploy.md").read_text()
+    assert "Student vs the ensemble of 2 (mean_probs at T=1)" in (folder / "deploy.md").read_text()
 
     card = carded(folder)  # the model card lists each member, as the record names it
     assert [(t["role"], t["recipe"], t["seed"], t["sha256"]) for t in card["teachers"]] == [

@@ -8,6 +8,7 @@ import yaml
 from matplotlib.image import imread
 from sweep_builders import COMMON, KL, TEST_ACC, VAL_ACC, distill_record
 
+from kdlab.record import TeacherRef
 from kdlab.report import load_jobs, swept_keys, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -140,9 +141,16 @@ def test_an_ensemble_sweep_shows_each_members_accuracy(tmp_path, make_job):
         overrides = [f"distill.temperature={temp}", f"seed={seed}", *COMMON]
         record = distill_record(overrides, seed, 0.95, 0.96, 0.1)
         record.metrics.update({"test/member0_acc": 0.97 + 0.01 * seed, "test/member1_acc": 0.96})
+        record.members = [TeacherRef(f"m{i}.safetensors", f"{i}" * 64) for i in range(2)]
+        record.combine = {"mode": "mean_probs", "temperature": float(temp), "weights": None, "scored_at": 1.0}
         make_job(sweep / str(job), overrides, record)
 
     text = write_report(sweep).table
     header = [cell.strip() for cell in text.splitlines()[0].strip("|").split("|")]
-    assert header[4:7] == ["ensemble acc (%)", "member 0 acc (%)", "member 1 acc (%)"]
+    # scored at T=1 in every job, whatever distill.temperature the row distilled at: the run summary's label
+    assert header[4:7] == ["ensemble acc (%, mean_probs at T=1)", "member 0 acc (%)", "member 1 acc (%)"]
     assert table_line(text, "2")[4:7] == ["98.10", "97.50", "96.00"]  # member 0: mean of 97 and 98
+
+    record.combine = None  # a record from before kdlab recorded how: no label claims a T
+    record.write(sweep / "2")
+    assert write_report(sweep).table.splitlines()[0].split("|")[5].strip() == "ensemble acc (%)"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from kdlab.analysis import figures
 from kdlab.analysis.stats import PredictionStats
+from kdlab.tensorboard import IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def first_disagreements(seen: list[tuple[Tensor, ...]], limit: int) -> tuple[Ten
 
 
 def log_images(writer, images: dict[str, np.ndarray], step: int) -> None:
-    """Each rendered figure as a TensorBoard image `analysis/<name>` (a SummaryWriter's add_image)."""
+    """Each rendered figure as a TensorBoard image `visuals/<name>` (a SummaryWriter's add_image): a section
+    of their own after the learning curves (kdlab.tensorboard says why that name)."""
     for name, rgb in images.items():
-        writer.add_image(f"{ANALYSIS_DIR}/{name}", rgb, global_step=step, dataformats="HWC")
+        writer.add_image(f"{IMAGES}/{name}", rgb, global_step=step, dataformats="HWC")

@@ -2,7 +2,7 @@
 
 The folder is read by kdlab.runfolder (the same reader as export): the student, and the teacher or
 each ensemble member, every net fed the test images normalised by the data it was trained on. An
-ensemble is tested as in training: its members' logits combined by `teacher.combine`. The test set
+ensemble is tested as in training: its members' logits combined by `teacher.combine` at T=1. The test set
 is the run's own datamodule's, so any dataset a run can train on can be evaluated again.
 """
 

@@ -1,9 +1,14 @@
 """TensorBoard's HPARAMS tab, complete every time: the session starts when training does, ends when the run does.
 
 The entry is written while the logger is open (not after `trainer.test`, when Lightning has already
-closed it), lists the keys a researcher varies (not mirror URLs), and its metric columns are the
-scalar tags the run logs anyway (`test/acc`, `val/acc_best`, ...), so no one-point charts appear.
-The session-end record carries the run's status, and the writer is flushed and closed afterwards.
+closed it) and lists the keys a researcher varies (not mirror URLs). The session-end record carries
+the run's status, and the writer is flushed and closed afterwards.
+
+Each run writes its session start and end only, never an *experiment* summary (torch's `hparams()`
+writes one per run): when any run under `--logdir` holds one, TensorBoard takes the first it finds as
+the whole table's layout, whose keys say nothing of which vary. Without one, TensorBoard derives the
+columns from all the runs shown: a key whose value differs between them is marked `differs` and listed
+(and shown) first, and the metric columns are the runs' scalar tags (`test/acc`, `val/acc_best`, ...).
 """
 
 from __future__ import annotations
@@ -14,13 +19,10 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-METRIC_TAGS = ("test/acc", "val/acc_best", "test/teacher_acc", "test/agreement", "test/kl")
-
 
 class TensorBoardSession(L.Callback):
-    def __init__(self, hparams: dict[str, Any], metric_tags: tuple[str, ...] = METRIC_TAGS) -> None:
+    def __init__(self, hparams: dict[str, Any]) -> None:
         self.hparams = hparams
-        self.metric_tags = metric_tags
         self._started: list[TensorBoardLogger] = []
 
     @rank_zero_only
@@ -29,9 +31,8 @@ class TensorBoardSession(L.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and logger not in self._started:
-                exp, ssi, _ = hparams_summary(self.hparams, dict.fromkeys(self.metric_tags, 0.0))
+                _, ssi, _ = hparams_summary(self.hparams, {})  # its experiment summary is left out: see above
                 writer = logger.experiment.file_writer  # SummaryWriter makes it in __init__
-                writer.add_summary(exp)
                 writer.add_summary(ssi)
                 writer.flush()
                 self._started.append(logger)

@@ -132,11 +132,14 @@ def export_run(
         parity, references = _check(bundle, formats, export_dir, check_only)
         failed = [p for p in parity if not p.passed]
         shipped = {} if failed else _ship_weights(run.student, export_dir, check_only)
-        ensemble = None  # a complete ensemble: its members' logits combined as in training
+        ensemble = None  # a complete ensemble: its members' logits combined at T=1, as training scored it
         if run.combine is not None:
             roles = [net.role for net in run.teachers]
             combined = run.teacher_logits([references[role] for role in roles])
-            ensemble = {"members": roles, "combine": run.combine, "accuracy": accuracy(combined, labels)}
+            from kdlab.modules.ensemble import SCORED_AT
+
+            combine = {**run.combine, "scored_at": SCORED_AT}
+            ensemble = {"members": roles, "combine": combine, "accuracy": accuracy(combined, labels)}
         result = DeployResult(
             run={"folder": str(run.folder), "name": run.record.name, "kind": run.record.kind,
                  "status": run.record.status},

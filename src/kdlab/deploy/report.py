@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.record import nulls_for_non_finite
+from kdlab.record import nulls_for_non_finite, scored_as
 
 REPORT_VERSION = 1
 JSON_FILE, MD_FILE = "deploy.json", "deploy.md"
@@ -30,7 +30,7 @@ class DeployResult:
     parity: list[dict[str, Any]]  # Parity.to_dict() per (net, format)
     formats: list[str] = field(default_factory=list)  # asked for: "torchscript", "onnx"
     speed: dict[str, Any] | None = None  # settings, rows: a SpeedRow each; None with --no-bench
-    ensemble: dict[str, Any] | None = None  # members (roles), combine, accuracy: the members combined as in training
+    ensemble: dict[str, Any] | None = None  # members (roles), combine, accuracy: the members combined at T=1
     notes: list[str] = field(default_factory=list)
     status: str = "ok"
     card: str | None = None  # the model card (export/README.md), written once every file passed
@@ -126,7 +126,8 @@ def render_markdown(result: DeployResult) -> str:
     student = next((n for n in result.nets if n["role"] == "student"), None)
     teachers = [n for n in result.nets if is_teacher(n["role"])]
     if result.ensemble:
-        name = f"the ensemble of {len(teachers)} ({result.ensemble['combine']['mode']})"
+        combine = result.ensemble["combine"]
+        name = f"the ensemble of {len(teachers)} ({scored_as(combine) or combine['mode']})"
         accuracy = result.ensemble["accuracy"]
     else:
         name, accuracy = "teacher", next((t["accuracy"] for t in teachers if t["role"] == "teacher"), None)

@@ -92,6 +92,10 @@ class ClassifierSystem(LightningModule):
     def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
         """Hook for extra per-stage metrics (teacher agreement, KL...)."""
 
+    def teacher_predictions(self, inputs: LossInputs) -> torch.Tensor | None:
+        """The teacher's logits as its accuracy scores them (None without a teacher); see DistillationModule."""
+        return inputs.teacher_logits
+
     # -- the shared step ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -160,8 +164,8 @@ class ClassifierSystem(LightningModule):
         """Returns the batch's predictions for test-time analysis callbacks (kdlab.analysis)."""
         _, inputs = self.shared_step(batch, "test")
         outputs = {"student_logits": inputs.student_logits.detach(), "target": inputs.target, "index": batch.index}
-        if inputs.teacher_logits is not None:
-            outputs["teacher_logits"] = inputs.teacher_logits.detach()
+        if (teacher := self.teacher_predictions(inputs)) is not None:
+            outputs["teacher_logits"] = teacher.detach()
         return outputs
 
     def divergence_hint(self) -> str:

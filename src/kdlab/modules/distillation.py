@@ -206,10 +206,15 @@ class DistillationModule(ClassifierSystem):
                 metrics[name] = MulticlassAccuracy(num_classes=num_classes, average="micro")
         return metrics
 
+    def teacher_predictions(self, inputs: LossInputs) -> torch.Tensor:
+        """What the teacher predicts, as scored: an ensemble's members combined at T=1 (kdlab.modules.ensemble),
+        not the targets at the distillation T, so its accuracy stays put when distill.temperature is swept."""
+        return self.teacher.predictions(inputs.member_logits) if self.is_ensemble else inputs.teacher_logits
+
     def update_stage_metrics(self, inputs: LossInputs, metrics: nn.ModuleDict, stage: str) -> None:
         if stage == "train":
             return
-        s, t = inputs.student_logits.detach(), inputs.teacher_logits
+        s, t = inputs.student_logits.detach(), self.teacher_predictions(inputs)
         metrics["agreement"].update(s.argmax(1), t.argmax(1))
         # Mean per-sample KL(teacher || student) at T=1: how far the student is from the teacher.
         metrics["kl"].update(

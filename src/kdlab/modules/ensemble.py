@@ -7,6 +7,12 @@ teacher's logits" reads the ensemble's without knowing it is one:
 - weighted: the same with fixed weights, t = T * log(sum_i w_i softmax(z_i / T) / sum_i w_i).
 - mean_logits: t = mean_i z_i (a geometric mean of the distributions, renormalised).
 Members that agree exactly give their own distribution back at every T (t = z - T * logsumexp(z / T)).
+
+The T of mean_probs and weighted (teacher.combine.temperature, distill.temperature by default) shapes the
+targets the student learns from. The ensemble's own predictions, what its accuracy, the student's agreement
+with it, KL(ensemble||student) and the test analysis score, combine the members at T=1 (`predictions`):
+otherwise "the ensemble's accuracy" would move when distill.temperature is swept though no member changed
+(the argmax of the mean of softmax(z_i / T) depends on T).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 from kdlab.losses.base import finite_number
 
 COMBINE_MODES = ("mean_probs", "mean_logits", "weighted")
+SCORED_AT = 1.0  # the T at which an ensemble's own predictions are combined (a record's combine.scored_at)
 
 
 def check_combination(combine: Mapping, members: int, key: str = "teacher.combine") -> dict:
@@ -84,6 +91,14 @@ def combine_logits(
     return temperature * log_mean
 
 
+def ensemble_predictions(
+    logits: Sequence[Tensor], mode: str = "mean_probs", temperature: float = 1.0, weights: Sequence[float] | None = None
+) -> Tensor:
+    """The ensemble's predictions [B, C] as logits: the members combined by `mode` at T=1, whatever
+    `temperature` the distillation targets use (taken, and ignored, so a `combine` dict can be passed whole)."""
+    return combine_logits(logits, mode, SCORED_AT, weights)
+
+
 class TeacherEnsemble(nn.Module):
     """The frozen member nets and their combination: forward(x) gives the ensemble's logits.
 
@@ -99,7 +114,12 @@ class TeacherEnsemble(nn.Module):
         self.mode, self.temperature, self.weights = mode, float(temperature), weights
 
     def combine(self, logits: Sequence[Tensor]) -> Tensor:
+        """The distillation targets' logits: the members combined at the combination's T."""
         return combine_logits(logits, self.mode, self.temperature, self.weights)
+
+    def predictions(self, logits: Sequence[Tensor]) -> Tensor:
+        """What the ensemble predicts (scored as its accuracy): the members combined at T=1."""
+        return ensemble_predictions(logits, self.mode, weights=self.weights)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.combine([member(x) for member in self.members])

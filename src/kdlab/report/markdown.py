@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from kdlab.record import scored_as
 from kdlab.report import formatting as fmt
 from kdlab.report.aggregate import SEED_KEY, SELECT_METRIC, Sweep
 from kdlab.report.baselines import References
@@ -26,6 +27,13 @@ def _gain(row, scratch: list[Comparison]) -> str:
     return fmt.MISSING if found is None else found.points()
 
 
+def _ensemble_column(jobs: list[Job]) -> str:
+    """`ensemble acc (%, mean_probs at T=1)`: how its members were combined for the accuracy, when every
+    job's record says the same (the run summary's label); without a T where they differ or do not say."""
+    scored = {scored_as(job.record.combine) for job in jobs if job.record is not None and job.record.is_ensemble}
+    return f"ensemble acc (%, {scored.pop()})" if len(scored) == 1 and None not in scored else "ensemble acc (%)"
+
+
 def markdown_table(sweep: Sweep, scratch: list[Comparison] = ()) -> str:
     """One line per row, padded so that the raw text printed to a terminal reads as a table too; with a
     column of each row's paired gain over its scratch baseline where there is one."""
@@ -37,7 +45,10 @@ def markdown_table(sweep: Sweep, scratch: list[Comparison] = ()) -> str:
     accs = ["test/teacher_acc", *(f"test/member{i}_acc" for i in range(members)), "test/agreement"]
     header = [*sweep.keys, "n seeds", f"{'student ' if sweep.distilled else ''}test acc (%)", "val acc best (%)"]
     header += ["vs scratch, paired (points, 95% CI)"] if scratch else []
-    header += ["ensemble acc (%)" if members else "teacher acc (%)", *(f"member {i} acc (%)" for i in range(members))]
+    header += [
+        _ensemble_column(jobs) if members else "teacher acc (%)",
+        *(f"member {i} acc (%)" for i in range(members)),
+    ]
     header += ["agreement (%)", "KL", "params", "wall time (s)", *(["notes"] if any(notes) else [])]
     body = [
         [*(fmt.short(row.value(k), row.setting[k]) for k in sweep.keys), str(len(row.jobs))]

@@ -30,6 +30,7 @@ from kdlab.config import CONFIG_DIR, ConfigError, teacher_configs
 from kdlab.console import quiet_libraries
 from kdlab.data.fetch import DataUnavailableError, ForeignDataError
 from kdlab.models import build_net
+from kdlab.modules.ensemble import SCORED_AT, check_combination
 from kdlab.record import RunRecord
 from kdlab.report.baselines import scratch_baseline
 from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs
@@ -144,6 +145,7 @@ def provision(cfg: DictConfig, record: RunRecord, identity: dict, spec) -> dict[
         members.append({"net": OmegaConf.to_container(member.model, resolve=True), "ckpt": ref.checkpoint,
                         "sha256": ref.sha256, "norm": norm})  # fmt: skip
     combine = OmegaConf.to_container(cfg.teacher.combine, resolve=True) if cfg.teacher.get("combine") else {}
+    record.combine = {**check_combination(combine, len(refs)), "scored_at": SCORED_AT}  # as the module reads it
     return {"teacher_net": None, "teacher_ckpt": None, "members": members, "combine": combine}
 
 

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from kdlab.config import plain
 from kdlab.console import RUN_LOG
-from kdlab.record import RunRecord
+from kdlab.record import RunRecord, scored_as
 from kdlab.report.formatting import percent
 
 
@@ -38,10 +38,9 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         for i, ref in enumerate(record.members):  # each member and their combination, from the same test pass
             name = f"{ref.recipe}, seed {ref.seed}" if ref.recipe else "given file"  # a ckpt_path
             rows.append((f"member {i} test acc ({name})", pct(f"test/member{i}_acc")))
-        n = len(record.members)
-        rows.append(
-            (f"ensemble of {n} test acc" if record.is_ensemble else "teacher test acc", pct("test/teacher_acc"))
-        )
+        n, scored = len(record.members), scored_as(record.combine)  # "mean_probs at T=1": not the targets' T
+        ensemble = f"ensemble of {n} test acc" + (f" ({scored})" if scored else "")
+        rows.append((ensemble if record.is_ensemble else "teacher test acc", pct("test/teacher_acc")))
         if base := record.baseline:
             mean_std = f"{percent(base['mean'], '%')} ± {percent(base['std'])}"
             rows.append((f"student from scratch ({base['runs']} seeds)", mean_std))
@@ -109,7 +108,13 @@ def _class_name(node: Any) -> str | None:
 
 
 def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
-    """The keys a researcher varies, for the HPARAMS tab: not mirror URLs, not internal fields."""
+    """The keys a researcher varies, for the HPARAMS tab: not mirror URLs, not internal fields.
+
+    Values as they ran: each loss term's own `temperature` (`distill.losses.kd.temperature`), which is
+    distill.temperature unless that term was given its own, and no `distill.temperature` beside it, which
+    would contradict a term overridden to another T (and stands for nothing in a run whose terms read none).
+    An ensemble adds how its members combine, with the T of the combined targets.
+    """
     c = {k: plain(cfg.get(k)) for k in ("model", "optimizer", "scheduler", "distill", "teacher")}
     hp: dict[str, Any] = {"seed": "null" if cfg.seed is None else cfg.seed, "model": _class_name(c["model"]) or "?"}
     _flat("model", {k: v for k, v in c["model"].items() if k not in ("num_classes", "in_features")}, hp)
@@ -123,15 +128,17 @@ def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
         _flat(f"trainer.{key}", OmegaConf.select(cfg, f"trainer.{key}"), hp)
     hp["params.student"] = record.params.get("student", 0)
     if record.is_distillation and c["distill"]:
-        hp["distill.temperature"] = c["distill"].get("temperature")
         for name, term in (c["distill"].get("losses") or {}).items():
-            if term:
-                _flat(f"distill.losses.{name}", {k: v for k, v in term.items() if k != "temperature"}, hp)
+            if term:  # resolved: a term's temperature is the one it trained at
+                _flat(f"distill.losses.{name}", term, hp)
         if "members" in c["teacher"]:  # an ensemble: how many, of what, combined how
             members = c["teacher"]["members"]
             hp["teacher.model"] = "+".join(_class_name(m.get("model")) or "?" for m in members)
             hp["teacher.members"] = len(members)
-            hp["teacher.combine"] = (c["teacher"].get("combine") or {}).get("mode", "mean_probs")
+            combine = c["teacher"].get("combine") or {}
+            hp["teacher.combine"] = combine.get("mode", "mean_probs")
+            if hp["teacher.combine"] != "mean_logits":  # the targets' T (its accuracy is scored at T=1)
+                hp["teacher.combine.temperature"] = combine.get("temperature", 1.0)
             hp["teacher.seeds"] = ",".join(str(m.get("seed")) for m in members)
         else:
             hp["teacher.model"] = _class_name(c["teacher"]["model"]) or "?"
