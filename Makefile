@@ -16,7 +16,7 @@ $(BIN)/activate:
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,all]'  # every extra: sweeps, plots, deploy
+	$(BIN)/python -m pip install -q -e '.[dev,all]'  # every extra: sweeps, plots, deploy, digits, trackers (mlflow, wandb)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -87,6 +87,18 @@ def test_a_tracker_whose_package_is_missing_is_refused_before_any_work(make_cfg,
     assert RunRecord.read(Path(cfg.paths.output_dir)).status == "failed"
 
 
+def test_an_mlflow_server_that_does_not_answer_is_refused_before_any_work(make_cfg):
+    pytest.importorskip("mlflow")
+    with socket.socket() as probe:  # a port nothing listens on once it is closed again
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    cfg = make_cfg("experiment=distill_mlp", "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}")
+    with pytest.raises(ConfigError, match=rf"logger\.mlflow\.tracking_uri={uri} does not answer"):
+        train(cfg)
+    assert not Path(cfg.paths.teacher_dir).exists()
+
+
 # -- the mirror: what every tracker but TensorBoard receives --------------------------------------------
 class RecordingLogger(Logger):
     """A Lightning logger that keeps what it is given."""

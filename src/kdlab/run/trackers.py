@@ -9,6 +9,8 @@ folder, so the MLflow or W&B entry and the folder holding metrics.json (the reco
 from __future__ import annotations
 
 import importlib.util
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -44,6 +46,31 @@ def check_tracker_packages(cfg: DictConfig) -> None:
                 f"in this environment: install it with `pip install 'kdlab[{extra}]'` (`pip install -e '.[{extra}]'` "
                 f"in a clone), or leave {key} out of logger=[...] (TensorBoard and csv need nothing more)."
             )
+
+
+def check_tracking_servers(cfg: DictConfig, timeout_s: float = 10.0) -> None:
+    """Raise ConfigError when a selected MLflow logger's http(s) tracking server does not answer.
+
+    Lightning's MLFlowLogger first talks to the server at fit start, after the data is read and the teachers
+    are trained, and MLflow's client retries for minutes: an address typed wrong would cost all of that.
+    Any HTTP answer (MLflow's `/health` says OK) counts as up; only no answer at all is refused.
+    """
+    for key, conf in _selected(cfg).items():
+        uri = str(OmegaConf.select(conf, "tracking_uri", default="") or "")
+        if not uri.startswith(("http://", "https://")):
+            continue
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            continue  # the server answered, if not as MLflow's own does
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(
+                f"logger.{key}.tracking_uri={uri} does not answer ({reason}), so nothing could be tracked there: "
+                f"start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`), correct the address "
+                f"(logger.{key}.tracking_uri=... or $MLFLOW_TRACKING_URI), or track into a local store with "
+                f"logger.{key}.tracking_uri=sqlite:///outputs/mlflow.db."
+            ) from None
 
 
 def tracker_run_name(cfg: DictConfig, folder: Path) -> str:

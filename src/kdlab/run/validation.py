@@ -24,7 +24,7 @@ from kdlab.losses.numerics import check_numerics
 from kdlab.models import build_net
 from kdlab.modules.ensemble import check_combination
 from kdlab.run.threads import check_threads
-from kdlab.run.trackers import check_tracker_packages
+from kdlab.run.trackers import check_tracker_packages, check_tracking_servers
 from kdlab.sweeps import check_launcher_strategy
 from kdlab.teachers.cache import MODES
 
@@ -107,6 +107,7 @@ def _validate(cfg: DictConfig) -> None:
         )
     _check_runtime(cfg)
     check_tracker_packages(cfg)  # logger=[...,mlflow] without mlflow installed
+    check_tracking_servers(cfg)  # an MLflow server that does not answer, before minutes of work
     datamodule = instantiate(cfg.data, _convert_="all")  # the DataModule checks its own values; no data is read
     shape, classes = datamodule.input_shape, datamodule.num_classes
     _check_trainer(cfg)
