@@ -1,7 +1,7 @@
 """Loss terms for distillation; the distillation module sums weight * term(inputs) over them."""
 
-from kdlab.losses.base import LossInputs, LossTerm, build_terms
+from kdlab.losses.base import LossInputs, LossTerm, TrainingProgress, build_terms
 from kdlab.losses.features import Hint
 from kdlab.losses.logits import CE, DKD, KD, LogitMSE
 
-__all__ = ["CE", "DKD", "KD", "Hint", "LogitMSE", "LossInputs", "LossTerm", "build_terms"]
+__all__ = ["CE", "DKD", "KD", "Hint", "LogitMSE", "LossInputs", "LossTerm", "TrainingProgress", "build_terms"]

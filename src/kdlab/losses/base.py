@@ -16,9 +16,35 @@ from torch import Tensor, nn
 REDUCTIONS = {"mean": Tensor.mean, "half_sum": lambda squared: 0.5 * squared.sum(), "sum": Tensor.sum}
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training stands when a term is called: what a schedule (a warm-up, a ramp) reads.
+
+    The system fills it for every batch of every stage (ClassifierSystem.shared_step). In training it
+    is the epoch and step being trained; in validation it is the epoch just trained (Lightning's
+    current_epoch, before it moves on) and the steps taken so far, so `val/loss_<term>` is that epoch's
+    weighting; in testing after a fit it is where the fit ended. A resumed run continues from the
+    checkpoint's epoch and step, so a term that reads progress gives the uninterrupted run's values.
+    """
+
+    epoch: int  # 0-based, Lightning's current_epoch: the first epoch is 0
+    step: int  # optimiser steps taken so far (Lightning's global_step), 0 at the first training batch
+    max_epochs: int | None  # trainer.max_epochs; None when the run is bounded by steps alone
+    total_steps: int | None  # optimiser steps the whole fit takes (estimated_stepping_batches); None: unbounded
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the fit's optimiser steps taken, in [0, 1]; None when the fit has no known end."""
+        return None if not self.total_steps else min(self.step / self.total_steps, 1.0)
+
+
 @dataclass
 class LossInputs:
-    """One batch's outputs, gathered once so each term reads only what it needs."""
+    """One batch's outputs, gathered once so each term reads only what it needs.
+
+    `progress` and `index` are filled by the training system for every term (terms that need neither
+    ignore them); a term called on its own (a test, a numerics probe) sees what its caller passes.
+    """
 
     student_logits: Tensor  # [B, C]
     target: Tensor  # [B] int64
@@ -27,6 +53,10 @@ class LossInputs:
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     member_logits: list[Tensor] | None = None  # an ensemble's members', in member order; None for one teacher
     member_features: list[dict[str, Tensor]] = field(default_factory=list)  # per member: module name -> output
+    progress: TrainingProgress | None = None  # None outside a Trainer
+    # int64 [B]: each sample's position in the training split (Batch.index), e.g. a memory bank's row; None in
+    # validation and testing (positions in another split: a training-split bank must not be read or written there)
+    index: Tensor | None = None
 
 
 class LossTerm(nn.Module, abc.ABC):
@@ -34,6 +64,12 @@ class LossTerm(nn.Module, abc.ABC):
 
     `member` (terms that read the teacher): None reads the teacher, or an ensemble's combined
     output; an index reads that one member of an ensemble (multi-teacher distillation).
+
+    A term is a submodule of the system (its `losses` ModuleDict): its parameters train with the
+    student, and its buffers (`register_buffer`, persistent, e.g. a memory bank) are saved in every
+    checkpoint and restored on resume. A term that writes such state in forward should do so only
+    when `self.training` (the system is in eval mode for validation and testing) and `inputs.index`
+    is given.
     """
 
     needs_teacher: bool = True
@@ -73,6 +109,16 @@ class LossTerm(nn.Module, abc.ABC):
                 "to train on the labels alone."
             )
         return inputs.teacher_logits.detach()
+
+    def progress(self, inputs: LossInputs) -> TrainingProgress:
+        """The training progress of this batch, or a ValueError when the caller gave none."""
+        if inputs.progress is None:
+            raise ValueError(
+                f"{type(self).__name__} follows a schedule over training (e.g. a warm-up), but LossInputs.progress "
+                "is None: it is filled by the training system. Called on its own, pass "
+                "progress=TrainingProgress(epoch=..., step=..., max_epochs=..., total_steps=...)."
+            )
+        return inputs.progress
 
     def teacher_features(self, inputs: LossInputs) -> dict[str, Tensor]:
         """The teacher's tapped features, or those of ensemble member `member`."""

@@ -82,18 +82,32 @@ class DKD(LossTerm):
     TCKD is the KL between the binary [target, non-target] distributions, NCKD the KL between the
     distributions over the non-target classes alone; both are T^2-scaled and averaged over the batch.
     Everything stays in log space, so confident teachers give no log(0).
+
+    `warmup` (epochs, 0 = off) ramps the term in as the authors' code does (mdistiller DKD.py:
+    `min(epoch / warmup, 1.0) * dkd_loss`, its epochs counted from 1): kdlab's epochs count from 0,
+    so the factor is min((epoch + 1) / warmup, 1): 1/warmup in the first epoch, 1 from epoch warmup - 1 on.
     """
 
-    shown = ("alpha", "beta", "temperature")
+    shown = ("alpha", "beta", "temperature", "warmup")
 
     def __init__(
         self, *, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-        member: int | None = None,
+        warmup: float = 0.0, member: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__(weight, member)
         self.alpha = check_number(self, "alpha", alpha, minimum=0.0, inclusive=True)
         self.beta = check_number(self, "beta", beta, minimum=0.0, inclusive=True)
         self.temperature = check_temperature(self, temperature)
+        self.warmup = check_number(
+            self, "warmup", warmup, minimum=0.0, inclusive=True,
+            why="It is the number of epochs over which the term ramps up to full strength; 0 switches that off.",
+        )  # fmt: skip
+
+    def warmup_factor(self, inputs: LossInputs) -> float:
+        """What multiplies the term at this batch's epoch: 1 without a warm-up (progress is then not read)."""
+        if not self.warmup:
+            return 1.0
+        return min((self.progress(inputs).epoch + 1) / self.warmup, 1.0)
 
     def parts(self, inputs: LossInputs) -> tuple[Tensor, Tensor]:
         """(TCKD, NCKD), each already T^2-scaled and batch-averaged; forward combines them."""
@@ -107,7 +121,7 @@ class DKD(LossTerm):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         tckd, nckd = self.parts(inputs)
-        return self.alpha * tckd + self.beta * nckd
+        return self.warmup_factor(inputs) * (self.alpha * tckd + self.beta * nckd)
 
 
 def _log_binary(logits: Tensor, is_target: Tensor) -> Tensor:

@@ -14,7 +14,10 @@ import copy
 import torch
 
 from kdlab.config import ConfigError
-from kdlab.losses.base import LossInputs, LossTerm
+from kdlab.losses.base import LossInputs, LossTerm, TrainingProgress
+
+# The probe's batch is the first of a run: a term that ramps in (a warm-up) is probed at its weakest.
+FIRST_STEP = TrainingProgress(epoch=0, step=0, max_epochs=None, total_steps=None)
 
 
 def _probe_value(term: LossTerm, teacher_shift: int, num_classes: int, members: int | None) -> tuple[float, bool]:
@@ -24,7 +27,7 @@ def _probe_value(term: LossTerm, teacher_shift: int, num_classes: int, members: 
     ranked = torch.arange(num_classes, dtype=torch.float32).flip(0)
     student = ranked.repeat(2, 1).requires_grad_(True)
     teacher = torch.roll(ranked, teacher_shift).repeat(2, 1)
-    inputs = LossInputs(student, torch.tensor([0, 1]), teacher,
+    inputs = LossInputs(student, torch.tensor([0, 1]), teacher, progress=FIRST_STEP,
                         member_logits=[teacher] * members if members else None)  # fmt: skip
     value = term.weight * term(inputs)
     (grad,) = torch.autograd.grad(value, student, allow_unused=True)

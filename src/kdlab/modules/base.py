@@ -6,6 +6,7 @@ adds is per epoch, not per step: training values are tallied on the device and r
 CHECK_EVERY steps (kdlab.modules.tally), which is also where a non-finite loss stops the run.
 """
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlab.config import plain
-from kdlab.losses import LossInputs, build_terms
+from kdlab.losses import LossInputs, TrainingProgress, build_terms
 from kdlab.models import build_net, net_config
 from kdlab.modules.schedulers import bind_scheduler
 from kdlab.modules.tally import StepTally
@@ -103,6 +104,9 @@ class ClassifierSystem(LightningModule):
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
         """The weighted loss of one `kdlab.data.Batch` and what the terms read; tallied or fed to the metrics."""
         inputs = self.views(batch, self.known_teacher_logits(batch, stage))
+        # Filled here, for whatever views() built: no system needs to know which terms read them.
+        inputs.progress = self.training_progress()
+        inputs.index = batch.index if stage == "train" else None
         active = [self.losses[name] for name in self.active_terms]
         terms = [term(inputs) for term in active]
         loss = active[0].weight * terms[0]
@@ -116,6 +120,28 @@ class ClassifierSystem(LightningModule):
         metrics["acc"].update(inputs.student_logits.detach(), batch.y)
         self.update_stage_metrics(inputs, metrics, stage)
         return loss, inputs
+
+    def training_progress(self) -> TrainingProgress | None:
+        """Where the fit stands (kdlab.losses.TrainingProgress); None when no Trainer drives this module."""
+        if (trainer := self._driving_trainer()) is None:
+            return None
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        return TrainingProgress(self.current_epoch, self.global_step, max_epochs, self._total_steps)
+
+    _total_steps: int | None = None  # the fit's optimiser steps, set in on_fit_start
+
+    def on_fit_start(self) -> None:
+        # Once per fit, not per batch: estimating it outside a fit would load the training data.
+        if (trainer := self._driving_trainer()) is not None:
+            total = trainer.estimated_stepping_batches
+            self._total_steps = int(total) if math.isfinite(total) and total >= 0 else None
+
+    def _driving_trainer(self):
+        """The Trainer this module is attached to, or None (a step or hook called by hand)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's "is not attached to a `Trainer`"
+            return None
 
     def training_step(self, batch, batch_idx):
         return self.shared_step(batch, "train")[0]

@@ -142,6 +142,7 @@ class DistillationModule(ClassifierSystem):
         self._check_outputs = entries is not None
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._check_outputs = self.teacher_outputs is not None
 
     def known_teacher_logits(self, batch, stage: str) -> list[torch.Tensor] | None:
