@@ -2,6 +2,20 @@
 
 from kdlab.losses.base import LossInputs, LossTerm, TrainingProgress, build_terms
 from kdlab.losses.features import Hint
+from kdlab.losses.logit_variants import DIST, NKD, LogitStandardKD
 from kdlab.losses.logits import CE, DKD, KD, LogitMSE
 
-__all__ = ["CE", "DKD", "KD", "Hint", "LogitMSE", "LossInputs", "LossTerm", "TrainingProgress", "build_terms"]
+__all__ = [
+    "CE",
+    "DIST",
+    "DKD",
+    "KD",
+    "NKD",
+    "Hint",
+    "LogitMSE",
+    "LogitStandardKD",
+    "LossInputs",
+    "LossTerm",
+    "TrainingProgress",
+    "build_terms",
+]
