@@ -21,7 +21,7 @@ def test_the_option_list_is_complete():
     assert {"mnist", "fashion_mnist", "kmnist", "idx", "digits", "cifar10", "cifar100"} <= {
         o for g, o in OPTIONS if g == "data"
     }
-    assert set(LOSSES) == {"ce", "dkd", "hint", "kd", "logit_mse"}
+    assert set(LOSSES) == {"ce", "dkd", "hint", "kd", "logit_mse", "pkt", "rkd_angle", "rkd_distance", "sp"}
 
 
 @pytest.mark.parametrize("loss", LOSSES)
