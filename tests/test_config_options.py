@@ -21,7 +21,10 @@ def test_the_option_list_is_complete():
     assert {"mnist", "fashion_mnist", "kmnist", "idx", "digits", "cifar10", "cifar100"} <= {
         o for g, o in OPTIONS if g == "data"
     }
-    assert set(LOSSES) == {"ce", "dist", "dkd", "hint", "kd", "logit_mse", "logit_standard_kd", "nkd"}
+    assert set(LOSSES) == {
+        "ce", "dist", "dkd", "hint", "kd", "logit_mse", "logit_standard_kd", "nkd", "pkt", "rkd_angle", "rkd_distance",
+        "sp",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -4,6 +4,7 @@ from kdlab.losses.base import LossInputs, LossTerm, TrainingProgress, build_term
 from kdlab.losses.features import Hint
 from kdlab.losses.logit_variants import DIST, NKD, LogitStandardKD
 from kdlab.losses.logits import CE, DKD, KD, LogitMSE
+from kdlab.losses.relations import PKT, RKDAngle, RKDDistance, SimilarityPreserving
 
 __all__ = [
     "CE",
@@ -11,11 +12,15 @@ __all__ = [
     "DKD",
     "KD",
     "NKD",
+    "PKT",
     "Hint",
     "LogitMSE",
     "LogitStandardKD",
     "LossInputs",
     "LossTerm",
+    "RKDAngle",
+    "RKDDistance",
+    "SimilarityPreserving",
     "TrainingProgress",
     "build_terms",
 ]
