@@ -237,3 +237,21 @@ def test_presets_relate_the_penultimate_layers_of_the_mlp_pair(preset, weights, 
         assert dict(teacher.named_modules())[teacher_layer][0].out_features == 256
         assert student_layer == f"features.{len(student.features) - 1}"  # the last hidden block: penultimate
         assert teacher_layer == f"features.{len(teacher.features) - 1}"
+
+
+@pytest.mark.parametrize("term_class", TERMS)
+def test_an_evaluation_batch_is_related_in_training_sized_chunks(term_class):
+    """Validation and test batches (1000 on MNIST) would cost RKD angle B^3 floats (4 GB a side): in eval mode
+    a batch is related in chunks of EVAL_CHUNK samples, weighted by size; a lone last sample has no pair."""
+    from kdlab.losses.relations import EVAL_CHUNK
+
+    torch.manual_seed(0)
+    n = 2 * EVAL_CHUNK + 1  # two whole chunks and one lone sample
+    student, teacher = torch.randn(n, 3), torch.randn(n, 5)
+    term = term_class(student_layer="s", teacher_layer="t")
+    first, second = (term(batch(student[i : i + EVAL_CHUNK], teacher[i : i + EVAL_CHUNK])) for i in (0, EVAL_CHUNK))
+    whole = term(batch(student, teacher))  # training mode: one relation over the whole batch
+    term.eval()
+    chunked = term(batch(student, teacher))
+    assert chunked.item() == pytest.approx((first.item() + second.item()) / 2, rel=1e-6)
+    assert chunked.item() != pytest.approx(whole.item(), rel=1e-6)
