@@ -1,4 +1,5 @@
-"""Loss terms on intermediate features (FitNets hints)."""
+"""Loss terms on intermediate features: the base of terms that read one student and one teacher layer, and
+FitNets hints (the relation terms in kdlab.losses.relations build on the same base)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,33 @@ from torch import Tensor, nn
 from kdlab.losses.base import LossInputs, LossTerm, check_reduction, squared_error
 
 
-class Hint(LossTerm):
+class LayerTerm(LossTerm):
+    """A term reading one student layer and one teacher layer by dotted module name; the module hooks exactly
+    these. `feature()` finds a layer's output in a batch's inputs, or says which names there are."""
+
+    def __init__(self, weight: float, student_layer: str, teacher_layer: str, member: int | None) -> None:
+        super().__init__(weight, member)
+        for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"{type(self).__name__}: {key} must be the dotted name of a submodule (e.g. 'features.1', "
+                    f"as listed by model.named_modules()), got {name!r}."
+                )
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
+
+    def feature(self, features: dict[str, Tensor], name: str, side: str) -> Tensor:
+        if name not in features:
+            available = ", ".join(map(repr, sorted(features))) or "none"
+            raise ValueError(
+                f"{type(self).__name__}: the {side} feature '{name}' is missing from the inputs (available: "
+                f"{available}). Set the term's {side}_layer to one of the {side} model's submodule names "
+                "(see model.named_modules()), and make sure the module hooks that layer."
+            )
+        return features[name]
+
+
+class Hint(LayerTerm):
     """FitNets (Romero et al. 2015): squared error between regressor(student feature) and the teacher's.
 
     The student's layer is usually narrower than the teacher's, so a learnable regressor maps it
@@ -23,22 +50,14 @@ class Hint(LossTerm):
         self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, reduction: str = "mean",
         member: int | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(weight, member)
-        for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
-            if not isinstance(name, str) or not name:
-                raise ValueError(
-                    f"Hint: {key} must be the dotted name of a submodule (e.g. 'features.1', as listed "
-                    f"by model.named_modules()), got {name!r}."
-                )
-        self.student_layer, self.teacher_layer = student_layer, teacher_layer
-        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
+        super().__init__(weight, student_layer, teacher_layer, member)
         self.reduction = check_reduction(self, reduction)
         self.regressor: nn.Module | None = None
         self.flatten = False  # set by build(): compare flattened features when shapes are incompatible
 
     def build(self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]) -> None:
-        student = self._feature(student_features, self.student_layer, "student")
-        teacher = self._feature(teacher_features, self.teacher_layer, "teacher")
+        student = self.feature(student_features, self.student_layer, "student")
+        teacher = self.feature(teacher_features, self.teacher_layer, "teacher")
         s_shape, t_shape = tuple(student.shape[1:]), tuple(teacher.shape[1:])
         self.flatten = False
         if s_shape == t_shape:
@@ -60,19 +79,9 @@ class Hint(LossTerm):
                 "build(student_features, teacher_features) once (the distillation module does this "
                 "with a dry forward pass) before computing the loss."
             )
-        student = self._feature(inputs.student_features, self.student_layer, "student")
+        student = self.feature(inputs.student_features, self.student_layer, "student")
         # The teacher's feature is a fixed target: no gradient may reach the teacher.
-        teacher = self._feature(self.teacher_features(inputs), self.teacher_layer, "teacher").detach()
+        teacher = self.feature(self.teacher_features(inputs), self.teacher_layer, "teacher").detach()
         if self.flatten:
             student, teacher = student.flatten(1), teacher.flatten(1)
         return squared_error(self.regressor(student), teacher, self.reduction)
-
-    def _feature(self, features: dict[str, Tensor], name: str, side: str) -> Tensor:
-        if name not in features:
-            available = ", ".join(map(repr, sorted(features))) or "none"
-            raise ValueError(
-                f"Hint: the {side} feature '{name}' is missing from the inputs (available: {available}). "
-                f"Set Hint's {side}_layer to one of the {side} model's submodule names "
-                "(see model.named_modules()), and make sure the module hooks that layer."
-            )
-        return features[name]

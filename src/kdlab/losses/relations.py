@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlab.losses.base import LossInputs, LossTerm
+from kdlab.losses.base import LossInputs
+from kdlab.losses.features import LayerTerm
 
 # The authors' guard against sqrt(0) (RKD's pdist clamps squared distances at it): an exactly
 # coincident pair gets distance 1e-6 and a zero gradient instead of an infinite one.
@@ -26,7 +27,7 @@ PKT_EPS = 1e-7  # PKT's eps in the log ratio (Passalis and Tefas' code)
 EVAL_CHUNK = 128
 
 
-class RelationTerm(LossTerm):
+class RelationTerm(LayerTerm):
     """A term relating the samples of a batch: reads one student and one teacher layer by module name."""
 
     shown = ("student_layer", "teacher_layer")
@@ -34,25 +35,17 @@ class RelationTerm(LossTerm):
     def __init__(
         self, *, weight: float = 1.0, student_layer: str, teacher_layer: str, member: int | None = None
     ) -> None:
-        super().__init__(weight, member)
-        for key, name in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
-            if not isinstance(name, str) or not name:
-                raise ValueError(
-                    f"{type(self).__name__}: {key} must be the dotted name of a submodule (e.g. 'features.1', "
-                    f"as listed by model.named_modules()), got {name!r}."
-                )
-        self.student_layer, self.teacher_layer = student_layer, teacher_layer
-        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
+        super().__init__(weight, student_layer, teacher_layer, member)
 
     def build(self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]) -> None:
         """Nothing to size (no parameters), but a misnamed layer is reported before training starts."""
-        self._feature(student_features, self.student_layer, "student")
-        self._feature(teacher_features, self.teacher_layer, "teacher")
+        self.feature(student_features, self.student_layer, "student")
+        self.feature(teacher_features, self.teacher_layer, "teacher")
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        student = self._feature(inputs.student_features, self.student_layer, "student")
+        student = self.feature(inputs.student_features, self.student_layer, "student")
         # The teacher's feature is a fixed target: no gradient may reach the teacher.
-        teacher = self._feature(self.teacher_features(inputs), self.teacher_layer, "teacher").detach()
+        teacher = self.feature(self.teacher_features(inputs), self.teacher_layer, "teacher").detach()
         if student.shape[0] != teacher.shape[0]:
             raise ValueError(
                 f"{type(self).__name__}: the student's '{self.student_layer}' has {student.shape[0]} samples but "
@@ -82,16 +75,6 @@ class RelationTerm(LossTerm):
     @abc.abstractmethod
     def relation_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
         """The term on [B, D_s] and [B, D_t] float32 features, B >= 2; the teacher is already detached."""
-
-    def _feature(self, features: dict[str, Tensor], name: str, side: str) -> Tensor:
-        if name not in features:
-            available = ", ".join(map(repr, sorted(features))) or "none"
-            raise ValueError(
-                f"{type(self).__name__}: the {side} feature '{name}' is missing from the inputs (available: "
-                f"{available}). Set the term's {side}_layer to one of the {side} model's submodule names "
-                "(see model.named_modules()), and make sure the module hooks that layer."
-            )
-        return features[name]
 
 
 def pairwise_distances(features: Tensor) -> Tensor:
