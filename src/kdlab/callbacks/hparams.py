@@ -13,28 +13,35 @@ columns from all the runs shown: a key whose value differs between them is marke
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 
-class TensorBoardSession(L.Callback):
+class LoggerSession(L.Callback, abc.ABC):
+    """Give each logger this run's keys once, when training (or a test-only run) starts: the loggers a
+    subclass `wants`, each through its `begin`. `end` closes the session once the record is final."""
+
     def __init__(self, hparams: dict[str, Any]) -> None:
         self.hparams = hparams
-        self._started: list[TensorBoardLogger] = []
+        self._started: list[Logger] = []
+
+    @abc.abstractmethod
+    def wants(self, logger: Logger) -> bool:
+        """Whether this session writes to `logger`."""
+
+    @abc.abstractmethod
+    def begin(self, logger: Logger) -> None:
+        """Write the run's keys to `logger`, once."""
 
     @rank_zero_only
     def _start(self, trainer) -> None:
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and logger not in self._started:
-                _, ssi, _ = hparams_summary(self.hparams, {})  # its experiment summary is left out: see above
-                writer = logger.experiment.file_writer  # SummaryWriter makes it in __init__
-                writer.add_summary(ssi)
-                writer.flush()
+            if self.wants(logger) and logger not in self._started:
+                self.begin(logger)
                 self._started.append(logger)
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -42,6 +49,19 @@ class TensorBoardSession(L.Callback):
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._start(trainer)  # train=false runs test only
+
+
+class TensorBoardSession(LoggerSession):
+    def wants(self, logger: Logger) -> bool:
+        return isinstance(logger, TensorBoardLogger)
+
+    def begin(self, logger: Logger) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        _, ssi, _ = hparams_summary(self.hparams, {})  # its experiment summary is left out: see above
+        writer = logger.experiment.file_writer  # SummaryWriter makes it in __init__
+        writer.add_summary(ssi)
+        writer.flush()
 
     @rank_zero_only
     def end(self, success: bool) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
-import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from kdlab.callbacks.hparams import LoggerSession
 from kdlab.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -32,23 +31,12 @@ def finalize_status(status: str) -> str:
     return FINALIZE_STATUS.get(status, "failed")  # diverged, failed, and a run that never got further
 
 
-class TrackerMirror(L.Callback):
-    def __init__(self, hparams: dict[str, Any]) -> None:
-        self.hparams = hparams
-        self._started: list[Logger] = []
+class TrackerMirror(LoggerSession):
+    def wants(self, logger: Logger) -> bool:
+        return not isinstance(logger, TensorBoardLogger)
 
-    @rank_zero_only
-    def _start(self, trainer) -> None:
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger) and logger not in self._started:
-                logger.log_hyperparams(self.hparams)
-                self._started.append(logger)
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._start(trainer)
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._start(trainer)  # train=false runs test only
+    def begin(self, logger: Logger) -> None:
+        logger.log_hyperparams(self.hparams)
 
     @rank_zero_only
     def end(self, record: RunRecord) -> None:
