@@ -173,6 +173,15 @@ def test_csv_holds_the_keys_the_final_metrics_and_the_status(make_cfg):
     assert float(final["val/acc_best"]) == record.metrics["val/acc_best"]
 
 
+def test_a_run_without_any_logger_trains_and_records(make_cfg):
+    """logger=none keeps the learning-rate monitor of callbacks=default out: Lightning's stops a run without a
+    logger at its first step ("Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger")."""
+    cfg = make_cfg("experiment=student_scratch_mlp", "logger=none")
+    record, _ = train(cfg)
+    assert record.status == "ok" and 0.0 <= record.metrics["test/acc"] <= 1.0
+    assert not (Path(cfg.paths.output_dir) / "tensorboard").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -114,8 +115,11 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
     analysis = TestAnalysis(output_dir=folder, net=net)  # confusion, calibration, disagreements
     interrupts.dirpath = folder / "checkpoints"
     epochs = MetricEpochs()  # which epoch each recorded metric comes from
-    callbacks = [*build_callbacks(cfg), ResumeState(identity), interrupts, session, mirror, analysis, epochs]
     loggers = build_loggers(cfg, folder)
+    # Without a logger (logger=none) a learning-rate monitor has nowhere to write, and Lightning's would stop the
+    # run at its first step: it goes, as the logger did.
+    configured = [c for c in build_callbacks(cfg) if loggers or not isinstance(c, LearningRateMonitor)]
+    callbacks = [*configured, ResumeState(identity), interrupts, session, mirror, analysis, epochs]
     show_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     # Under SLURM, Lightning would requeue on SIGUSR1 and later resume from its own hpc checkpoint, past
     # kdlab's resume checks; a preempted job resumes through kdlab instead (its folder's checkpoint).
