@@ -6,6 +6,7 @@ against the same student from scratch, seed by seed, with the 95% interval of th
 
     --compare 'distill.temperature=4' 'distill.temperature=8'   two settings of this sweep, seed by seed
     --against outputs/student_scratch_mlp/multirun/<time>       each row against another sweep's (same seeds)
+    --rank-against 'distill=kd'       a method table: every row minus that row seed by seed, best first
 
 It writes no TensorBoard events, so that `tensorboard --logdir outputs` lists each job once. The logic lives
 in kdlab.report; this file only parses arguments.
@@ -35,9 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SWEEP_DIR",
         help="pair each row with its counterpart in another sweep of the same seeds (e.g. a scratch sweep); repeatable",
     )
+    parser.add_argument(
+        "--rank-against",
+        metavar="SETTING",
+        help="rank every row of this sweep by its paired difference to this row ('distill=kd'): a method table",
+    )
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, args.out, args.compare, args.against)
+        report = write_report(args.sweep_dir, args.out, args.compare, args.against, args.rank_against)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

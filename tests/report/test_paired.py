@@ -127,3 +127,44 @@ def test_the_run_summary_pairs_a_run_with_the_scratch_run_of_its_seed():
     assert dict(summary_rows(record))["vs scratch, seed 1"] == "+1.12 points (scratch 94.00%)"
     record.smoke, record.status = ["debug=fast"], "smoke"
     assert "vs scratch, seed 1" not in dict(summary_rows(record))
+
+
+@pytest.fixture
+def zoo_sweep(tmp_path):
+    """Three methods x 3 seeds, as `distill=kd,dist,nkd seed=0,1,2` numbers its jobs."""
+    accs = {"kd": [0.990, 0.991, 0.989], "dist": [0.992, 0.992, 0.990], "nkd": [0.985, 0.987, 0.986]}
+    sweep, job = tmp_path / "multirun" / "zoo", 0
+    for method, values in accs.items():
+        for seed, acc in enumerate(values):
+            overrides = [*COMMON, f"distill={method}", f"seed={seed}"]
+            record = distill_record(overrides, seed, acc, acc, 0.1)
+            record.swept = ["distill", "seed"]
+            write_job(sweep / str(job), overrides, record)
+            job += 1
+    return sweep
+
+
+def test_a_method_table_ranks_every_row_by_its_paired_difference_to_the_reference(zoo_sweep):
+    report = write_report(zoo_sweep, rank_against="distill=kd")
+    # dist - kd: +0.2, +0.1, +0.1 points: mean 0.133333, sd 0.057735, half 4.302653 * 0.057735 / sqrt(3) = 0.143422
+    # nkd - kd: -0.5, -0.4, -0.3: mean -0.4, sd 0.1, half 0.248414
+    # test acc, dist: 99.1333 ± 4.302653 * 0.11547 / sqrt(3) = 0.286843; kd: 99.00 ± 0.248414; nkd: 98.60 ± 0.248414
+    lines = report.text.splitlines()
+    first = lines.index("| rank | setting | test acc % | minus `distill=kd` (points, 95% CI) | n | verdict |")
+    assert lines[first + 2 : first + 5] == [
+        "| 1 | distill=dist | 99.13 ± 0.29 | +0.13 [-0.01, +0.28] | 3 | no detectable difference |",
+        "| 2 | distill=nkd | 98.60 ± 0.25 | -0.40 [-0.65, -0.15] | 3 | distill=kd better |",
+        "| - | distill=kd (reference) | 99.00 ± 0.25 | 0 | 3 | |",
+    ]
+
+
+def test_a_ranking_refuses_a_reference_that_is_no_row_and_a_row_without_its_seeds(zoo_sweep, tmp_path):
+    with pytest.raises(ComparisonError, match="matches 0 rows"):
+        write_report(zoo_sweep, rank_against="distill=dkd")
+    overrides = [*COMMON, "distill=pkt", "seed=7"]
+    record = distill_record(overrides, 7, 0.99, 0.99, 0.1)
+    record.swept = ["distill", "seed"]
+    write_job(zoo_sweep / "9", overrides, record)
+    with pytest.raises(ComparisonError, match=r"distill=pkt shares no seed with `distill=kd` \(seeds 0, 1, 2\)"):
+        write_report(zoo_sweep, rank_against="distill=kd")
+    assert not (zoo_sweep / "report.md").exists()

@@ -55,12 +55,14 @@ def write_report(
     out_dir: str | Path | None = None,
     compare_settings: list[tuple[str, str]] | None = None,
     against: list[str | Path] | None = None,
+    rank_against: str | None = None,
 ) -> Report:
     """Read the sweep, write report.md and the PNGs into `out_dir` (default: the sweep folder).
 
     Every distilled row is paired seed by seed with its scratch baseline; `compare_settings` adds pairs of
     rows by setting ("distill.temperature=4", "distill.temperature=8"), `against` pairs each row with its
-    counterpart in other sweep folders. Jobs that diverged, failed, were interrupted or never finished are
+    counterpart in other sweep folders; `rank_against` ("distill=kd") ranks every row by its paired difference
+    to that row (a method table). Jobs that diverged, failed, were interrupted or never finished are
     listed, not averaged. A folder with no run record is a FileNotFoundError, a comparison that names no
     single row a ComparisonError: both raised before anything is written.
     """
@@ -73,6 +75,11 @@ def write_report(
     comparisons += [compare.between_settings(sweep, a, b) for a, b in compare_settings or []]
     for other in against or []:
         comparisons += compare.against_sweep(sweep, read_sweep(other), f"`{other}`")
+    ranking = []
+    if rank_against:
+        ranked = compare.ranked_against(sweep, rank_against)
+        reference = compare.seed_accs(compare.pick_row(sweep, rank_against))
+        ranking = markdown.ranking_lines(rank_against, ranked, reference)
     out = Path(out_dir) if out_dir is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     skipped = plots.unavailable()
@@ -80,7 +87,7 @@ def write_report(
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=110)
     table = markdown.markdown_table(sweep, scratch)
-    lines = markdown.document(sweep_dir, sweep, refs, table, skipped, comparisons)
+    lines = markdown.document(sweep_dir, sweep, refs, table, skipped, comparisons, ranking)
     images = [f"![{name}]({name}.png)" for name in figures]
     (out / REPORT_FILE).write_text("\n".join([*lines, *(["", *images] if images else []), ""]))
     files = [out / REPORT_FILE, *(out / f"{name}.png" for name in figures)]

@@ -1,5 +1,6 @@
 """Which rows are compared seed by seed: each distilled row with its scratch baseline, two settings a user
-names (`--compare`), and each row with its counterpart in another sweep (`--against`).
+names (`--compare`), every row with one reference row, ranked (`--rank-against`, a method table), and each
+row with its counterpart in another sweep (`--against`).
 
 Smoke rows are paired only with smoke rows, and say so: a one-batch run tells nothing about a full one.
 A setting that names no row, or more than one, is refused with the rows there are, before anything is written.
@@ -82,7 +83,7 @@ def _matches(row: Row, wanted: dict[str, object]) -> bool:
     return all(key in row.setting and same(key, value) for key, value in wanted.items())
 
 
-def _pick(sweep: Sweep, setting: str, smoke: bool | None = None) -> Row:
+def pick_row(sweep: Sweep, setting: str, smoke: bool | None = None) -> Row:
     """The one row of `setting` ("key=value key=value", the swept keys' values as typed)."""
     _, _, wanted = parse_overrides(setting.split())
     unknown = [key for key in wanted if key not in sweep.keys]
@@ -107,8 +108,8 @@ def _pick(sweep: Sweep, setting: str, smoke: bool | None = None) -> Row:
 
 def between_settings(sweep: Sweep, a: str, b: str) -> Comparison:
     """Row `a` minus row `b` of one sweep, seed by seed (smoke with smoke only)."""
-    row_a = _pick(sweep, a)
-    row_b = _pick(sweep, b, smoke=row_a.smoke)
+    row_a = pick_row(sweep, a)
+    row_b = pick_row(sweep, b, smoke=row_a.smoke)
     found = _compared(a, b, row_a, seed_accs(row_b))
     if found is None:
         raise ComparisonError(
@@ -116,6 +117,28 @@ def between_settings(sweep: Sweep, a: str, b: str) -> Comparison:
             "share no seed, so they cannot be paired: run the missing seeds of one of them."
         )
     return found
+
+
+def ranked_against(sweep: Sweep, reference: str) -> list[Comparison]:
+    """Every other row minus the `reference` row (e.g. "distill=kd"), seed by seed, best first: a method table.
+
+    Rows that share no seed with the reference are refused, naming them: a method left out of a ranking would
+    read as a method that lost.
+    """
+    base = pick_row(sweep, reference)
+    theirs = seed_accs(base)
+    found, unpaired = [], []
+    for row in (r for r in sweep.rows if r.jobs and r is not base and r.smoke == base.smoke):
+        label = row.label(sweep.keys)
+        comparison = _compared(label, reference, row, theirs)
+        found.append(comparison) if comparison else unpaired.append(label)
+    if unpaired:
+        raise ComparisonError(
+            f"{'; '.join(unpaired)} share{'s' if len(unpaired) == 1 else ''} no seed with `{reference}` "
+            f"(seeds {fmt.seeds(list(theirs))}), so the ranking cannot place "
+            f"{'it' if len(unpaired) == 1 else 'them'}: run the same seeds for every row."
+        )
+    return sorted(found, key=lambda c: c.paired.mean, reverse=True)
 
 
 def against_sweep(sweep: Sweep, other: Sweep, other_name: str) -> list[Comparison]:

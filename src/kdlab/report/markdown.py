@@ -15,8 +15,9 @@ from kdlab.record import scored_as
 from kdlab.report import formatting as fmt
 from kdlab.report.aggregate import SEED_KEY, SELECT_METRIC, Sweep
 from kdlab.report.baselines import References
-from kdlab.report.compare import Comparison
+from kdlab.report.compare import Comparison, seed_accs
 from kdlab.report.load import Job, is_number
+from kdlab.report.paired import mean_interval
 
 OPTUNA_FILE = "optimization_results.yaml"  # the best trial, written by kdlab.sweeps.study at the end of a search
 
@@ -140,6 +141,32 @@ def paired_lines(comparisons: list[Comparison]) -> list[str]:
     ]
 
 
+def _mean_interval_percent(accs: dict[str, float]) -> str:
+    mean, half = mean_interval(list(accs.values()))
+    return f"{100 * mean:.2f}" + ("" if half is None else f" ± {100 * half:.2f}")
+
+
+def ranking_lines(reference: str, ranked: list[Comparison], reference_accs: dict[str, float]) -> list[str]:
+    """The method table: every row against `reference`, best paired difference first."""
+    if not ranked:
+        return []
+    head = [
+        f"**Ranked against `{reference}`** (test acc: mean ± half-width of its 95% t-interval over the seeds; "
+        f"paired: the row minus `{reference}` seed by seed, mean and 95% interval, in points):",
+        "",
+        f"| rank | setting | test acc % | minus `{reference}` (points, 95% CI) | n | verdict |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    body = [
+        f"| {rank} | {c.a} | {_mean_interval_percent(seed_accs(c.row))} | {c.paired.points()} | {c.paired.n} "
+        f"| {c.paired.verdict(c.a, reference)} |"
+        for rank, c in enumerate(ranked, 1)
+    ]
+    n = len(reference_accs)
+    tail = f"| - | {reference} (reference) | {_mean_interval_percent(reference_accs)} | 0 | {n} | |"
+    return [*head, *body, tail]
+
+
 def document(
     sweep_dir: Path,
     sweep: Sweep,
@@ -147,6 +174,7 @@ def document(
     table: str,
     plots_skipped: str | None,
     comparisons: list[Comparison] = (),
+    ranking: list[str] = (),
 ) -> list[str]:
     """The report's lines, without images: report.md adds them, scripts/report.py prints these."""
     names = [job.record.name for job in sweep.jobs if job.record is not None and job.record.name]
@@ -167,6 +195,7 @@ def document(
     lines += ["", *problems] if problems else []
     paired = paired_lines(list(comparisons))
     lines += ["", *paired] if paired else []
+    lines += ["", *ranking] if ranking else []
     notes = [note for note in (_smoke_note(sweep), _best_note(sweep)) if note]
     for key, base in refs.baselines.items():
         which = f", seeds {fmt.seeds(base.seeds)}" if base.seeds else ""

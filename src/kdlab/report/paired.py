@@ -89,6 +89,14 @@ class Paired:
         return f"{self.points()} points, n={self.n}: {self.verdict(a, b)}"
 
 
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """The mean of `values` and the half-width of its 95% t-interval (None with fewer than two values)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def pair(a: dict[Any, float], b: dict[Any, float]) -> Paired | None:
     """A's accuracy minus B's, seed by seed, over the seeds both have; None when they share none."""
     shared = [seed for seed in a if seed in b]
