@@ -29,6 +29,8 @@ NEEDS_GPU = {"gpu", "fsdp", "ddp_multinode"}
 def test_every_option_composes_and_builds(group, option, tmp_path, make_cfg, mnist_dir):
     base = "experiment=distill_mlp" if group in ("module", "teacher", "distill", "hparams_search") else None
     base = base or ("experiment=student_scratch_mlp" if group != "experiment" else None)
+    if (group, option) == ("distill", "at"):
+        base = "experiment=distill_cifar10"  # attention maps need a CNN student and teacher (refused on an MLP)
     overrides = [o for o in (base, f"{group}={option}") if o]
     if (group, option) == ("data", "idx"):  # one's own files: the values conf/data/idx.yaml requires
         overrides += [
@@ -75,3 +77,14 @@ def test_ddp_spawn_fast_dev_run_on_cpu(tmp_path, mnist_dir, tiny_cli, run_script
     run_script("train.py", *args, "trainer.accelerator=cpu", "trainer.fast_dev_run=true")
     (record,) = Path(tmp_path / "outputs" / "student_scratch_mlp" / "runs").glob("*/metrics.json")
     assert '"status": "smoke"' in record.read_text()
+
+
+def test_attention_transfer_on_an_mlp_or_maps_of_two_sizes_is_refused_before_any_teacher_trains(make_cfg):
+    # validate_config builds every layer-reading term on a dry pass of the untrained nets (run.validation)
+    validate_config(make_cfg("experiment=distill_cifar10", "distill=at"))  # CNN student and teacher: accepted
+    with pytest.raises(ConfigError, match=r"distill.losses.at: AttentionTransfer .* 4-D feature maps"):
+        validate_config(make_cfg("experiment=distill_cnn_mlp", "+loss@distill.losses.at=at"))  # an MLP student
+    with pytest.raises(ConfigError, match=r"'features.1' is 8x8 and the teacher's 'features.0' 16x16"):
+        validate_config(
+            make_cfg("experiment=distill_cifar10", "distill=at", "distill.losses.at1.teacher_layer=features.0")
+        )

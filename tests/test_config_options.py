@@ -17,13 +17,15 @@ LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 def test_the_option_list_is_complete():
     assert {g for g, _ in OPTIONS} == set(GROUPS)
     assert {"fsdp", "ddp_spawn", "ddp_multinode", "gpu"} <= {o for g, o in OPTIONS if g == "trainer"}
-    assert {"dkd", "fitnets", "dist", "logit_standard_kd", "nkd"} <= {o for g, o in OPTIONS if g == "distill"}
+    assert {"dkd", "fitnets", "dist", "logit_standard_kd", "nkd", "at", "crd"} <= {
+        o for g, o in OPTIONS if g == "distill"
+    }
     assert {"mnist", "fashion_mnist", "kmnist", "idx", "digits", "cifar10", "cifar100"} <= {
         o for g, o in OPTIONS if g == "data"
     }
     assert set(LOSSES) == {
-        "ce", "dist", "dkd", "hint", "kd", "logit_mse", "logit_standard_kd", "nkd", "pkt", "rkd_angle", "rkd_distance",
-        "sp",
+        "at", "ce", "crd", "dist", "dkd", "hint", "kd", "logit_mse", "logit_standard_kd", "nkd", "pkt", "rkd_angle",
+        "rkd_distance", "sp",
     }  # fmt: skip
 
 

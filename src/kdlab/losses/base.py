@@ -94,6 +94,12 @@ class LossTerm(nn.Module, abc.ABC):
         """Called once, before optimisers are created, with features from a dry forward pass of a
         2-sample batch, so terms can create parameters sized to the real layers. Default: no-op."""
 
+    def see_training_split(self, labels: Tensor | None) -> None:
+        """Called when a Trainer sets the system up (before a checkpoint is restored and before optimisers
+        exist), with the training split's labels by position, the rows `inputs.index` points at (their
+        length is the number of training samples: a memory bank's size); None when the datamodule does
+        not say. Default: no-op."""
+
     @abc.abstractmethod
     def forward(self, inputs: LossInputs) -> Tensor:
         """The unweighted scalar term; the caller applies `weight` so it can log both."""

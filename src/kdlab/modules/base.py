@@ -130,6 +130,15 @@ class ClassifierSystem(LightningModule):
 
     _total_steps: int | None = None  # the fit's optimiser steps, set in on_fit_start
 
+    def setup(self, stage: str) -> None:
+        # Lightning calls this before it restores a checkpoint: a term sizes its state (a memory bank) here.
+        if (trainer := self._driving_trainer()) is None:
+            return
+        split = getattr(trainer.datamodule, "data_train", None)  # kdlab's datamodules: a Split, after their setup
+        labels = getattr(split, "y", None)
+        for name in self.active_terms:
+            self.losses[name].see_training_split(labels)
+
     def on_fit_start(self) -> None:
         # Once per fit, not per batch: estimating it outside a fit would load the training data.
         if (trainer := self._driving_trainer()) is not None:

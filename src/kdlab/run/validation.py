@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,7 @@ from kdlab.losses.base import check_term_members
 from kdlab.losses.numerics import check_numerics
 from kdlab.models import build_net
 from kdlab.modules.ensemble import check_combination
+from kdlab.modules.taps import FeatureTap
 from kdlab.run.threads import check_threads
 from kdlab.run.trackers import check_tracker_packages, check_tracking_servers
 from kdlab.sweeps import check_launcher_strategy
@@ -134,6 +136,32 @@ def _validate(cfg: DictConfig) -> None:
             else:
                 role = f"teacher member {term.member}"
                 _check_layers(members[term.member], set(term.teacher_layers), role, f"distill.losses.{name}")
+    _check_builds(active, student, teacher if members is None else None, members, shape)
+
+
+def _check_builds(terms: dict, student: Any, teacher: Any, members: list[Any] | None, shape) -> None:
+    """Each term that reads layers builds on their real outputs (a 2-sample dry pass of the untrained nets, as
+    the distillation module does), so a term that cannot read them (attention transfer on an MLP's flat
+    features) is refused before any teacher trains, not when the module is built after it."""
+    readers = {name: term for name, term in terms.items() if term.student_layers or term.teacher_layers}
+    if not readers:
+        return
+    sources = [teacher] if members is None else members  # a single teacher's terms read it; others their member
+    student_tap = FeatureTap(student, {n for t in readers.values() for n in t.student_layers}, "student")
+    taps = [
+        FeatureTap(net, {n for t in readers.values() if (t.member or 0) == i for n in t.teacher_layers}, "teacher")
+        for i, net in enumerate(sources)
+    ]
+    example = torch.zeros(2, *shape)
+    with torch.no_grad():
+        for net in (student, *sources):
+            net.eval()(example)
+    student_features, teacher_features = student_tap.pop(), [tap.pop() for tap in taps]
+    for name, term in readers.items():
+        try:
+            term.build(student_features, teacher_features[term.member or 0])
+        except ValueError as err:
+            raise ConfigError(f"distill.losses.{name}: {err}") from err
 
 
 MEMBER_KEYS = {"model", "recipe", "seed", "overrides", "ckpt_path"}  # one teacher's keys (conf/teacher/*.yaml)
