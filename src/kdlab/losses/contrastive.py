@@ -32,6 +32,7 @@ NCE_EPS = 1e-7  # ContrastLoss's eps in both log ratios
 # augmentation is stream 1): the banks' initial rows, the training negatives, the held-out negatives.
 BANK_STREAM, NEGATIVES_STREAM, HELD_OUT_STREAM = 21, 22, 23
 CHUNK = 128  # samples scored at once: (CHUNK, nce_k + 1, feat_dim) bank rows per bank, ~1 GB at the defaults
+FULL_SCORING_RATIO = 64  # score the whole bank at once unless it has more than this many rows per gathered row
 
 
 class CRD(LayerTerm):
@@ -237,7 +238,15 @@ class CRD(LayerTerm):
         return torch.where(self.normalisers < 0, batch, self.normalisers)
 
     def scores(self, anchors: Tensor, bank: Tensor, rows: Tensor) -> Tensor:
-        """exp(bank[rows] . anchor / nce_t), [B, nce_k + 1]; the bank rows are constants (no gradient)."""
+        """exp(bank[rows] . anchor / nce_t), [B, nce_k + 1]; the bank rows are constants (no gradient).
+
+        With nce_k + 1 rows per anchor near the bank's size or above (16385 of MNIST's 55000 rows), gathering
+        B x (nce_k + 1) x feat_dim floats (1 GB a step at B = 128) costs far more than scoring every row in one
+        matrix product (B x N scores) and picking each anchor's; the same dot products either way.
+        """
+        if bank.shape[0] <= FULL_SCORING_RATIO * rows.shape[1]:
+            every = anchors @ bank.detach().clone().T  # [B, N]; a copy: the banks move in place after scoring
+            return torch.exp(every.gather(1, rows) / self.nce_t)
         chunks = [
             torch.bmm(bank[r].detach(), a.unsqueeze(2)).squeeze(2)
             for a, r in zip(anchors.split(CHUNK), rows.split(CHUNK), strict=True)
