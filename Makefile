@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXPERIMENT ?= distill_mlp
 ARGS ?=
 
-.PHONY: setup run test test-unit test-fast bench format lint clean
+.PHONY: setup run test test-unit test-fast bench results format lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-fast: setup
 # ~10 min on 2 CPU cores: every row x 3 interleaved repeats, batch 128 and 512, bf16/compile/fused at 128 and 1024.
 bench: setup
 	$(BIN)/python scripts/benchmark.py --json outputs/bench.json $(ARGS)
+
+# Every sweep behind the README's results tables (continued where stopped, cached teachers reused), then the
+# tables: outputs/results/RESULTS.md, and the README's blocks with ARGS="--readme".
+results: setup
+	$(BIN)/python scripts/results.py $(ARGS)
 
 format: setup
 	$(BIN)/ruff format src tests scripts train.py

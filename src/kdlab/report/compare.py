@@ -51,6 +51,11 @@ def seed_accs(row: Row, metric: str = METRIC) -> dict[str, float]:
     return found
 
 
+def pair_rows(a: Row, b: Row) -> Paired | None:
+    """Row a minus row b seed by seed (None when they share no seed)."""
+    return pair(seed_accs(a), seed_accs(b))
+
+
 def _compared(a: str, b: str, row: Row, theirs: dict[str, float]) -> Comparison | None:
     mine = seed_accs(row)
     paired = pair(mine, theirs)

@@ -1,0 +1,208 @@
+"""Regenerate the README's results tables from this code: run their sweeps, then write the tables.
+
+    make results                                  # = python scripts/results.py: every table
+    python scripts/results.py --only zoo --only mlp
+    python scripts/results.py --list              # each table's sweeps, as commands to type
+    python scripts/results.py --tables-only       # no training: the tables from the sweeps already run
+
+Each sweep goes into a fixed folder, `outputs/results/<sweep>/`, run once for every table that shows it,
+so running this again continues a stopped sweep (its finished jobs are not run again) and cached teachers
+are reused. The tables are written to `outputs/results/RESULTS.md`, each with the commands behind it;
+`--readme` also replaces the README's block between `<!-- results:<table> -->` and `<!-- /results:<table> -->`.
+Exits non-zero if a sweep fails or a table's sweeps are incomplete: a table is written only from every job it
+names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlab.config import compose_config
+from kdlab.report import compare, read_sweep
+from kdlab.report.aggregate import Row
+from kdlab.report.markdown import ranking_lines
+from kdlab.report.paired import mean_interval
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = "seed=0,1,2,3,4"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str  # its folder under outputs/results/: one sweep, whichever tables show it
+    label: str  # the table's row
+    overrides: tuple[str, ...]  # after `python train.py -m`
+
+    def command(self) -> str:
+        return "python train.py -m " + " ".join(self.overrides)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    sweeps: tuple[Sweep, ...]
+    reference: str | None = None  # paired comparisons: every other sweep against this one (a sweep's name)
+    rank_against: str | None = None  # a method table: the rows of the one sweep ranked against this setting
+
+
+MLP_SCRATCH = Sweep("mlp_scratch", "student alone", ("experiment=student_scratch_mlp", SEEDS))
+MLP_DISTILL = Sweep("mlp_distill", "student distilled (KD, T=4)", ("experiment=distill_mlp", SEEDS))
+TABLES = (
+    Table(
+        "mlp",
+        "The article's pair on MNIST: teacher MLP 784-512-256-10, student MLP 784-256-128-10",
+        (MLP_SCRATCH, MLP_DISTILL),
+        reference="mlp_scratch",
+    ),
+    Table(
+        "digits",
+        "scikit-learn's digits: teacher CNN, student MLP 64-32-10",
+        (
+            Sweep("digits_scratch", "student alone", ("experiment=student_scratch_digits", SEEDS)),
+            Sweep("digits_distill", "student distilled (KD, T=4)", ("experiment=distill_digits", SEEDS)),
+        ),
+        reference="digits_scratch",
+    ),
+    Table(
+        "zoo",
+        "Which method works best here? Every preset on the MLP pair, 10 epochs each (experiment=zoo_mlp)",
+        (Sweep("zoo_mlp", "zoo", ("experiment=zoo_mlp",)),),
+        rank_against="distill=kd",
+    ),
+    Table(
+        "fast",
+        "Fast presets against the standard recipes (README: Time to a result)",
+        (
+            MLP_SCRATCH,
+            Sweep("mlp_scratch_fast", "student alone, fast", ("experiment=student_scratch_mlp_fast", SEEDS)),
+            MLP_DISTILL,
+            Sweep("mlp_distill_fast", "student distilled, fast", ("experiment=distill_mlp_fast", SEEDS)),
+        ),
+    ),
+)
+
+
+def results_dir() -> Path:
+    return Path(compose_config([]).paths.log_dir) / "results"
+
+
+def sweep_dir(sweep: Sweep) -> Path:
+    return results_dir() / sweep.name
+
+
+def run_sweep(sweep: Sweep) -> int:
+    """Run (or continue) one sweep in its fixed folder; its exit code."""
+    args = [sys.executable, "train.py", "-m", *sweep.overrides, f"hydra.sweep.dir={sweep_dir(sweep)}"]
+    print(" ".join(args[1:]), flush=True)
+    return subprocess.run(args, cwd=REPO).returncode
+
+
+def _accs(row: Row) -> dict[str, float]:
+    return compare.seed_accs(row)
+
+
+def _percent(values: list[float]) -> str:
+    mean, half = mean_interval(values)
+    return f"{100 * mean:.2f}" + ("" if half is None else f" ± {100 * half:.2f}")
+
+
+def _only_row(table: Table, sweep: Sweep) -> Row:
+    rows = [row for row in read_sweep(sweep_dir(sweep)).rows if row.jobs and not row.smoke]
+    if len(rows) != 1 or rows[0].others:
+        raise SystemExit(
+            f"[{table.name}] {sweep_dir(sweep)} has {len(rows)} rows of finished full runs"
+            f"{' and jobs that did not finish' if rows and rows[0].others else ''}; a table is written only from "
+            f"every job it names: run `python scripts/results.py --only {table.name}` to finish them."
+        )
+    return rows[0]
+
+
+def render(table: Table) -> list[str]:
+    """The table's Markdown: each sweep's test accuracy (mean ± 95% interval over its seeds), the teacher's, and
+    each sweep's paired difference to the reference sweep; or, for a method table, the ranking."""
+    lines = [f"### {table.title}", ""]
+    if table.rank_against:
+        folder = sweep_dir(table.sweeps[0])
+        ranked = compare.ranked_against(read_sweep(folder), table.rank_against)
+        reference = _accs(compare.pick_row(read_sweep(folder), table.rank_against))
+        lines += ranking_lines(table.rank_against, ranked, reference)[2:]  # the table, without its preamble
+    else:
+        rows = {sweep.name: _only_row(table, sweep) for sweep in table.sweeps}
+        base = rows.get(table.reference) if table.reference else None
+        reference = next((sweep.label for sweep in table.sweeps if sweep.name == table.reference), "")
+        paired = f" | minus {reference}, paired (points, 95% CI)" if base else ""
+        lines += [f"| run | test acc % (95% CI) | n | teacher test acc % | wall time per run{paired} |"]
+        lines += ["|---|---:|---:|---:|---:|" + ("---:|" if base else "")]
+        for sweep in table.sweeps:
+            row = rows[sweep.name]
+            accs = _accs(row)
+            teacher = row.mean("test/teacher_acc")
+            teacher = "-" if teacher is None else f"{100 * teacher:.2f}"
+            wall = row.wall_time()
+            cell = ""
+            if base is not None:
+                diff = compare.pair_rows(row, base)
+                cell = " | -" if row is base or diff is None else f" | {diff.points()}"
+            lines.append(
+                f"| {sweep.label} | {_percent(list(accs.values()))} | {len(accs)} | {teacher} "
+                f"| {'-' if wall is None else f'{wall:.0f} s'}{cell} |"
+            )
+    lines += ["", "Commands:", "", "```bash", *(s.command() for s in table.sweeps), "```", ""]
+    if table.rank_against:
+        lines[-2:-2] = [f"python scripts/report.py <sweep> --rank-against {table.rank_against}"]
+    return lines
+
+
+def replace_block(text: str, name: str, block: list[str]) -> str:
+    """The README with the lines between `<!-- results:name -->` and `<!-- /results:name -->` replaced."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + "\n".join(block) + "\n" + end + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=[t.name for t in TABLES], help="this table (repeatable)")
+    parser.add_argument("--list", action="store_true", help="print each table's sweeps as commands and stop")
+    parser.add_argument("--tables-only", action="store_true", help="write the tables from sweeps already run")
+    parser.add_argument("--readme", action="store_true", help="also replace the README's results blocks")
+    args = parser.parse_args(argv)
+    tables = [t for t in TABLES if not args.only or t.name in args.only]
+    if args.list:
+        for table in tables:
+            print(f"{table.name}: {table.title}")
+            for sweep in table.sweeps:
+                print(f"  {sweep.command()} hydra.sweep.dir={sweep_dir(sweep)}")
+        return 0
+    if not args.tables_only:
+        for sweep in dict.fromkeys(sweep for table in tables for sweep in table.sweeps):
+            if (code := run_sweep(sweep)) != 0:
+                print(f"error: {sweep.command()} exited {code}; fix it, then run this again (finished jobs are kept).",
+                      file=sys.stderr)  # fmt: skip
+                return code
+    blocks = {table.name: render(table) for table in tables}
+    out = results_dir() / "RESULTS.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(line for block in blocks.values() for line in block))
+    print("\n".join(line for block in blocks.values() for line in block))
+    print(f"wrote {out}")
+    if args.readme:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        for name, block in blocks.items():
+            text = replace_block(text, name, block)
+        readme.write_text(text)
+        print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

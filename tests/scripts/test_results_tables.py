@@ -1,0 +1,78 @@
+"""scripts/results.py: the README's tables from finished sweeps, checked against values computed by hand.
+
+No training: the sweeps are hand-made folders (tests/report/sweep_builders.py) where the script looks for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "report"))
+from sweep_builders import COMMON, distill_record, write_job  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+
+def _results_module():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import results
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return results
+
+
+def _sweep(folder: Path, method: str | None, accs: list[float], swept: list[str]) -> None:
+    for seed, acc in enumerate(accs):
+        overrides = [*COMMON, *([f"distill={method}"] if method else []), f"seed={seed}"]
+        record = distill_record(overrides, seed, acc, acc, 0.1)
+        record.swept = swept
+        write_job(folder / f"{method or 'all'}{seed}", overrides, record)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    module = _results_module()
+    monkeypatch.setattr(module, "results_dir", lambda: tmp_path)
+    return module
+
+
+def test_a_pair_table_gives_each_sweeps_interval_and_its_paired_difference_to_the_reference(results, tmp_path):
+    _sweep(tmp_path / "a_scratch", None, [0.990, 0.991, 0.989], ["seed"])
+    _sweep(tmp_path / "a_distill", None, [0.992, 0.992, 0.990], ["seed"])
+    table = results.Table(
+        "t",
+        "A pair",
+        (results.Sweep("a_scratch", "alone", ("x",)), results.Sweep("a_distill", "distilled", ("y",))),
+        reference="a_scratch",
+    )
+    lines = results.render(table)
+    # distilled - alone: +0.2, +0.1, +0.1 points: mean 0.133333, half 4.302653 * 0.057735 / sqrt(3) = 0.143422
+    # distilled: 99.1333 ± 4.302653 * 0.11547 / sqrt(3) = 0.286843; alone: 99.00 ± 0.248414
+    assert "| alone | 99.00 ± 0.25 | 3 | 98.10 | 11 s | - |" in lines
+    assert "| distilled | 99.13 ± 0.29 | 3 | 98.10 | 11 s | +0.13 [-0.01, +0.28] |" in lines
+    assert "python train.py -m y" in lines
+
+
+def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no_table(results, tmp_path):
+    for method, accs in {"kd": [0.990, 0.991, 0.989], "nkd": [0.985, 0.987, 0.986]}.items():
+        _sweep(tmp_path / "zoo", method, accs, ["distill", "seed"])
+    table = results.Table("z", "Zoo", (results.Sweep("zoo", "zoo", ("experiment=zoo_mlp",)),), rank_against="distill=kd")
+    assert "| 1 | distill=nkd | 98.60 ± 0.25 | -0.40 [-0.65, -0.15] | 3 | distill=kd better |" in results.render(table)
+    write_job(tmp_path / "a_scratch" / "9", [*COMMON, "seed=9"], None)  # a job that never finished
+    _sweep(tmp_path / "a_scratch", None, [0.99], ["seed"])
+    pair = results.Table("t", "T", (results.Sweep("a_scratch", "alone", ("x",)),))
+    with pytest.raises(SystemExit, match="jobs that did not finish"):
+        results.render(pair)
+
+
+def test_the_readme_block_between_its_markers_is_replaced_and_nothing_else(results):
+    text = "head\n<!-- results:zoo -->\nold\n<!-- /results:zoo -->\ntail\n"
+    assert results.replace_block(text, "zoo", ["new", "lines"]) == (
+        "head\n<!-- results:zoo -->\nnew\nlines\n<!-- /results:zoo -->\ntail\n"
+    )
+    assert results.replace_block(text, "mlp", ["x"]) == text  # no markers: untouched
