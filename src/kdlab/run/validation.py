@@ -165,7 +165,7 @@ def _check_builds(terms: dict, student: Any, teacher: Any, members: list[Any] | 
 
 
 MEMBER_KEYS = {"model", "recipe", "seed", "overrides", "ckpt_path"}  # one teacher's keys (conf/teacher/*.yaml)
-ENSEMBLE_KEYS = {"members", "combine", "nets"}  # nets: architectures the members refer to
+ENSEMBLE_KEYS = {"members", "combine", "nets", "feature_layer"}  # nets: architectures the members refer to
 
 
 def _net(config: DictConfig, shape, classes: int, key: str):
