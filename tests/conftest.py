@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import os
 import pickle
@@ -168,6 +169,15 @@ def tiny_data(name: str, dirs: dict[str, Path]) -> list[str]:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def script_module(name: str):
+    """scripts/<name>.py imported as a module (`benchmark`, `results`): its functions, tested without a subprocess."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
 
 
 def _tiny(root: Path, data: Path) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import script_module  # tests/ is on the path: pytest imported its conftest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,12 +23,7 @@ OVERRIDES = [arg for override in TINY_DATA for arg in ("--override", override)]
 
 
 def _benchmark_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import benchmark
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return benchmark
+    return script_module("benchmark")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_synthetic_mnist  # tests/ is on the path: pytest imported its conftest
+from conftest import script_module, write_synthetic_mnist  # tests/ is on the path: pytest imported its conftest
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_RECIPES = ("train_teacher_mlp", "student_scratch_mlp", "distill_mlp")
@@ -22,12 +22,7 @@ TINY_DATA = ("data.verify=false", "data.mirrors=[]", "data.pypi_package=null", "
 
 
 def _benchmark_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import benchmark
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return benchmark
+    return script_module("benchmark")
 
 
 @pytest.mark.unit

@@ -12,18 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "report"))
+from conftest import script_module  # noqa: E402
 from sweep_builders import COMMON, distill_record, write_job  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
 
 def _results_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import results
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return results
+    return script_module("results")
 
 
 def _sweep(folder: Path, method: str | None, accs: list[float], swept: list[str]) -> None:
@@ -61,7 +57,9 @@ def test_a_pair_table_gives_each_sweeps_interval_and_its_paired_difference_to_th
 def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no_table(results, tmp_path):
     for method, accs in {"kd": [0.990, 0.991, 0.989], "nkd": [0.985, 0.987, 0.986]}.items():
         _sweep(tmp_path / "zoo", method, accs, ["distill", "seed"])
-    table = results.Table("z", "Zoo", (results.Sweep("zoo", "zoo", ("experiment=zoo_mlp",)),), rank_against="distill=kd")
+    table = results.Table(
+        "z", "Zoo", (results.Sweep("zoo", "zoo", ("experiment=zoo_mlp",)),), rank_against="distill=kd"
+    )
     assert "| 1 | distill=nkd | 98.60 ± 0.25 | -0.40 [-0.65, -0.15] | 3 | distill=kd better |" in results.render(table)
     write_job(tmp_path / "a_scratch" / "9", [*COMMON, "seed=9"], None)  # a job that never finished
     _sweep(tmp_path / "a_scratch", None, [0.99], ["seed"])
