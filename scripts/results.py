@@ -48,6 +48,8 @@ class Table:
     sweeps: tuple[Sweep, ...]
     reference: str | None = None  # paired comparisons: every other sweep against this one (a sweep's name)
     rank_against: str | None = None  # a method table: the rows of the one sweep ranked against this setting
+    test_images: int | None = None  # counts test errors as well (MNIST: 10,000), to set beside a paper's
+    paper: tuple[str, ...] = ()  # the paper's figure for each sweep, in order
 
 
 MLP_SCRATCH = Sweep("mlp_scratch", "student alone", ("experiment=student_scratch_mlp", SEEDS))
@@ -67,6 +69,18 @@ TABLES = (
             Sweep("digits_distill", "student distilled (KD, T=4)", ("experiment=distill_digits", SEEDS)),
         ),
         reference="digits_scratch",
+    ),
+    Table(
+        "hinton",
+        "Hinton, Vinyals and Dean (2015) on MNIST: teacher MLP 1200-1200 with dropout and jitter (paper: 67 errors), "
+        "student MLP 800-800",
+        (
+            Sweep("hinton_scratch", "student alone", ("experiment=student_scratch_hinton", "seed=0,1,2")),
+            Sweep("hinton_distill", "student distilled, T=20", ("experiment=distill_hinton", "seed=0,1,2")),
+        ),
+        reference="hinton_scratch",
+        test_images=10_000,
+        paper=("146 errors", "74 errors"),
     ),
     Table(
         "zoo",
@@ -136,22 +150,29 @@ def render(table: Table) -> list[str]:
         base = rows.get(table.reference) if table.reference else None
         reference = next((sweep.label for sweep in table.sweeps if sweep.name == table.reference), "")
         paired = f" | minus {reference}, paired (points, 95% CI)" if base else ""
-        lines += [f"| run | test acc % (95% CI) | n | teacher test acc % | wall time per run{paired} |"]
-        lines += ["|---|---:|---:|---:|---:|" + ("---:|" if base else "")]
-        for sweep in table.sweeps:
+        errors = " | test errors (95% CI)" if table.test_images else ""
+        paper = " | paper" if table.paper else ""
+        lines += [f"| run | test acc % (95% CI){errors} | n | teacher test acc % | wall time per run{paired}{paper} |"]
+        lines += ["|---|---:|" + ("---:|" if errors else "") + "---:|---:|---:|" + ("---:|" if base else "")
+                  + ("---:|" if paper else "")]  # fmt: skip
+        for i, sweep in enumerate(table.sweeps):
             row = rows[sweep.name]
             accs = _accs(row)
             teacher = row.mean("test/teacher_acc")
             teacher = "-" if teacher is None else f"{100 * teacher:.2f}"
+            if teacher != "-" and table.test_images:
+                teacher += f" ({round((1 - row.mean('test/teacher_acc')) * table.test_images)} errors)"
             wall = row.wall_time()
-            cell = ""
+            cells = ""
+            if table.test_images:
+                mean, half = mean_interval([(1 - acc) * table.test_images for acc in accs.values()])
+                cells += f" | {mean:.1f}" + ("" if half is None else f" ± {half:.1f}")
+            cells += f" | {len(accs)} | {teacher} | {'-' if wall is None else f'{wall:.0f} s'}"
             if base is not None:
                 diff = compare.pair_rows(row, base)
-                cell = " | -" if row is base or diff is None else f" | {diff.points()}"
-            lines.append(
-                f"| {sweep.label} | {_percent(list(accs.values()))} | {len(accs)} | {teacher} "
-                f"| {'-' if wall is None else f'{wall:.0f} s'}{cell} |"
-            )
+                cells += " | -" if row is base or diff is None else f" | {diff.points()}"
+            cells += f" | {table.paper[i]}" if table.paper else ""
+            lines.append(f"| {sweep.label} | {_percent(list(accs.values()))}{cells} |")
     lines += ["", "Commands:", "", "```bash", *(s.command() for s in table.sweeps), "```", ""]
     if table.rank_against:
         lines[-2:-2] = [f"python scripts/report.py <sweep> --rank-against {table.rank_against}"]

@@ -52,6 +52,9 @@ def test_a_pair_table_gives_each_sweeps_interval_and_its_paired_difference_to_th
     assert "| alone | 99.00 ± 0.25 | 3 | 98.10 | 11 s | - |" in lines
     assert "| distilled | 99.13 ± 0.29 | 3 | 98.10 | 11 s | +0.13 [-0.01, +0.28] |" in lines
     assert "python train.py -m y" in lines
+    # errors of 10,000: alone 100, 90, 110: mean 100, half 4.302653 * 10 / sqrt(3) = 24.84; teacher 98.10% = 190
+    paper = results.Table("p", "P", table.sweeps, reference="a_scratch", test_images=10_000, paper=("146", "74"))
+    assert "| alone | 99.00 ± 0.25 | 100.0 ± 24.8 | 3 | 98.10 (190 errors) | 11 s | - | 146 |" in results.render(paper)
 
 
 def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no_table(results, tmp_path):
