@@ -71,6 +71,17 @@ TABLES = (
         reference="digits_scratch",
     ),
     Table(
+        "flagship",
+        "The flagship pair with elastic distortions: teacher MLP 784-512-256-10, student MLP 784-256-128-10, the "
+        "teacher scoring the student's distorted view",
+        (
+            Sweep("flagship_scratch", "student alone", ("experiment=student_scratch_mlp_elastic", SEEDS)),
+            Sweep("flagship_distill", "student distilled (KD, T=4)", ("experiment=distill_mlp_elastic", SEEDS)),
+        ),
+        reference="flagship_scratch",
+        test_images=10_000,
+    ),
+    Table(
         "hinton",
         "Hinton, Vinyals and Dean (2015) on MNIST: teacher MLP 1200-1200 with dropout and jitter (paper: 67 errors), "
         "student MLP 800-800",
