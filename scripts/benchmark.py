@@ -62,7 +62,7 @@ from omegaconf import DictConfig, open_dict
 from kdlab.checkpoints import load_weights
 from kdlab.config import compose_config
 from kdlab.console import quiet_libraries
-from kdlab.data import normalize, random_flip, random_shift
+from kdlab.data import AffineAugment, normalize, random_affine, random_flip, random_shift
 from kdlab.losses.logits import kd_divergence
 from kdlab.models import build_net
 from kdlab.modules.schedulers import bind_scheduler
@@ -243,6 +243,7 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
     x_val, y_val = dm.data_val.x.to(device), dm.data_val.y.to(device)
     mean, std = dm.static_spec.mean, dm.static_spec.std
     shift, flip = cfg.data.augment_shift, cfg.data.augment_flip
+    affine = AffineAugment.from_config(cfg.data.get("augment_affine"), dm.input_shape[1:], "benchmark")
     net = bench.net(cfg.model).to(device)
     teacher = cached = terms = None
     if family.startswith("distill"):
@@ -268,8 +269,9 @@ def plain_row(bench: Bench, family: str, batch_size: int, validate: bool) -> Tim
                 start, cpu_start = time.perf_counter(), time.process_time()
             index = order[b * batch_size : (b + 1) * batch_size]
             x, y = x_train.index_select(0, index), y_train.index_select(0, index)
-            x, offsets = random_shift(x, shift, generator) if shift else (x, None)  # the datamodule's order:
-            x, flips = random_flip(x, generator) if flip else (x, None)  # shift, flip, normalise
+            x = random_affine(x, affine, generator)[0] if affine else x  # the datamodule's order: distort,
+            x, offsets = random_shift(x, shift, generator) if shift else (x, None)  # shift, flip, normalise
+            x, flips = random_flip(x, generator) if flip else (x, None)
             x = normalize(x, mean, std)
             t_logits = None
             if cached is not None:

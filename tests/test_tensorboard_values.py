@@ -66,3 +66,10 @@ def test_lightnings_bookkeeping_goes_with_the_training_curves_and_images_after_v
     logger.finalize("success")
     scalars = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"]
     assert sorted(scalars) == ["train/epoch", "train/loss", "train/lr-AdamW"]
+
+
+def test_the_affine_ranges_are_shown_beside_the_other_augmentation():
+    hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={rotate:10,scale:[0.9,1.1],shear:5}")
+    assert (hp["data.augment_affine.rotate"], hp["data.augment_affine.shear"]) == (10, 5)
+    assert hp["data.augment_affine.scale"] == "[0.9, 1.1]" and hp["data.augment_shift"] == 2
+    assert not [k for k in hparams("experiment=train_teacher_mlp") if "affine" in k]  # off: nothing to show
