@@ -30,3 +30,12 @@ def test_a_distillation_on_affine_views_trains_with_its_teacher_live(make_cfg, c
     assert caplog.text.count("The teacher runs live in training: data.augment_affine") == 1
     assert objects["module"].teacher_outputs is None
     assert objects["datamodule"].hparams.augment_affine["rotate"] == 10.0
+
+
+def test_elastic_settings_are_checked_and_keep_the_teacher_live(make_cfg):
+    elastic = "data.augment_affine={elastic:{alpha:34,sigma:4}}"
+    with pytest.raises(ConfigError, match=r"augment_affine\.elastic\.sigma=0 must lie in 0\.\.28 pixels"):
+        validate_config(make_cfg("experiment=student_scratch_mlp", "data.augment_affine={elastic:{alpha:34,sigma:0}}"))
+    with pytest.raises(ConfigError, match=r"runtime\.teacher_cache=on .*'elastic': \{'alpha': 34\.0, 'sigma': 4\.0\}"):
+        validate_config(make_cfg("experiment=distill_mlp", elastic, "runtime.teacher_cache=on"))
+    validate_config(make_cfg("experiment=distill_mlp", elastic))  # auto: the teacher runs live

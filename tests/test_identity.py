@@ -86,3 +86,10 @@ def test_affine_ranges_enter_the_run_student_and_teacher_keys_and_null_keeps_old
         teacher_run_config(base, base.teacher), DATA
     )
     assert run_key(teacher_run_config(run, run.teacher), DATA) == run_key(teacher_run_config(base, base.teacher), DATA)
+
+
+def test_elastic_distortions_enter_the_keys_beside_the_affine_ranges():
+    elastic = "data.augment_affine={rotate:10,scale:[0.9,1.1],elastic:{alpha:34,sigma:4}}"
+    assert len({key(), key(AFFINE), key(elastic), key(elastic.replace("sigma:4", "sigma:6"))}) == 4
+    plain, distorted = (compose_config(["experiment=student_scratch_mlp", *extra]) for extra in ((), (elastic,)))
+    assert student_key(plain, DATA) != student_key(distorted, DATA)

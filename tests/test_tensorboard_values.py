@@ -73,3 +73,8 @@ def test_the_affine_ranges_are_shown_beside_the_other_augmentation():
     assert (hp["data.augment_affine.rotate"], hp["data.augment_affine.shear"]) == (10, 5)
     assert hp["data.augment_affine.scale"] == "[0.9, 1.1]" and hp["data.augment_shift"] == 2
     assert not [k for k in hparams("experiment=train_teacher_mlp") if "affine" in k]  # off: nothing to show
+
+
+def test_the_elastic_setting_is_shown_with_the_affine_ranges():
+    hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={elastic:{alpha:34,sigma:4}}")
+    assert (hp["data.augment_affine.elastic.alpha"], hp["data.augment_affine.elastic.sigma"]) == (34, 4)

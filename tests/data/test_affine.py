@@ -86,7 +86,7 @@ def test_scale_zooms_about_the_centre():
 def test_every_channel_gets_its_images_transform():
     gray = noise(4, 1, 32, 32)
     rgb = torch.cat([gray, gray, gray], 1)
-    out, p = random_affine(rgb, AffineAugment(10, (0.9, 1.1), 2, 10), torch.Generator().manual_seed(0))
+    out, p, _ = random_affine(rgb, AffineAugment(10, (0.9, 1.1), 2, 10), torch.Generator().manual_seed(0))
     assert out.shape == (4, 3, 32, 32) and out.dtype == torch.uint8 and p.shape == (4, 5)
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
     assert torch.equal(out[:, :1], warp(gray, p))

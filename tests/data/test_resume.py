@@ -21,7 +21,8 @@ class Recorder(LightningModule):
 
     def training_step(self, batch, batch_idx):
         affine = None if batch.affine is None else batch.affine.tolist()
-        self.seen.append((self.current_epoch, batch_idx, batch.index.tolist(), batch.shift.tolist(), affine))
+        pixels = batch.pixels.sum((1, 2, 3), dtype=torch.int64).tolist()  # each view's fingerprint: elastic's too
+        self.seen.append((self.current_epoch, batch_idx, batch.index.tolist(), batch.shift.tolist(), affine, pixels))
         return torch.nn.functional.cross_entropy(self.net(batch.x.flatten(1)), batch.y)
 
     def validation_step(self, batch, batch_idx):
@@ -104,8 +105,10 @@ def test_the_data_order_is_not_perturbed_by_the_global_rng(fit):
     assert fit(model=Noisy()).seen == quiet  # same batches, same shifts
 
 
-def test_a_resumed_run_draws_the_affine_distortions_it_had_left(fit, tmp_path):
-    affine = {"augment_affine": {"rotate": 10, "scale": [0.9, 1.1], "translate": 1, "shear": 5}}
+@pytest.mark.parametrize("elastic", [None, {"alpha": 34, "sigma": 4}], ids=["affine", "affine+elastic"])
+def test_a_resumed_run_draws_the_affine_distortions_it_had_left(fit, tmp_path, elastic):
+    ranges = {"rotate": 10, "scale": [0.9, 1.1], "translate": 1, "shear": 5}
+    affine = {"augment_affine": ranges if elastic is None else {**ranges, "elastic": elastic}}
     torch.manual_seed(3)
     full = fit(**affine).seen
     assert full[0][4] is not None and len(full) == 3 * BATCHES_PER_EPOCH

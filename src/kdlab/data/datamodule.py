@@ -47,8 +47,9 @@ class ImageDataModule(LightningDataModule):
             border this is the padded random crop of CIFAR recipes.
         augment_flip: mirror training images left-right with probability 1/2.
         augment_affine: continuous random distortions of training images (kdlab.data.affine.AffineAugment:
-            rotate, scale, translate, shear), or None. Applied first, then the shift, then the flip: each
-            image is distorted about its own centre before it is moved and mirrored, all on uint8 pixels.
+            rotate, scale, translate, shear, elastic: {alpha, sigma}), or None. Applied first, then the shift, then
+            the flip: each image is distorted about its own centre before it is moved and mirrored, all on uint8
+            pixels.
         seed: seed of the training order and the augmentation draws; None takes
             ``torch.initial_seed()`` at setup (which ``seed_everything`` sets). These streams never
             touch the global RNG, so dropout and the like cannot change which batches a run sees.
@@ -290,7 +291,7 @@ class ImageDataModule(LightningDataModule):
         affine = shift = flip = None
         # One order, one stream: distortion, shift, flip, each drawing from the generator in turn.
         if training and self.augment_affine is not None:
-            x, affine = random_affine(x, self.augment_affine, self._augment_generator(x.device))
+            x, affine, _ = random_affine(x, self.augment_affine, self._augment_generator(x.device))
         if training and self.hparams.augment_shift > 0:
             x, shift = random_shift(x, self.hparams.augment_shift, self._augment_generator(x.device))
         if training and self.hparams.augment_flip:
