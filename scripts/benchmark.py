@@ -103,7 +103,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdlab.checkpoints import load_weights
 from kdlab.config import CONFIG_DIR, compose_config
 from kdlab.console import quiet_libraries
-from kdlab.data import normalize, random_flip, random_shift
+from kdlab.data import AffineAugment, normalize, random_affine, random_flip, random_shift
 from kdlab.losses.logits import kd_divergence
 from kdlab.models import build_net
 from kdlab.modules.schedulers import bind_scheduler
@@ -297,6 +297,7 @@ class PlainLoop:
     eval_batch_size: int
     shift: int
     flip: bool
+    affine: Any  # the recipe's AffineAugment (kdlab.data.affine), or None
     mean: Any
     std: Any
     generator: torch.Generator  # the augmentation's
@@ -321,9 +322,10 @@ def plain_loop(
     steps = steps or -(-len(y_train) // batch_size)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     scheduler = bind_scheduler(instantiate(cfg.scheduler), optimizer, steps * epochs) if cfg.scheduler else None
+    affine = AffineAugment.from_config(cfg.data.get("augment_affine"), tuple(spec.input_shape[1:]), "benchmark")
     return PlainLoop(net, optimizer, scheduler, teacher, cached, terms, x_train, y_train, steps, batch_size,
-                     int(dm.hparams.eval_batch_size), cfg.data.augment_shift, cfg.data.augment_flip, spec.mean,
-                     spec.std, torch.Generator(device=device).manual_seed(0))  # fmt: skip
+                     int(dm.hparams.eval_batch_size), cfg.data.augment_shift, cfg.data.augment_flip, affine,
+                     spec.mean, spec.std, torch.Generator(device=device).manual_seed(0))  # fmt: skip
 
 
 def plain_epoch(loop: PlainLoop, before_step: Callable[[int], None] | None = None) -> None:
@@ -336,8 +338,9 @@ def plain_epoch(loop: PlainLoop, before_step: Callable[[int], None] | None = Non
         if before_step is not None:
             before_step(len(index))
         x, y = loop.x_train.index_select(0, index), loop.y_train.index_select(0, index)
-        x, offsets = random_shift(x, loop.shift, loop.generator) if loop.shift else (x, None)  # the datamodule's
-        x, flips = random_flip(x, loop.generator) if loop.flip else (x, None)  # order: shift, flip, normalise
+        x = random_affine(x, loop.affine, loop.generator)[0] if loop.affine else x  # the datamodule's order:
+        x, offsets = random_shift(x, loop.shift, loop.generator) if loop.shift else (x, None)  # distort, shift,
+        x, flips = random_flip(x, loop.generator) if loop.flip else (x, None)  # flip, normalise
         x = normalize(x, loop.mean, loop.std)
         t_logits = None
         if loop.cached is not None:

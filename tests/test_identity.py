@@ -10,6 +10,7 @@ import pytest
 import kdlab.identity
 from kdlab.config import compose_config
 from kdlab.identity import IGNORED_KEYS, config_identity, differences, run_key, student_key
+from kdlab.teachers import teacher_run_config
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +64,32 @@ def test_distillation_and_scratch_runs_of_one_student_share_a_student_key():
 def test_differences_name_the_dotted_keys():
     found = differences({"trainer": {"max_epochs": 30, "devices": 1}}, {"trainer": {"max_epochs": 40, "devices": 1}})
     assert found == ["trainer.max_epochs: 30 -> 40"]
+
+
+AFFINE = "data.augment_affine={rotate:10,scale:[0.9,1.1]}"
+PATHS = ("paths.root_dir=/r", "paths.output_dir=/o")  # what teacher_run_config copies from the run
+
+
+def test_affine_ranges_enter_the_run_student_and_teacher_keys_and_null_keeps_older_keys():
+    """On, they change every key that can change a result; off (null), every key is what it was before they existed."""
+    assert "augment_affine" not in config_identity(compose_config(["experiment=distill_mlp"]))["data"]
+    assert key(AFFINE) != key() and key(AFFINE) != key("data.augment_affine={rotate:12,scale:[0.9,1.1]}")
+    plain, distorted = (compose_config(["experiment=student_scratch_mlp", *extra]) for extra in ((), (AFFINE,)))
+    assert student_key(plain, DATA) != student_key(distorted, DATA)  # a baseline with other augmentation never pairs
+    # A teacher trains on its recipe's augmentation, not the student run's, and its cache key says which
+    run = compose_config(["experiment=distill_mlp", AFFINE, *PATHS])
+    assert teacher_run_config(run, run.teacher).data.augment_affine is None  # train_teacher_mlp's: null
+    recipe = compose_config(["experiment=distill_mlp", f'teacher.overrides=["{AFFINE}"]', *PATHS])
+    assert dict(teacher_run_config(recipe, recipe.teacher).data.augment_affine) == {"rotate": 10, "scale": [0.9, 1.1]}
+    base = compose_config(["experiment=distill_mlp", *PATHS])
+    assert run_key(teacher_run_config(recipe, recipe.teacher), DATA) != run_key(
+        teacher_run_config(base, base.teacher), DATA
+    )
+    assert run_key(teacher_run_config(run, run.teacher), DATA) == run_key(teacher_run_config(base, base.teacher), DATA)
+
+
+def test_elastic_distortions_enter_the_keys_beside_the_affine_ranges():
+    elastic = "data.augment_affine={rotate:10,scale:[0.9,1.1],elastic:{alpha:34,sigma:4}}"
+    assert len({key(), key(AFFINE), key(elastic), key(elastic.replace("sigma:4", "sigma:6"))}) == 4
+    plain, distorted = (compose_config(["experiment=student_scratch_mlp", *extra]) for extra in ((), (elastic,)))
+    assert student_key(plain, DATA) != student_key(distorted, DATA)

@@ -37,6 +37,7 @@ def test_where_and_how_a_run_is_shown_does_not_change_its_key(override):
         "data.augment_shift=1",
         "data.val_size=1000",
         "data.augment_flip=true",
+        "data.augment_affine={rotate:10}",
         "data.mean=[0.5]",  # another normalisation of the same files
         "data=fashion_mnist",  # another dataset (even were its files' digests the same)
         "scheduler=cosine",

@@ -387,3 +387,30 @@ def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
     _, module, *_ = setup(losses={**KD, "hint": HINT})
     with pytest.raises(ValueError, match="read teacher features"):
         module.use_teacher_outputs(TeacherOutputs(torch.zeros(2, 25, 10), 2, False))
+
+
+AFFINE = {"augment_affine": {"rotate": 10, "scale": [0.9, 1.1]}}
+
+
+def test_affine_views_keep_the_teacher_live_under_auto_and_refuse_on(setup, caplog):
+    """Continuous distortions have no finite set of views to cache: auto says so once and runs the teacher live."""
+    caplog.set_level(logging.INFO, logger="kdlab.teachers")
+    cfg, module, dm, refs, teacher_dir = setup(data_kw=AFFINE)
+    assert provide_teacher_outputs(cfg, module, dm, refs, teacher_dir) == {
+        "used": False,
+        "reason": "data.augment_affine draws continuous views, which no cache can enumerate: the teacher scores "
+        "each training batch's own augmented pixels",
+    }
+    assert module.teacher_outputs is None and not list(Path(teacher_dir).glob("**/*.safetensors"))
+    assert caplog.text.count("The teacher runs live in training: data.augment_affine draws continuous views") == 1
+    with pytest.raises(ValueError, match=r"runtime.teacher_cache=on .* data.augment_affine=\{'rotate': 10.0"):
+        provide_teacher_outputs(*setup(data_kw=AFFINE, cache="on"))
+    assert provide_teacher_outputs(*setup(data_kw=AFFINE, cache="off"))["reason"] == "runtime.teacher_cache=off"
+
+
+def test_a_cached_entry_never_answers_an_affine_batch(setup):
+    cfg, module, dm, refs, teacher_dir = setup()
+    provide_teacher_outputs(cfg, module, dm, refs, teacher_dir)  # an entry of the shift views, in use
+    distorted = setup(data_kw=AFFINE)[2]
+    with pytest.raises(TeacherOutputsError, match="distorted by data.augment_affine"):
+        module.known_teacher_logits(first_batch(distorted), "train")

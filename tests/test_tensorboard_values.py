@@ -66,3 +66,15 @@ def test_lightnings_bookkeeping_goes_with_the_training_curves_and_images_after_v
     logger.finalize("success")
     scalars = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"]
     assert sorted(scalars) == ["train/epoch", "train/loss", "train/lr-AdamW"]
+
+
+def test_the_affine_ranges_are_shown_beside_the_other_augmentation():
+    hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={rotate:10,scale:[0.9,1.1],shear:5}")
+    assert (hp["data.augment_affine.rotate"], hp["data.augment_affine.shear"]) == (10, 5)
+    assert hp["data.augment_affine.scale"] == "[0.9, 1.1]" and hp["data.augment_shift"] == 2
+    assert not [k for k in hparams("experiment=train_teacher_mlp") if "affine" in k]  # off: nothing to show
+
+
+def test_the_elastic_setting_is_shown_with_the_affine_ranges():
+    hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={elastic:{alpha:34,sigma:4}}")
+    assert (hp["data.augment_affine.elastic.alpha"], hp["data.augment_affine.elastic.sigma"]) == (34, 4)

@@ -58,6 +58,10 @@ IGNORED_KEYS = (
     "callbacks.last_checkpoint",  # last.ckpt for resuming: which epoch is *selected* is model_checkpoint's
 )
 
+# Keys added after results were cached, whose null (off) is exactly what the code did before they existed: left out
+# while null, so every key of an older run (a cached teacher, a baseline) still matches; any other value counts.
+ABSENT_WHEN_NULL = ("data.augment_affine",)
+
 # Keys that distinguish a distillation run from the same student trained from scratch.
 DISTILLATION_KEYS = ("module", "teacher", "distill")
 
@@ -84,13 +88,20 @@ def config_identity(cfg: DictConfig, drop: Iterable[str] = ()) -> dict[str, Any]
     loudly, which is what a location leaking into a recipe deserves.
     """
     cfg = copy.deepcopy(cfg)
+    off = [key for key in ABSENT_WHEN_NULL if _is_null(cfg, key)]
     with open_dict(cfg):
-        for dotted in [key for pattern in (*IGNORED_KEYS, *drop) for key in _expand(cfg, pattern)]:
+        for dotted in [key for pattern in (*IGNORED_KEYS, *drop, *off) for key in _expand(cfg, pattern)]:
             parent_key, _, leaf = dotted.rpartition(".")
             parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
             if isinstance(parent, DictConfig) and leaf in parent:
                 del parent[leaf]
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _is_null(cfg: DictConfig, dotted: str) -> bool:
+    parent_key, _, leaf = dotted.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    return isinstance(parent, DictConfig) and leaf in parent and parent[leaf] is None
 
 
 def _expand(cfg: DictConfig, dotted: str) -> list[str]:

@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from kdlab.config import compose_config
-from kdlab.data import Batch, DataSpec, IDXDataModule, ShuffledBatches, md5_uncompressed, normalize, shift_images
+from kdlab.data import (
+    Batch,
+    DataSpec,
+    IDXDataModule,
+    ShuffledBatches,
+    affine_theta,
+    md5_uncompressed,
+    normalize,
+    shift_images,
+    warp_images,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -147,6 +157,66 @@ def test_flips_are_recorded_and_pixels_are_the_augmented_bytes(mnist_dir, make_d
     assert evaluation.flip is None and evaluation.pixels is x
 
 
+AFFINE = {"rotate": 12, "scale": [0.9, 1.1], "translate": 1.5, "shear": 8}
+
+
+def test_affine_distortion_comes_first_then_the_shift_then_the_flip(mnist_dir, make_dm):
+    dm = make_dm(mnist_dir, augment_affine=AFFINE, augment_shift=2, augment_flip=True, seed=5)
+    dm.setup()
+    x = dm.data_train.x[:128]
+    out = dm.preprocess_batch((x, dm.data_train.y[:128], torch.arange(128)), training=True)
+    assert out.affine.shape == (128, 5) and out.affine.dtype == torch.float32
+    assert out.affine[:, 0].abs().max() <= 12 and out.affine[:, 0].abs().max() > 6  # drawn per image
+    distorted = warp_images(x, affine_theta(out.affine, 28, 28))
+    shifted = shift_images(distorted, out.shift)
+    expected = torch.where(out.flip[:, None, None, None], shifted.flip(-1), shifted)
+    assert torch.equal(out.pixels, expected) and out.pixels.dtype == torch.uint8  # bytes, as normalize expects
+    assert torch.equal(out.x, normalize(out.pixels, MEAN, STD))
+    again = make_dm(mnist_dir, augment_affine=AFFINE, augment_shift=2, augment_flip=True, seed=5)
+    again.setup()
+    repeat = again.preprocess_batch((x, dm.data_train.y[:128], torch.arange(128)), training=True)
+    assert torch.equal(repeat.pixels, out.pixels) and torch.equal(repeat.affine, out.affine)  # seeded
+    evaluation = dm.preprocess_batch((x, dm.data_train.y[:128], torch.arange(128)), training=False)
+    assert evaluation.affine is None and evaluation.pixels is x  # validation and test see the images as they are
+
+
+def test_affine_ranges_are_kept_as_plain_data_and_identity_ranges_are_off(mnist_dir, make_dm):
+    dm = make_dm(mnist_dir, augment_affine={"rotate": 10})
+    assert dm.hparams.augment_affine == {"rotate": 10.0, "scale": [1.0, 1.0], "translate": 0.0, "shear": 0.0}
+    assert dm.augmented
+    off = make_dm(mnist_dir, augment_affine={"rotate": 0, "shear": 0})
+    assert off.augment_affine is None and off.hparams.augment_affine is None and not off.augmented
+
+
+def test_the_hydra_override_sets_the_ranges(tmp_path):
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "data.augment_affine={rotate:10,scale:[0.9,1.1]}"])
+    assert compose_config([f"paths.root_dir={tmp_path}"]).data.augment_affine is None  # off by default
+    assert dict(cfg.data.augment_affine) == {"rotate": 10, "scale": [0.9, 1.1]}
+
+
+def _affines(dm, batches):
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
+    batch = (dm.data_train.x[:64], dm.data_train.y[:64], torch.arange(64))
+    return [dm.preprocess_batch(batch, training=True) for _ in range(batches)]
+
+
+def test_state_dict_continues_the_affine_stream(mnist_dir, make_dm):
+    dm = make_dm(mnist_dir, augment_affine=AFFINE, seed=4)  # affine alone: its draws are what is saved
+    dm.setup()
+    _affines(dm, batches=3)
+    state = dm.state_dict()
+    assert list(state["augment_rng"]["states"]) == [0]
+    expected = _affines(dm, batches=2)
+    resumed = make_dm(mnist_dir, augment_affine=AFFINE, seed=4)
+    resumed.setup()
+    resumed.load_state_dict(state)
+    for got, want in zip(_affines(resumed, batches=2), expected, strict=True):
+        assert torch.equal(got.affine, want.affine) and torch.equal(got.pixels, want.pixels)
+    fresh = make_dm(mnist_dir, augment_affine=AFFINE, seed=4)
+    fresh.setup()
+    assert not torch.equal(_affines(fresh, batches=1)[0].affine, expected[0].affine)  # the stream moved on
+
+
 def _shifts(dm, rank, batches=3, world_size=2):
     dm.trainer = SimpleNamespace(training=True, global_rank=rank, world_size=world_size)
     batch = (dm.data_train.x[:64], dm.data_train.y[:64], torch.arange(64))
@@ -220,6 +290,8 @@ def test_exclude_classes_empties_them_from_training_only(mnist_dir, make_dm, dm)
         (dict(eval_batch_size=2.5), "eval_batch_size must be an integer"),
         (dict(augment_shift=-1), "augment_shift must be an integer >= 0"),
         (dict(augment_shift=28), "out of view"),
+        (dict(augment_affine={"rotate": -10}), r"IDXDataModule: augment_affine\.rotate=-10 must lie in 0\.\.180"),
+        (dict(augment_affine={"scale": [1.1, 0.9]}), r"scale=\[1\.1, 0\.9\] must be \[low, high\]"),
         (dict(seed=-1), "seed must be an integer >= 0"),
         (dict(seed=1.5), "seed must be an integer"),
         (dict(exclude_classes=[10]), r"exclude_classes must list labels 0\.\.9"),

@@ -20,7 +20,9 @@ class Recorder(LightningModule):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((self.current_epoch, batch_idx, batch.index.tolist(), batch.shift.tolist()))
+        affine = None if batch.affine is None else batch.affine.tolist()
+        pixels = batch.pixels.sum((1, 2, 3), dtype=torch.int64).tolist()  # each view's fingerprint: elastic's too
+        self.seen.append((self.current_epoch, batch_idx, batch.index.tolist(), batch.shift.tolist(), affine, pixels))
         return torch.nn.functional.cross_entropy(self.net(batch.x.flatten(1)), batch.y)
 
     def validation_step(self, batch, batch_idx):
@@ -51,8 +53,8 @@ def fit(mnist_dir, make_dm):
     return functools.partial(_fit, make_dm, mnist_dir)
 
 
-def _fit(make_dm, mnist_dir, callbacks=(), ckpt_path=None, model=None) -> Recorder:
-    dm = make_dm(mnist_dir, val_size=200, batch_size=64, augment_shift=2)  # seed=None: torch.initial_seed()
+def _fit(make_dm, mnist_dir, callbacks=(), ckpt_path=None, model=None, **data) -> Recorder:
+    dm = make_dm(mnist_dir, val_size=200, batch_size=64, augment_shift=2, **data)  # seed=None: torch.initial_seed()
     model = model or Recorder()
     trainer = Trainer(
         max_epochs=3,
@@ -101,3 +103,18 @@ def test_the_data_order_is_not_perturbed_by_the_global_rng(fit):
     quiet = fit().seen
     torch.manual_seed(5)
     assert fit(model=Noisy()).seen == quiet  # same batches, same shifts
+
+
+@pytest.mark.parametrize("elastic", [None, {"alpha": 34, "sigma": 4}], ids=["affine", "affine+elastic"])
+def test_a_resumed_run_draws_the_affine_distortions_it_had_left(fit, tmp_path, elastic):
+    ranges = {"rotate": 10, "scale": [0.9, 1.1], "translate": 1, "shear": 5}
+    affine = {"augment_affine": ranges if elastic is None else {**ranges, "elastic": elastic}}
+    torch.manual_seed(3)
+    full = fit(**affine).seen
+    assert full[0][4] is not None and len(full) == 3 * BATCHES_PER_EPOCH
+    torch.manual_seed(3)
+    ckpt = tmp_path / "mid.ckpt"
+    before = fit([CheckpointThenCrash(ckpt, 1, 3)], **affine).seen
+    torch.manual_seed(4)
+    after = fit(ckpt_path=ckpt, **affine).seen
+    assert before + after == full  # the same images, shifts and distortions, bit for bit

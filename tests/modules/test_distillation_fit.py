@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from test_distillation import ADAM, MNIST_SIZES, make_module, write_teacher
 
 from kdlab.checkpoints import load_weights
+from kdlab.data import affine_theta, normalize, shift_images, warp_images
 from kdlab.models import MLP
 from kdlab.modules import DistillationModule, TeacherModule
 
@@ -72,3 +73,36 @@ def test_checkpoint_leaves_teacher_out_and_reloads(tmp_path, mnist_dm):
     assert sorted(reloaded.state_dict()) == sorted(module.state_dict())
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+class RecordViews(L.Callback):
+    """What each training step hands the student (the batch) and what its teacher reads (a forward hook)."""
+
+    def __init__(self):
+        self.batches, self.teacher_inputs = [], []
+
+    def on_fit_start(self, trainer, module):
+        module.teacher.register_forward_hook(lambda net, args, out: self.teacher_inputs.append(args[0].clone()))
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches.append(batch)
+
+
+def test_the_teacher_scores_the_students_exact_affine_view(tmp_path, mnist_dm):
+    """Continuous distortions cannot be cached: the live teacher reads the very pixels the student trains on."""
+    fashion = {"mean": [0.2860], "std": [0.3530]}  # a teacher of its own normalisation reads the pixels
+    for norm in (None, fashion):
+        dm = mnist_dm(augment_affine={"rotate": 15, "scale": [0.9, 1.1], "translate": 1.5, "shear": 10},
+                      augment_shift=1, seed=0)  # fmt: skip
+        module = make_module(write_teacher(tmp_path), teacher_norm=norm)
+        views = RecordViews()
+        quiet_trainer(callbacks=[views], limit_train_batches=3, limit_val_batches=0).fit(module, datamodule=dm)
+        assert len(views.batches) == 3 and len(views.teacher_inputs) == 3
+        for batch, seen in zip(views.batches, views.teacher_inputs, strict=True):
+            raw = dm.data_train.x[batch.index]
+            assert batch.affine is not None and torch.equal(
+                batch.pixels, shift_images(warp_images(raw, affine_theta(batch.affine, 28, 28)), batch.shift)
+            )
+            assert (batch.pixels != shift_images(raw, batch.shift)).flatten(1).any(1).float().mean() > 0.9
+            expected = batch.x if norm is None else normalize(batch.pixels, norm["mean"], norm["std"])
+            assert torch.equal(seen, expected)

@@ -19,3 +19,7 @@ class Batch(NamedTuple):
     shift: Tensor | None  # int64 [B, 2] (dy, dx) each image was shifted by; None when not augmented
     flip: Tensor | None  # bool [B] whether each image was mirrored; None when flips are off
     pixels: Tensor  # uint8 [B, C, H, W], augmented, before normalisation: a teacher with its own spec starts here
+    # float32 [B, 5] (angle, scale, shear, dy, dx) of each image's affine distortion (kdlab.data.affine); None when
+    # off (elastic displacements come on top of it: kdlab.data.affine.random_affine). Continuous: no cached teacher
+    # output exists for such a view, only the live teacher scores it.
+    affine: Tensor | None = None

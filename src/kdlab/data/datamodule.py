@@ -3,14 +3,14 @@
 A dataset's own module only reads its files (`read_splits`) and fetches them (`prepare_data`); this
 base does the rest the same way for all: a seeded validation split carved out of the training set,
 ``ShuffledBatches`` that cut each batch with one indexing op in an order a resumed run replays, and
-augmentation (random shifts, i.e. padded crops, and flips) plus normalisation on the device in
-``on_after_batch_transfer``, which hands every step a ``Batch``.
+augmentation (continuous affine distortions, random shifts, i.e. padded crops, and flips, in that order)
+plus normalisation on the device in ``on_after_batch_transfer``, which hands every step a ``Batch``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
+from kdlab.data.affine import AffineAugment, random_affine
 from kdlab.data.batch import Batch
 from kdlab.data.batches import AUGMENT_STREAM, ShuffledBatches, derive_seed
 from kdlab.data.spec import DataSpec, RawSplits, Split
@@ -45,6 +46,10 @@ class ImageDataModule(LightningDataModule):
         augment_shift: max random translation in pixels of training images (0 = none); with a zero
             border this is the padded random crop of CIFAR recipes.
         augment_flip: mirror training images left-right with probability 1/2.
+        augment_affine: continuous random distortions of training images (kdlab.data.affine.AffineAugment:
+            rotate, scale, translate, shear, elastic: {alpha, sigma}), or None. Applied first, then the shift, then
+            the flip: each image is distorted about its own centre before it is moved and mirrored, all on uint8
+            pixels.
         seed: seed of the training order and the augmentation draws; None takes
             ``torch.initial_seed()`` at setup (which ``seed_everything`` sets). These streams never
             touch the global RNG, so dropout and the like cannot change which batches a run sees.
@@ -65,6 +70,7 @@ class ImageDataModule(LightningDataModule):
         split_seed: int = 0,
         augment_shift: int = 0,
         augment_flip: bool = False,
+        augment_affine: Mapping[str, Any] | None = None,
         seed: int | None = None,
         exclude_classes: Sequence[int] = (),
         **dataset: Any,
@@ -82,6 +88,7 @@ class ImageDataModule(LightningDataModule):
                 f"{owner}: augment_shift={augment_shift} would shift whole {spec.input_shape[1]}x"
                 f"{spec.input_shape[2]} images out of view; use a few pixels (2 for MNIST, 4 for CIFAR)"
             )
+        self.augment_affine = AffineAugment.from_config(augment_affine, spec.input_shape[1:], owner)
         n = spec.num_classes
         if isinstance(exclude_classes, str) or not all(
             isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in exclude_classes
@@ -98,7 +105,8 @@ class ImageDataModule(LightningDataModule):
         self.save_hyperparameters(dict(
             name=name, input_shape=list(spec.input_shape), classes=list(spec.classes), mean=list(spec.mean),
             std=list(spec.std), batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-            split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip), seed=seed,
+            split_seed=split_seed, augment_shift=augment_shift, augment_flip=bool(augment_flip),
+            augment_affine=None if self.augment_affine is None else self.augment_affine.to_dict(), seed=seed,
             exclude_classes=list(exclude_classes), **dataset), logger=False)  # fmt: skip
         self.static_spec = spec  # everything but the fingerprint, known before any file is read
         self.exclude_classes = sorted(set(exclude_classes))
@@ -129,7 +137,7 @@ class ImageDataModule(LightningDataModule):
 
     @property
     def augmented(self) -> bool:
-        return self.hparams.augment_shift > 0 or self.hparams.augment_flip
+        return self.hparams.augment_shift > 0 or self.hparams.augment_flip or self.augment_affine is not None
 
     @property
     def seed(self) -> int:
@@ -217,7 +225,7 @@ class ImageDataModule(LightningDataModule):
 
     # -- augmentation stream: one per rank, saved in checkpoints -----------------------------------------
     def _augment_generator(self, device: torch.device) -> torch.Generator:
-        """This rank's generator of shifts and flips, made on the device of the first batch it serves."""
+        """This rank's generator of distortions, shifts and flips, made on the device of the first batch it serves."""
         if self._augment_rng is None:
             rank = self.trainer.global_rank if self.trainer is not None else 0
             generator = torch.Generator(device=device)
@@ -280,12 +288,15 @@ class ImageDataModule(LightningDataModule):
                 "for a whole split pass (split.x, split.y, torch.arange(len(split)))"
             )
         x, y, index = batch
-        shift = flip = None
+        affine = shift = flip = None
+        # One order, one stream: distortion, shift, flip, each drawing from the generator in turn.
+        if training and self.augment_affine is not None:
+            x, affine, _ = random_affine(x, self.augment_affine, self._augment_generator(x.device))
         if training and self.hparams.augment_shift > 0:
             x, shift = random_shift(x, self.hparams.augment_shift, self._augment_generator(x.device))
         if training and self.hparams.augment_flip:
             x, flip = random_flip(x, self._augment_generator(x.device))
-        return Batch(normalize(x, self.static_spec.mean, self.static_spec.std), y, index, shift, flip, x)
+        return Batch(normalize(x, self.static_spec.mean, self.static_spec.std), y, index, shift, flip, x, affine)
 
     def on_after_batch_transfer(self, batch: Sequence[Tensor], dataloader_idx: int) -> Batch:
         # Lightning routes this hook to the DataModule when one is attached (trainer.fit(model,

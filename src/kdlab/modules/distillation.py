@@ -149,6 +149,11 @@ class DistillationModule(ClassifierSystem):
         """The cached logits [B, C] of this training batch, one per teacher net (an ensemble's members in order)."""
         if stage != "train" or self.teacher_outputs is None:
             return None
+        if batch.affine is not None:  # a continuous view: no entry holds its logits
+            raise TeacherOutputsError(
+                "This training batch is distorted by data.augment_affine, whose continuous views no cached teacher "
+                "output holds: the teacher must score it live. Run with runtime.teacher_cache=auto or off."
+            )
         return [entry.lookup(batch.index, batch.shift, batch.flip) for entry in self.teacher_outputs]
 
     def teacher_input(self, batch, i: int = 0) -> torch.Tensor:

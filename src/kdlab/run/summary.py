@@ -118,7 +118,7 @@ def tensorboard_hparams(cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
     c = {k: plain(cfg.get(k)) for k in ("model", "optimizer", "scheduler", "distill", "teacher")}
     hp: dict[str, Any] = {"seed": "null" if cfg.seed is None else cfg.seed, "model": _class_name(c["model"]) or "?"}
     _flat("model", {k: v for k, v in c["model"].items() if k not in ("num_classes", "in_features")}, hp)
-    for key in ("batch_size", "augment_shift", "exclude_classes"):
+    for key in ("batch_size", "augment_shift", "augment_affine", "exclude_classes"):  # augment_affine: its ranges
         if key in cfg.data:
             _flat(f"data.{key}", plain(cfg.data[key]), hp)
     hp["optimizer"] = _class_name(c["optimizer"]) or "?"

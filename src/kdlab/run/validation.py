@@ -28,7 +28,7 @@ from kdlab.modules.taps import FeatureTap
 from kdlab.run.threads import check_threads
 from kdlab.run.trackers import check_tracker_packages, check_tracking_servers
 from kdlab.sweeps import check_launcher_strategy
-from kdlab.teachers.cache import MODES
+from kdlab.teachers.cache import MODES, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def _validate(cfg: DictConfig) -> None:
             "module=distill needs a teacher and loss terms: add e.g. teacher=mlp_512_256 distill=kd, "
             "or start from experiment=distill_mlp."
         )
+    check_mode(OmegaConf.select(cfg, "runtime.teacher_cache", default="auto"), datamodule)  # on + augment_affine
     terms = build_terms(cfg.distill.losses)
     members = _check_members(cfg, shape, classes) if is_ensemble(cfg) else None
     teacher = _net(cfg.teacher.model, shape, classes, "teacher.model") if members is None else None

@@ -3,6 +3,8 @@
 Used only when the teacher contributes logits alone (no loss term taps a teacher feature) and the run's
 precision has a cached form; `runtime.teacher_cache=auto` builds a missing entry only when the run puts at
 least as many images through the teacher as the build does, `on` always builds, `off` runs the teacher.
+A run with `data.augment_affine` draws continuous views no entry can enumerate: `auto` runs its teacher live,
+`on` is refused.
 Each teacher net (an ensemble's members each) reads its own entry, beside its teacher
 (`<teacher entry>/outputs/<key>.safetensors`, or `<teacher_dir>/outputs-by-sha256/<sha256[:16]>/` for a
 teacher given by path), built once under a lock and checked against the live teacher before use.
@@ -35,8 +37,21 @@ OUTPUTS_DIR = "outputs"  # inside a cached teacher's entry
 BY_SHA_DIR = "outputs-by-sha256"  # under teacher_dir, for teachers given by path
 
 
-def why_live(cfg: DictConfig, module, mode: str, precision: Any) -> str | None:
+def check_mode(mode: str, datamodule) -> None:
+    """Refuse `runtime.teacher_cache=on` where no entry can be exact: continuous affine views."""
+    if mode == "on" and datamodule.augment_affine is not None:
+        raise ValueError(
+            f"runtime.teacher_cache=on asks for cached teacher outputs, but data.augment_affine="
+            f"{datamodule.augment_affine.to_dict()} distorts every training image by a continuous random transform, "
+            "and a cache holds only the finitely many views of shifts and flips: no entry could hold the views this "
+            "run trains on. Use runtime.teacher_cache=auto or off (the teacher then scores each batch's own "
+            "augmented pixels live), or data.augment_affine=null to train on cacheable views."
+        )
+
+
+def why_live(cfg: DictConfig, module, datamodule, mode: str, precision: Any) -> str | None:
     """Why the teacher must run live for this run whatever the cache holds (None: its outputs can be cached)."""
+    check_mode(mode, datamodule)
     if mode == "off":
         return "runtime.teacher_cache=off"
     if not OmegaConf.select(cfg, "train", default=True):
@@ -45,6 +60,11 @@ def why_live(cfg: DictConfig, module, mode: str, precision: Any) -> str | None:
         return f"the loss term(s) {', '.join(feature_terms)} read teacher features, which are not cached"
     if precision not in FULL and str(precision) not in outputs.AUTOCAST:
         return f"trainer.precision={precision} runs the whole teacher in that dtype"
+    if datamodule.augment_affine is not None:
+        return (
+            "data.augment_affine draws continuous views, which no cache can enumerate: the teacher scores each "
+            "training batch's own augmented pixels"
+        )
     return None
 
 
@@ -75,7 +95,7 @@ def provide_teacher_outputs(cfg: DictConfig, module, datamodule, refs: list, tea
     """
     mode = OmegaConf.select(cfg, "runtime.teacher_cache", default="auto")
     precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
-    if (reason := why_live(cfg, module, mode, precision)) is not None:
+    if (reason := why_live(cfg, module, datamodule, mode, precision)) is not None:
         log.info("The teacher runs live in training: %s.", reason)
         return {"used": False, "reason": reason}
     # The build runs on this process's GPU (LOCAL_RANK, as launchers set it) on a GPU run, else on the CPU.

@@ -32,7 +32,15 @@ log = logging.getLogger(__name__)
 # Data keys a teacher's recipe decides (how it trains); every other data key (which dataset, where, its
 # normalisation, the train/val split) is the run's, so a teacher never trains on the images that select
 # the student, and is never trained on another dataset than the one it teaches.
-RECIPE_DATA_KEYS = ("batch_size", "eval_batch_size", "augment_shift", "augment_flip", "exclude_classes", "seed")
+RECIPE_DATA_KEYS = (
+    "batch_size",
+    "eval_batch_size",
+    "augment_shift",
+    "augment_flip",
+    "augment_affine",
+    "exclude_classes",
+    "seed",
+)
 
 
 class TeacherCacheError(RuntimeError):
