@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib
 import io
 import os
 import pickle
@@ -49,6 +48,12 @@ def write_synthetic_mnist(root: Path, n_train: int, n_test: int) -> Path:
         write_idx(root / f"{kind}-images-idx3-ubyte", images)
         write_idx(root / f"{kind}-labels-idx1-ubyte", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist():
+    """`synthetic_mnist(root, n_train, n_test)`: generated MNIST-format files of any size in `root`."""
+    return write_synthetic_mnist
 
 
 @pytest.fixture(scope="session")
@@ -169,15 +174,6 @@ def tiny_data(name: str, dirs: dict[str, Path]) -> list[str]:
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def script_module(name: str):
-    """scripts/<name>.py imported as a module (`benchmark`, `results`): its functions, tested without a subprocess."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
 
 
 def _tiny(root: Path, data: Path) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import script_module  # tests/ is on the path: pytest imported its conftest
+from script_loader import script_module
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import script_module, write_synthetic_mnist  # tests/ is on the path: pytest imported its conftest
+from script_loader import script_module
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_RECIPES = ("train_teacher_mlp", "student_scratch_mlp", "distill_mlp")
@@ -62,9 +62,9 @@ def test_bad_targets_and_missing_presets_are_refused_in_one_paragraph(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_mode_times_every_row_and_each_figure_follows_from_its_curve(tmp_path):
+def test_quick_mode_times_every_row_and_each_figure_follows_from_its_curve(tmp_path, synthetic_mnist):
     (tmp_path / "mnist").mkdir()
-    data = write_synthetic_mnist(tmp_path / "mnist", 4200, 400)  # 4000 training images: one-cycle at batch 512
+    data = synthetic_mnist(tmp_path / "mnist", 4200, 400)  # 4000 training images: one-cycle at batch 512
     out, png = tmp_path / "tta.json", tmp_path / "tta.png"
     plot = ["--plot", str(png)] if _has_matplotlib() else []
     command = [sys.executable, "scripts/benchmark.py", "--time-to-accuracy", "--quick", "--data-dir", str(data),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "report"))
-from conftest import script_module  # noqa: E402
+sys.path.append(str(REPO / "tests" / "report"))  # sweep_builders, when this file runs alone
+from script_loader import script_module  # noqa: E402
 from sweep_builders import COMMON, distill_record, write_job  # noqa: E402
 
 pytestmark = pytest.mark.unit
