@@ -42,6 +42,14 @@ def test_an_interval_clear_of_zero_names_the_better_side():
     assert pair(dict.fromkeys(range(5), 0.9), a).verdict("T=4", "T=8") == "T=8 better"
 
 
+def test_a_bound_clear_of_zero_that_rounds_to_it_keeps_a_third_decimal():
+    # the flagship's seeds: +0.17, +0.01, +0.04, +0.17, +0.09 points: mean 0.096, sd 0.073348, half 0.091073
+    paired = pair(
+        {s: 0.99 + d / 100 for s, d in enumerate([0.17, 0.01, 0.04, 0.17, 0.09])}, dict.fromkeys(range(5), 0.99)
+    )
+    assert paired.describe("distilled", "scratch") == "+0.10 [+0.005, +0.19] points, n=5: distilled better"
+
+
 def test_one_seed_has_no_interval_and_no_shared_seed_no_pair():
     assert pair({0: 0.99}, {0: 0.98}).describe() == "+1.00 points, n=1: one seed, no interval"
     assert pair({0: 0.99}, {1: 0.98}) is None

@@ -79,14 +79,22 @@ class Paired:
         return f"{a} better" if interval[0] > 0 else f"{b} better"
 
     def points(self) -> str:
-        """`+0.10 [-0.04, +0.23]`: the mean difference and its interval, in percentage points."""
+        """`+0.10 [-0.04, +0.23]`: the mean difference and its interval, in percentage points.
+
+        A bound that is not zero but rounds to it gets a third decimal (`[+0.005, +0.19]`): "+0.00" would read
+        as an interval touching 0 when the verdict says it excludes it.
+        """
         interval = self.interval
-        bounds = "" if interval is None else f" [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
+        bounds = "" if interval is None else f" [{_bound(100 * interval[0])}, {_bound(100 * interval[1])}]"
         return f"{100 * self.mean:+.2f}{bounds}"
 
     def describe(self, a: str = "A", b: str = "B") -> str:
         """`+0.10 [-0.04, +0.23] points, n=5: no detectable difference`."""
         return f"{self.points()} points, n={self.n}: {self.verdict(a, b)}"
+
+
+def _bound(points: float) -> str:
+    return f"{points:+.3f}" if points != 0 and round(points, 2) == 0 else f"{points:+.2f}"
 
 
 def mean_interval(values: list[float]) -> tuple[float, float | None]:
