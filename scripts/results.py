@@ -153,6 +153,11 @@ def render(table: Table) -> list[str]:
     lines = [f"### {table.title}", ""]
     if table.rank_against:
         folder = sweep_dir(table.sweeps[0])
+        if unfinished := [job.name for job in read_sweep(folder).problems]:
+            raise SystemExit(
+                f"[{table.name}] {folder} has jobs that did not finish ({', '.join(unfinished)}); a table is written "
+                f"only from every job it names: run `python scripts/results.py --only {table.name}` to finish them."
+            )
         ranked = compare.ranked_against(read_sweep(folder), table.rank_against)
         reference = _accs(compare.pick_row(read_sweep(folder), table.rank_against))
         lines += ranking_lines(table.rank_against, ranked, reference)[2:]  # the table, without its preamble

@@ -166,6 +166,14 @@ def test_a_method_table_ranks_every_row_by_its_paired_difference_to_the_referenc
     ]
 
 
+def test_a_setting_none_of_whose_jobs_finished_is_named_under_the_ranking(zoo_sweep):
+    write_job(zoo_sweep / "9", [*COMMON, "distill=crd", "seed=0"], None)  # started, never wrote its record
+    lines = write_report(zoo_sweep, rank_against="distill=kd").text.splitlines()
+    assert lines[lines.index("| - | distill=kd (reference) | 99.00 ± 0.25 | 0 | 3 | |") + 2] == (
+        "Not ranked, no job finished: distill=crd."
+    )
+
+
 def test_a_ranking_refuses_a_reference_that_is_no_row_and_a_row_without_its_seeds(zoo_sweep, tmp_path):
     with pytest.raises(ComparisonError, match="matches 0 rows"):
         write_report(zoo_sweep, rank_against="distill=dkd")

@@ -64,7 +64,10 @@ def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no
         "z", "Zoo", (results.Sweep("zoo", "zoo", ("experiment=zoo_mlp",)),), rank_against="distill=kd"
     )
     assert "| 1 | distill=nkd | 98.60 ± 0.25 | -0.40 [-0.65, -0.15] | 3 | distill=kd better |" in results.render(table)
-    write_job(tmp_path / "a_scratch" / "9", [*COMMON, "seed=9"], None)  # a job that never finished
+    write_job(tmp_path / "zoo" / "9", [*COMMON, "distill=crd", "seed=0"], None)  # a job that never finished
+    with pytest.raises(SystemExit, match=r"jobs that did not finish \(9\)"):
+        results.render(table)
+    write_job(tmp_path / "a_scratch" / "9", [*COMMON, "seed=9"], None)
     _sweep(tmp_path / "a_scratch", None, [0.99], ["seed"])
     pair = results.Table("t", "T", (results.Sweep("a_scratch", "alone", ("x",)),))
     with pytest.raises(SystemExit, match="jobs that did not finish"):

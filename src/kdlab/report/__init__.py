@@ -79,7 +79,8 @@ def write_report(
     if rank_against:
         ranked = compare.ranked_against(sweep, rank_against)
         reference = compare.seed_accs(compare.pick_row(sweep, rank_against))
-        ranking = markdown.ranking_lines(rank_against, ranked, reference)
+        unfinished = [row.label(keys) for row in sweep.rows if not row.jobs and row.others]
+        ranking = markdown.ranking_lines(rank_against, ranked, reference, unfinished)
     out = Path(out_dir) if out_dir is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     skipped = plots.unavailable()

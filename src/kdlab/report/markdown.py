@@ -146,8 +146,11 @@ def _mean_interval_percent(accs: dict[str, float]) -> str:
     return f"{100 * mean:.2f}" + ("" if half is None else f" ± {100 * half:.2f}")
 
 
-def ranking_lines(reference: str, ranked: list[Comparison], reference_accs: dict[str, float]) -> list[str]:
-    """The method table: every row against `reference`, best paired difference first."""
+def ranking_lines(
+    reference: str, ranked: list[Comparison], reference_accs: dict[str, float], unfinished: list[str] = ()
+) -> list[str]:
+    """The method table: every row against `reference`, best paired difference first; then the settings none of
+    whose jobs finished, by name, so that a method missing from the table is not read as one that lost."""
     if not ranked:
         return []
     head = [
@@ -164,7 +167,8 @@ def ranking_lines(reference: str, ranked: list[Comparison], reference_accs: dict
     ]
     n = len(reference_accs)
     tail = f"| - | {reference} (reference) | {_mean_interval_percent(reference_accs)} | 0 | {n} | |"
-    return [*head, *body, tail]
+    missing = ["", f"Not ranked, no job finished: {'; '.join(unfinished)}."] if unfinished else []
+    return [*head, *body, tail, *missing]
 
 
 def document(
