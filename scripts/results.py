@@ -47,6 +47,7 @@ class Table:
     title: str
     sweeps: tuple[Sweep, ...]
     reference: str | None = None  # paired comparisons: every other sweep against this one (a sweep's name)
+    against: tuple[tuple[str, str], ...] = ()  # or, per sweep, its own reference: (sweep, reference) pairs
     rank_against: str | None = None  # a method table: the rows of the one sweep ranked against this setting
     test_images: int | None = None  # counts test errors as well (MNIST: 10,000), to set beside a paper's
     paper: tuple[str, ...] = ()  # the paper's figure for each sweep, in order
@@ -103,11 +104,18 @@ TABLES = (
         "fast",
         "Fast presets against the standard recipes (README: Time to a result)",
         (
+            Sweep("mlp_teacher", "teacher", ("experiment=train_teacher_mlp", SEEDS)),
+            Sweep("mlp_teacher_fast", "teacher, fast", ("experiment=train_teacher_mlp_fast", SEEDS)),
             MLP_SCRATCH,
             Sweep("mlp_scratch_fast", "student alone, fast", ("experiment=student_scratch_mlp_fast", SEEDS)),
             MLP_DISTILL,
             Sweep("mlp_distill_fast", "student distilled, fast", ("experiment=distill_mlp_fast", SEEDS)),
         ),
+        against=(
+            ("mlp_teacher_fast", "mlp_teacher"),
+            ("mlp_scratch_fast", "mlp_scratch"),
+            ("mlp_distill_fast", "mlp_distill"),
+        ),  # fmt: skip
     ),
 )
 
@@ -147,6 +155,12 @@ def _only_row(table: Table, sweep: Sweep) -> Row:
     return rows[0]
 
 
+def reference_of(table: Table, sweep: Sweep) -> str | None:
+    """The sweep the row is paired with: its own from `against`, else the table's reference (not itself)."""
+    reference = dict(table.against).get(sweep.name, table.reference)
+    return None if reference == sweep.name else reference
+
+
 def render(table: Table) -> list[str]:
     """The table's Markdown: each sweep's test accuracy (mean ± 95% interval over its seeds), the teacher's, and
     each sweep's paired difference to the reference sweep; or, for a method table, the ranking."""
@@ -163,13 +177,16 @@ def render(table: Table) -> list[str]:
         lines += ranking_lines(table.rank_against, ranked, reference)[2:]  # the table, without its preamble
     else:
         rows = {sweep.name: _only_row(table, sweep) for sweep in table.sweeps}
-        base = rows.get(table.reference) if table.reference else None
-        reference = next((sweep.label for sweep in table.sweeps if sweep.name == table.reference), "")
-        paired = f" | minus {reference}, paired (points, 95% CI)" if base else ""
+        labels = {sweep.name: sweep.label for sweep in table.sweeps}
+        paired = ""
+        if table.against:
+            paired = " | minus its standard recipe, paired (points, 95% CI)"
+        elif table.reference:
+            paired = f" | minus {labels[table.reference]}, paired (points, 95% CI)"
         errors = " | test errors (95% CI)" if table.test_images else ""
         paper = " | paper" if table.paper else ""
         lines += [f"| run | test acc % (95% CI){errors} | n | teacher test acc % | wall time per run{paired}{paper} |"]
-        lines += ["|---|---:|" + ("---:|" if errors else "") + "---:|---:|---:|" + ("---:|" if base else "")
+        lines += ["|---|---:|" + ("---:|" if errors else "") + "---:|---:|---:|" + ("---:|" if paired else "")
                   + ("---:|" if paper else "")]  # fmt: skip
         for i, sweep in enumerate(table.sweeps):
             row = rows[sweep.name]
@@ -184,9 +201,10 @@ def render(table: Table) -> list[str]:
                 mean, half = mean_interval([(1 - acc) * table.test_images for acc in accs.values()])
                 cells += f" | {mean:.1f}" + ("" if half is None else f" ± {half:.1f}")
             cells += f" | {len(accs)} | {teacher} | {'-' if wall is None else f'{wall:.0f} s'}"
-            if base is not None:
-                diff = compare.pair_rows(row, base)
-                cells += " | -" if row is base or diff is None else f" | {diff.points()}"
+            if paired:
+                reference = reference_of(table, sweep)
+                diff = None if reference is None else compare.pair_rows(row, rows[reference])
+                cells += " | -" if diff is None else f" | {diff.points()}"
             cells += f" | {table.paper[i]}" if table.paper else ""
             lines.append(f"| {sweep.label} | {_percent(list(accs.values()))}{cells} |")
     lines += ["", "Commands:", "", "```bash", *(s.command() for s in table.sweeps), "```", ""]

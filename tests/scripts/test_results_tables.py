@@ -57,6 +57,21 @@ def test_a_pair_table_gives_each_sweeps_interval_and_its_paired_difference_to_th
     assert "| alone | 99.00 ± 0.25 | 100.0 ± 24.8 | 3 | 98.10 (190 errors) | 11 s | - | 146 |" in results.render(paper)
 
 
+def test_each_row_of_a_fast_table_is_paired_with_its_own_standard_recipe(results, tmp_path):
+    for name, accs in {"t": [0.990, 0.991, 0.989], "t_fast": [0.991, 0.990, 0.990],
+                       "s": [0.980, 0.982, 0.981], "s_fast": [0.978, 0.980, 0.979]}.items():  # fmt: skip
+        _sweep(tmp_path / name, None, accs, ["seed"])
+    sweeps = tuple(results.Sweep(name, name, ("x",)) for name in ("t", "t_fast", "s", "s_fast"))
+    table = results.Table("f", "F", sweeps, against=(("t_fast", "t"), ("s_fast", "s")))
+    lines = results.render(table)
+    # t_fast - t: +0.1, -0.1, +0.1 points: mean 0.033333, sd 0.11547, half 4.302653 * 0.11547 / sqrt(3) = 0.286843
+    assert "| t_fast | 99.03 ± 0.14 | 3 | 98.10 | 11 s | +0.03 [-0.25, +0.32] |" in lines
+    # s_fast - s: -0.2 each seed: no spread, so the interval is the point
+    assert "| s_fast | 97.90 ± 0.25 | 3 | 98.10 | 11 s | -0.20 [-0.20, -0.20] |" in lines
+    assert "| t | 99.00 ± 0.25 | 3 | 98.10 | 11 s | - |" in lines  # a standard row is nobody's difference
+    assert any("minus its standard recipe" in line for line in lines)
+
+
 def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no_table(results, tmp_path):
     for method, accs in {"kd": [0.990, 0.991, 0.989], "nkd": [0.985, 0.987, 0.986]}.items():
         _sweep(tmp_path / "zoo", method, accs, ["distill", "seed"])
