@@ -12,7 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from kdlab.record import RunRecord
 from kdlab.run import train
+from kdlab.run.resume import continued
 from kdlab.run.summary import print_summary
 
 TINY_TEACHER = 'teacher.overrides=["trainer.max_epochs=1"]'
@@ -95,3 +97,21 @@ def test_a_run_records_the_threads_it_computed_with(make_cfg):
         torch.set_num_threads(before)
     runtime = record.code["runtime"]
     assert runtime["threads"] == 1 and runtime["chosen_by"] == "runtime.threads" and runtime["cpus"] >= 1
+
+
+def test_a_run_records_where_its_time_went_and_a_resume_adds_to_it(make_cfg):
+    record, _ = train(make_cfg("experiment=distill_mlp", TINY_TEACHER))
+    assert list(record.stages) == ["data", "teacher", "teacher outputs", "fit", "test"]
+    assert all(seconds >= 0 for seconds in record.stages.values())
+    assert 0 < sum(record.stages.values()) <= record.wall_time_s
+    teacher = RunRecord.read(Path(record.teacher.checkpoint).parent)  # the teacher's own run, trained in this one
+    assert list(teacher.stages) == ["data", "fit", "test"]
+    console = Console(width=200, record=True)
+    print_summary(record, console)
+    shown = next(line for line in console.export_text().splitlines() if "time by stage" in line)
+    other = record.wall_time_s - sum(record.stages.values())
+    assert f"fit {record.stages['fit']:.1f} s" in shown and f"other {other:.1f} s" in shown
+    # a resumed attempt adds its stages to the earlier attempts' (as it adds its wall time)
+    previous = RunRecord(name="x", kind="supervised", stages={"data": 1.0, "fit": 10.0}, wall_time_s=12.0)
+    now = RunRecord(name="x", kind="supervised", stages={"data": 0.5, "fit": 2.25, "test": 1.0})
+    assert continued(now, previous).stages == {"data": 1.5, "fit": 12.25, "test": 1.0}

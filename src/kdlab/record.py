@@ -77,6 +77,9 @@ class RunRecord:
     epochs: int = 0
     global_step: int = 0
     wall_time_s: float = 0.0
+    # Seconds in each stage, in the order run: "data", "teacher" (found or trained), "teacher outputs" (the cache
+    # read or built), "fit", "test"; the rest of wall_time_s is set-up and writing. A resumed run adds to them.
+    stages: dict[str, float] = field(default_factory=dict)
     started_at: str = ""  # ISO 8601, local time with offset
     finished_at: str = ""
     message: str | None = None  # why a run diverged, failed or was interrupted

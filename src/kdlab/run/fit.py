@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,16 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "student.pt"
 STUDENT_MODEL_FILE = "student_model.yaml"
 CONFIG_FILE = "config.yaml"  # the resolved config: what export and evaluation rebuild the run from
+
+
+@contextmanager
+def stage(record: RunRecord, name: str) -> Iterator[None]:
+    """Add the seconds spent in the block to `record.stages[name]`, however it ends: where a run's time went."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        record.stages[name] = round(record.stages.get(name, 0.0) + time.perf_counter() - started, 2)
 
 
 def count_params(net: torch.nn.Module) -> int:
@@ -107,8 +119,9 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
 
         record.params["teacher"] = count_params(module.teacher)
         refs = record.members or [record.teacher]
-        record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, refs,
-                                                                     cfg.paths.teacher_dir)  # fmt: skip
+        with stage(record, "teacher outputs"):
+            record.identity["teacher_outputs"] = provide_teacher_outputs(cfg, module, datamodule, refs,
+                                                                         cfg.paths.teacher_dir)  # fmt: skip
     session = TensorBoardSession(tensorboard_hparams(cfg, record))
     mirror = TrackerMirror(tensorboard_hparams(cfg, record))  # the same keys for CSV, MLflow, W&B
     net = net or ("student" if is_distillation(cfg) else cfg.name)
@@ -128,7 +141,8 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
                                      enable_progress_bar=show_bar, **slurm)  # fmt: skip
     objects.update(trainer=trainer, session=session, mirror=mirror, metric_epochs=epochs)
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with stage(record, "fit"):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if (stopped := interrupts.interrupted()) is not None:
             raise stopped
         if ckpt_path is not None and not metrics_of(trainer, "val/"):
@@ -140,7 +154,8 @@ def fit_and_test(cfg: DictConfig, folder: Path, ckpt_path: Path | None, record: 
     record.metrics.update(metrics_of(trainer, "val/"))
     if cfg.test:
         tested = (record.files.get("best_checkpoint") or None) if cfg.train else ckpt_path
-        trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+        with stage(record, "test"):  # with the test-time analysis (confusion, calibration, figures)
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
         record.metrics.update(metrics_of(trainer, "test/"))
         # without a checkpoint callback, test ran on the weights of the last epoch trained
         epochs.tested = checkpoint_epoch(tested) if tested else (trainer.current_epoch if cfg.train else None)
@@ -214,7 +229,8 @@ def fit_run(cfg: DictConfig, folder: Path, ckpt_path: Path | None, overrides: li
     interrupts = InterruptHandler(folder / "checkpoints")
     try:
         with interrupts:
-            datamodule, identity = prepare_data(cfg, record)
+            with stage(record, "data"):
+                datamodule, identity = prepare_data(cfg, record)
             fit_and_test(cfg, folder, ckpt_path, record, objects, interrupts, datamodule, identity, {}, net="teacher")
         record.status = "smoke" if record.smoke else "ok"
     except BaseException as err:

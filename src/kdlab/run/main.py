@@ -33,7 +33,7 @@ from kdlab.models import build_net
 from kdlab.modules.ensemble import SCORED_AT, check_combination
 from kdlab.record import RunRecord
 from kdlab.report.baselines import scratch_baseline
-from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs
+from kdlab.run.fit import conclude, fit_and_test, fit_run, new_record, outcome, prepare_data, save_outputs, stage
 from kdlab.run.folder import Claim, FolderTaken, claim, owns_folders
 from kdlab.run.provenance import job_overrides
 from kdlab.run.resume import Finished, check_resume, continued, move_into, read_record, resume_command, resume_source
@@ -67,7 +67,8 @@ def train(cfg: DictConfig, announce: bool = True) -> tuple[RunRecord, dict[str, 
             apply_threads(threads)
             torch.set_flush_denormal(True)  # Adam's state decays into denormals on CPU; flushed, every run alike
             record.code["runtime"] = threads.as_record()
-            datamodule, identity = prepare_data(cfg, record)
+            with stage(record, "data"):
+                datamodule, identity = prepare_data(cfg, record)
             ckpt, target = resume_source(cfg, owned, identity, record.identity["setup"])
             if writable:
                 record.write(folder)  # status "running": a run killed now is listed as killed, not missing
@@ -127,7 +128,8 @@ def provision(cfg: DictConfig, record: RunRecord, identity: dict, spec) -> dict[
     if not teachers:
         return {}
     fingerprint, root = identity["data"], cfg.paths.teacher_dir
-    refs = [provision_teacher(cfg, spec_cfg, fingerprint, root, fit_run, name) for name, spec_cfg in teachers]
+    with stage(record, "teacher"):  # read from the cache, or trained now
+        refs = [provision_teacher(cfg, spec_cfg, fingerprint, root, fit_run, name) for name, spec_cfg in teachers]
     norms = [teacher_norm(ref, spec, name) for ref, (name, _) in zip(refs, teachers, strict=True)]
     for ref, (name, teacher) in zip(refs, teachers, strict=True):
         if ref.key is None:  # a file given by path: it must be the configured net's, said now, not at fit

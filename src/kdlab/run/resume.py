@@ -179,4 +179,6 @@ def continued(record: RunRecord, previous: RunRecord | None) -> RunRecord:
     for key in ("overrides", "swept", "fixed", "started_at", "wall_time_s"):
         setattr(record, key, getattr(previous, key))
     record.resumed = [*previous.resumed, resumed_at]
+    record.stages = {name: round(previous.stages.get(name, 0.0) + record.stages.get(name, 0.0), 2)
+                     for name in dict.fromkeys([*previous.stages, *record.stages])}  # fmt: skip
     return record

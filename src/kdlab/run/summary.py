@@ -67,7 +67,18 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
 
         rows.append((f"test errors (on omitted {', '.join(map(str, omitted['classes']))})", errors("test")))
         rows.append((f"after bias +{omitted['bias_offset']:g} (tuned on val)", errors("test_bias_fixed")))
-    return [*rows, ("wall time", f"{record.wall_time_s:.1f} s"), ("run folder", record.output_dir)]
+    rows.append(("wall time", f"{record.wall_time_s:.1f} s"))
+    if record.stages:
+        rows.append(("time by stage", stage_times(record)))
+    return [*rows, ("run folder", record.output_dir)]
+
+
+def stage_times(record: RunRecord) -> str:
+    """`data 1.2 s · teacher 30.4 s · fit 11.0 s · test 0.9 s · other 1.1 s`: where the wall time went ("other":
+    the config's checks, building the system and Trainer, writing the record and files)."""
+    parts = [f"{name} {seconds:.1f} s" for name, seconds in record.stages.items()]
+    other = record.wall_time_s - sum(record.stages.values())
+    return " · ".join([*parts, f"other {max(other, 0.0):.1f} s"])
 
 
 def _same_seed(record: RunRecord, base: dict[str, Any]) -> list[tuple[str, str]]:
