@@ -34,7 +34,8 @@ Time to accuracy (`--time-to-accuracy`): what a researcher waits for, the whole 
     python scripts/benchmark.py --time-to-accuracy --json outputs/tta.json --plot outputs/tta.png
     python scripts/benchmark.py --time-to-accuracy --recipes distill_mlp --presets fast --target distill_mlp=98.5
 For each recipe (`--recipes`: train_teacher_mlp, student_scratch_mlp, distill_mlp and their digits
-counterparts) and preset (`--presets`: standard = the experiment, fast = `<experiment>_fast`), two rows:
+counterparts) and preset (`--presets`: standard = the experiment, fast = `<experiment>_fast`), two rows
+(and `levers`: the fast preset's levers one at a time, kdlab rows only; see LEVERS):
     kdlab   kdlab.run.train on the experiment's config, as train.py runs it (test=true, its callbacks, the
             Rich bar as in a terminal, TensorBoard, checkpoints), in a fresh run folder every repeat
     plain   the hand-written loop above with the recipe's net, batch size, epochs, optimiser and per-step
@@ -729,6 +730,15 @@ def report(rows: list[Row], bench: Bench, load_before: tuple[float, ...], wall: 
 TTA_TARGETS = {"train_teacher_mlp": 99.0, "student_scratch_mlp": 98.8, "distill_mlp": 98.8,
                "train_teacher_digits": 98.8, "student_scratch_digits": 97.2, "distill_digits": 97.2}  # fmt: skip
 PRESETS = {"standard": "{}", "fast": "{}_fast"}  # preset -> the experiment's name, from the recipe's
+# `--presets levers`: the fast preset's levers one at a time, kdlab rows only, so the table shows what each one
+# saves ("x standard"): the standard recipe with the fast batch size and peak learning rate (its epochs kept),
+# and the fast preset with its teacher live instead of read from the output cache. Label -> (experiment, overrides).
+LEVERS = {
+    "distill_mlp": {
+        "batch": ("{}", ("data.batch_size=256", "optimizer.lr=1e-2")),
+        "fast-live": ("{}_fast", ("runtime.teacher_cache=off",)),
+    },
+}
 TTA_IMPLS = ("kdlab", "plain")
 TTA_QUICK_EPOCHS = 2  # --quick: every run (and every teacher it provisions) stops after this many epochs
 ACC_SLACK = 1e-6  # a float32 accuracy of k/n can land just below the decimal target it equals; 1/n is far larger
@@ -764,15 +774,13 @@ class AccuracyRun:
 @dataclass
 class AccuracyRow:
     recipe: str  # the standard experiment, e.g. distill_mlp
-    preset: str  # standard | fast
+    preset: str  # standard | fast | a lever's label
     impl: str  # kdlab | plain
     target: float  # validation accuracy, percent
     cfg: DictConfig
+    experiment: str  # the experiment it runs: the recipe, its fast preset
+    extra: tuple[str, ...] = ()  # a lever's overrides on that experiment
     runs: list[AccuracyRun] = field(default_factory=list)
-
-    @property
-    def experiment(self) -> str:
-        return PRESETS[self.preset].format(self.recipe)
 
     @property
     def distills(self) -> bool:
@@ -805,15 +813,25 @@ def accuracy_rows(bench: Bench) -> list[AccuracyRow]:
     args, rows = bench.args, []
     for recipe in args.recipes:
         for preset in args.presets:
-            experiment = PRESETS[preset].format(recipe)
-            if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
-                raise SystemExit(
-                    f"benchmark: the {preset} preset of {recipe} is conf/experiment/{experiment}.yaml, which does "
-                    f"not exist. Add it, or leave the preset out with --presets (given: {','.join(args.presets)})."
-                )
+            if preset == "levers":  # kdlab rows only: a lever is kdlab's setting, the plain loop has its rows
+                for label, (name, extra) in LEVERS.get(recipe, {}).items():
+                    experiment = _preset_experiment(recipe, preset, name.format(recipe), args)
+                    cfg = accuracy_config(bench, experiment, extra)
+                    rows.append(AccuracyRow(recipe, label, "kdlab", args.targets[recipe], cfg, experiment, extra))
+                continue
+            experiment = _preset_experiment(recipe, preset, PRESETS[preset].format(recipe), args)
             cfg = accuracy_config(bench, experiment)
-            rows += [AccuracyRow(recipe, preset, impl, args.targets[recipe], cfg) for impl in TTA_IMPLS]
+            rows += [AccuracyRow(recipe, preset, impl, args.targets[recipe], cfg, experiment) for impl in TTA_IMPLS]
     return rows
+
+
+def _preset_experiment(recipe: str, preset: str, experiment: str, args: argparse.Namespace) -> str:
+    if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
+        raise SystemExit(
+            f"benchmark: the {preset} preset of {recipe} is conf/experiment/{experiment}.yaml, which does "
+            f"not exist. Add it, or leave the preset out with --presets (given: {','.join(args.presets)})."
+        )
+    return experiment
 
 
 def accuracy_config(bench: Bench, experiment: str, extra: tuple[str, ...] = (), folder: str = "") -> DictConfig:
@@ -885,7 +903,7 @@ def kdlab_accuracy_run(bench: Bench, row: AccuracyRow) -> AccuracyRun:
     provisioning from the cache) through fit, the test of the best checkpoint and the run's record."""
     extra = (f"+callbacks.bench_curve._target_={ValidationCurve.__module__}.ValidationCurve",)
     folder = f"{row.experiment}-kdlab-{next(bench.runs)}"  # a fresh folder each repeat: nothing resumes
-    cfg = accuracy_config(bench, row.experiment, extra, folder)
+    cfg = accuracy_config(bench, row.experiment, (*row.extra, *extra), folder)
     HydraConfig().set_config(cfg)
     with as_if_in_a_terminal():
         started = time.perf_counter()
@@ -898,7 +916,7 @@ def kdlab_accuracy_run(bench: Bench, row: AccuracyRow) -> AccuracyRun:
             f"benchmark: {row.experiment}/kdlab recorded no test/acc; the benchmark reports each run's test "
             "accuracy: leave test=true (drop a test=false from the preset or from --override)."
         )
-    if row.distills:
+    if row.distills and row.preset in PRESETS:  # a lever row has no plain twin (and may run its teacher live)
         used = bool((record.identity.get("teacher_outputs") or {}).get("used"))
         if used != bench.teachers[row.experiment]["cached"]:  # the plain loop would run another teacher path
             raise SystemExit(
@@ -952,7 +970,7 @@ def accuracy_report(rows: list[AccuracyRow], bench: Bench, load_before: tuple[fl
     print(f"\nkdlab time to accuracy: {info['cpu']} ({info['cpus_usable']} CPUs usable), torch {info['torch']} with "
           f"{info['torch_threads']} threads, device {info['device']}; medians of {args.repeats} interleaved repeats; "
           f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {wall:.0f} s in all")  # fmt: skip
-    print(f"{'recipe':<24} {'preset':<8} {'impl':<6} {'target':>6} {'s to target':>11} {'reached':>7} "
+    print(f"{'recipe':<24} {'preset':<9} {'impl':<6} {'target':>6} {'s to target':>11} {'reached':>7} "
           f"{'total s':>8} {'test acc':>8} {'x plain':>7} {'x standard':>10}")  # fmt: skip
     out = []
     for row in rows:
@@ -960,12 +978,13 @@ def accuracy_report(rows: list[AccuracyRow], bench: Bench, load_before: tuple[fl
         vs_plain = ratio(row, found.get((row.recipe, row.preset, "plain"))) if row.impl == "kdlab" else None
         vs_standard = ratio(row, found.get((row.recipe, "standard", row.impl))) if row.preset != "standard" else None
         reached = sum(run.to_target_s is not None for run in row.runs)
-        print(f"{row.recipe:<24} {row.preset:<8} {row.impl:<6} {row.target:>6.2f} "
+        print(f"{row.recipe:<24} {row.preset:<9} {row.impl:<6} {row.target:>6.2f} "
               f"{'never' if to_target is None else f'{to_target:.1f}':>11} {f'{reached}/{len(row.runs)}':>7} "
               f"{total:>8.1f} {100 * row.median('test_acc'):>7.2f}% "
               f"{'' if vs_plain is None else f'{vs_plain:.2f}':>7} "
               f"{'' if vs_standard is None else f'{vs_standard:.2f}':>10}")  # fmt: skip
-        out.append({"recipe": row.recipe, "preset": row.preset, "experiment": row.experiment, "impl": row.impl,
+        out.append({"recipe": row.recipe, "preset": row.preset, "experiment": row.experiment,
+                    "overrides": list(row.extra), "impl": row.impl,
                     "target_val_acc_pct": row.target, "to_target_s": to_target, "total_s": total,
                     "test_acc": row.median("test_acc"), "reached": reached,
                     "to_target_vs_plain": vs_plain, "to_target_vs_standard": vs_standard,
@@ -1050,7 +1069,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="each recipe's seconds until validation accuracy first reaches its target, kdlab and plain",
     )
     tta.add_argument("--recipes", default=",".join(TTA_TARGETS), help="comma-separated standard experiments")
-    tta.add_argument("--presets", default=",".join(PRESETS), help="standard: the experiment; fast: <experiment>_fast")
+    tta.add_argument(
+        "--presets",
+        default=",".join([*PRESETS, "levers"]),
+        help="standard: the experiment; fast: <experiment>_fast; levers: the fast preset's levers one at a time",
+    )
     tta.add_argument(
         "--target",
         action="append",
@@ -1090,12 +1113,13 @@ def accuracy_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             targets[recipe.strip()] = float(value)
         except ValueError:
             parser.error(f"--target {item!r}: give EXPERIMENT=PERCENT, e.g. --target distill_mlp=98.8")
-    unknown = [p for p in args.presets if p not in PRESETS]
+    unknown = [p for p in args.presets if p not in (*PRESETS, "levers")]
     missing = [r for r in args.recipes if r not in targets]
     if unknown or missing or not args.recipes or not args.presets:
         parser.error(
-            f"--presets are {', '.join(PRESETS)} (unknown given: {', '.join(unknown) or 'none'}); every recipe needs a "
-            f"target (--target EXPERIMENT=PCT; none for: {', '.join(missing) or '-'}); at least one of each."
+            f"--presets are {', '.join(PRESETS)}, levers (unknown given: {', '.join(unknown) or 'none'}); every "
+            f"recipe needs a target (--target EXPERIMENT=PCT; none for: {', '.join(missing) or '-'}); at least one "
+            "of each."
         )
     if any(not 0 < targets[r] <= 100 for r in args.recipes):
         parser.error(f"--target: a validation accuracy in percent, above 0 and at most 100 (got {targets}).")

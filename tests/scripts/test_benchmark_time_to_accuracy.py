@@ -80,9 +80,16 @@ def test_quick_mode_times_every_row_and_each_figure_follows_from_its_curve(tmp_p
     assert results["mode"] == "time_to_accuracy"
     assert results["targets"] == {"train_teacher_mlp": 99.0, "student_scratch_mlp": 98.8, "distill_mlp": 97.5}
     rows = {(r["recipe"], r["preset"], r["impl"]): r for r in results["rows"]}
-    assert set(rows) == {(r, p, i) for r in MNIST_RECIPES for p in ("standard", "fast") for i in ("kdlab", "plain")}
+    levers = {(r, label, "kdlab") for r in MNIST_RECIPES for label in benchmark.LEVERS.get(r, {})}
+    assert levers == {("distill_mlp", "batch", "kdlab"), ("distill_mlp", "fast-live", "kdlab")}
+    presets = {(r, p, i) for r in MNIST_RECIPES for p in ("standard", "fast") for i in ("kdlab", "plain")}
+    assert set(rows) == presets | levers
+    assert rows["distill_mlp", "batch", "kdlab"]["experiment"] == "distill_mlp"
+    assert rows["distill_mlp", "batch", "kdlab"]["overrides"] == ["data.batch_size=256", "optimizer.lr=1e-2"]
+    assert rows["distill_mlp", "fast-live", "kdlab"]["experiment"] == "distill_mlp_fast"
     for (recipe, preset, impl), row in rows.items():
-        assert row["experiment"] == (recipe if preset == "standard" else f"{recipe}_fast")
+        if preset in ("standard", "fast"):
+            assert row["experiment"] == (recipe if preset == "standard" else f"{recipe}_fast")
         (run,) = row["runs"]  # --quick: one repeat
         seconds = [s for s, _ in run["curve"]]
         assert len(seconds) == 2 and 0 < seconds[0] < seconds[1] <= run["total_s"]  # a validation per epoch
@@ -90,10 +97,12 @@ def test_quick_mode_times_every_row_and_each_figure_follows_from_its_curve(tmp_p
         assert run["to_target_s"] == benchmark.time_to_target(run["curve"], row["target_val_acc_pct"])
         assert row["to_target_s"] == run["to_target_s"] and row["total_s"] == run["total_s"]
         assert row["reached"] == (run["to_target_s"] is not None)
-        plain = rows[recipe, preset, "plain"]
-        if impl == "kdlab" and row["to_target_s"] is not None and plain["to_target_s"]:
+        plain = rows.get((recipe, preset, "plain"))
+        if plain is None:  # a lever: kdlab only
+            assert row["to_target_vs_plain"] is None
+        elif impl == "kdlab" and row["to_target_s"] is not None and plain["to_target_s"]:
             assert row["to_target_vs_plain"] == pytest.approx(row["to_target_s"] / plain["to_target_s"])
-        if preset == "fast":
+        if preset != "standard":
             standard = rows[recipe, "standard", impl]
             assert row["total_vs_standard"] == pytest.approx(row["total_s"] / standard["total_s"])
     assert "s to target" in done.stdout and "distill_mlp_fast/plain" in done.stdout
