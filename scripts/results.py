@@ -48,7 +48,8 @@ class Table:
     sweeps: tuple[Sweep, ...]
     reference: str | None = None  # paired comparisons: every other sweep against this one (a sweep's name)
     against: tuple[tuple[str, str], ...] = ()  # or, per sweep, its own reference: (sweep, reference) pairs
-    rank_against: str | None = None  # a method table: the rows of the one sweep ranked against this setting
+    rank_against: str | None = None  # a method table: the rows of its first sweep ranked against this setting
+    # ...and under it, what the reference gains over its second sweep, if any: the student alone, same recipe
     test_images: int | None = None  # counts test errors as well (MNIST: 10,000), to set beside a paper's
     paper: tuple[str, ...] = ()  # the paper's figure for each sweep, in order
 
@@ -97,7 +98,14 @@ TABLES = (
     Table(
         "zoo",
         "Which method works best here? Every preset on the MLP pair, 10 epochs each (experiment=zoo_mlp)",
-        (Sweep("zoo_mlp", "zoo", ("experiment=zoo_mlp",)),),
+        (
+            Sweep("zoo_mlp", "zoo", ("experiment=zoo_mlp",)),
+            Sweep(
+                "zoo_scratch10",
+                "student alone with the same 10-epoch recipe",
+                ("experiment=student_scratch_mlp", "trainer.max_epochs=10", SEEDS),
+            ),  # fmt: skip
+        ),
         rank_against="distill=kd",
     ),
     Table(
@@ -173,8 +181,14 @@ def render(table: Table) -> list[str]:
                 f"only from every job it names: run `python scripts/results.py --only {table.name}` to finish them."
             )
         ranked = compare.ranked_against(read_sweep(folder), table.rank_against)
-        reference = _accs(compare.pick_row(read_sweep(folder), table.rank_against))
-        lines += ranking_lines(table.rank_against, ranked, reference)[2:]  # the table, without its preamble
+        reference_row = compare.pick_row(read_sweep(folder), table.rank_against)
+        lines += ranking_lines(table.rank_against, ranked, _accs(reference_row))[2:]  # without its preamble
+        for alone in table.sweeps[1:]:
+            row = _only_row(table, alone)
+            diff = compare.pair_rows(reference_row, row)
+            gain = "-" if diff is None else diff.points()
+            lines += ["", f"The {alone.label}: {_percent(list(_accs(row).values()))}% (n={len(_accs(row))}); "
+                      f"`{table.rank_against}` minus it, paired: {gain} points."]  # fmt: skip
     else:
         rows = {sweep.name: _only_row(table, sweep) for sweep in table.sweeps}
         labels = {sweep.name: sweep.label for sweep in table.sweeps}

@@ -79,6 +79,15 @@ def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no
         "z", "Zoo", (results.Sweep("zoo", "zoo", ("experiment=zoo_mlp",)),), rank_against="distill=kd"
     )
     assert "| 1 | distill=nkd | 98.60 ± 0.25 | -0.40 [-0.65, -0.15] | 3 | distill=kd better |" in results.render(table)
+    _sweep(tmp_path / "alone", None, [0.989, 0.988, 0.989], ["seed"])
+    alone = results.Sweep("alone", "student alone", ("x",))
+    with_alone = results.Table("z", "Zoo", (*table.sweeps, alone), rank_against="distill=kd")
+    # kd minus alone: +0.1, +0.3, +0.0 points: mean 0.133333, sd 0.152753, half 4.302653 * 0.152753 / sqrt(3) = 0.379
+    # alone: 98.8667 ± 4.302653 * 0.057735 / sqrt(3) = 0.143422
+    assert (
+        "The student alone: 98.87 ± 0.14% (n=3); `distill=kd` minus it, paired: +0.13 [-0.25, +0.51] points."
+        in results.render(with_alone)
+    )
     write_job(tmp_path / "zoo" / "9", [*COMMON, "distill=crd", "seed=0"], None)  # a job that never finished
     with pytest.raises(SystemExit, match=r"jobs that did not finish \(9\)"):
         results.render(table)
