@@ -112,7 +112,6 @@ TABLES = (
         "fast",
         "Fast presets against the standard recipes (README: Time to a result)",
         (
-            Sweep("mlp_teacher", "teacher", ("experiment=train_teacher_mlp", SEEDS)),
             Sweep("mlp_teacher_fast", "teacher, fast", ("experiment=train_teacher_mlp_fast", SEEDS)),
             MLP_SCRATCH,
             Sweep("mlp_scratch_fast", "student alone, fast", ("experiment=student_scratch_mlp_fast", SEEDS)),
@@ -120,7 +119,6 @@ TABLES = (
             Sweep("mlp_distill_fast", "student distilled, fast", ("experiment=distill_mlp_fast", SEEDS)),
         ),
         against=(
-            ("mlp_teacher_fast", "mlp_teacher"),
             ("mlp_scratch_fast", "mlp_scratch"),
             ("mlp_distill_fast", "mlp_distill"),
         ),  # fmt: skip
