@@ -7,6 +7,7 @@ student's hidden layer and a 4-D feature map, and the zoo could not run one pres
 import pytest
 
 from kdlab.config import compose_config
+from kdlab.run.validation import validate_config
 
 pytestmark = pytest.mark.unit
 PRESETS = {"fitnets": ["hint"], "rkd": ["rkd_distance", "rkd_angle"], "sp": ["sp"], "pkt": ["pkt"], "crd": ["crd"]}
@@ -26,3 +27,18 @@ def test_a_teacher_layer_given_on_the_command_line_wins():
     cfg = compose_config(["experiment=distill_cnn_mlp", "distill=sp", "distill.losses.sp.teacher_layer=features.0",
                           "paths.root_dir=/r"])  # fmt: skip
     assert cfg.distill.losses.sp.teacher_layer == "features.0"
+
+
+def test_both_method_tables_sweep_the_same_presets_and_each_builds_on_its_pair(make_cfg):
+    """zoo_mlp and zoo_cnn_mlp rank the same methods (else their tables cannot be read side by side), and every
+    preset passes the start-of-run checks on both pairs, where a layer-reading term is dry-built on the nets."""
+    swept = {}
+    for name in ("zoo_mlp", "zoo_cnn_mlp"):
+        swept[name] = compose_config([f"experiment={name}", "paths.root_dir=/r"], return_hydra_config=True).hydra
+    swept = {name: hydra.sweeper.params for name, hydra in swept.items()}
+    assert swept["zoo_mlp"] == swept["zoo_cnn_mlp"]
+    presets = swept["zoo_mlp"]["distill"].split(",")
+    assert {*PRESETS, "kd", "dkd"} <= set(presets)
+    for experiment in swept:
+        for preset in presets:
+            validate_config(make_cfg(f"experiment={experiment}", f"distill={preset}"))
