@@ -723,11 +723,13 @@ def report(rows: list[Row], bench: Bench, load_before: tuple[float, ...], wall: 
 
 
 # -- time to accuracy ------------------------------------------------------------------------------------
-# Each recipe's validation-accuracy target in percent (--target EXPERIMENT=PCT). MNIST: the figures.
-# Digits (180 validation digits, one is 0.56%): where the standard recipes ended on seed 0 (kdlab and plain
-# alike): the teacher 99.4-100%, so 98.8 (at most 2 wrong); the scratch student 97.22% (5 wrong), so 97.2,
-# the distilled student held to the same bar as the scratch one, as on MNIST.
-TTA_TARGETS = {"train_teacher_mlp": 99.0, "student_scratch_mlp": 98.8, "distill_mlp": 98.8,
+# Each recipe's validation-accuracy target in percent (--target EXPERIMENT=PCT). MNIST's validation split is
+# harder than its test set (the 99.12%-test teacher peaks near 98.96% on it): targets both presets reach, the
+# teachers 98.7 (fast seeds peak at 98.76-99.20%), the students 98.4 (the fast distilled ones end near 98.5;
+# the fast scratch one, at about 98.0-98.2, is shown not reaching it). Digits (180 validation digits, one is
+# 0.56%): where the standard recipes ended on seed 0 (kdlab and plain alike): the teacher 99.4-100%, so 98.8 (at
+# most 2 wrong); the scratch student 97.22% (5 wrong), so 97.2, the distilled student held to the same bar.
+TTA_TARGETS = {"train_teacher_mlp": 98.7, "student_scratch_mlp": 98.4, "distill_mlp": 98.4,
                "train_teacher_digits": 98.8, "student_scratch_digits": 97.2, "distill_digits": 97.2}  # fmt: skip
 PRESETS = {"standard": "{}", "fast": "{}_fast"}  # preset -> the experiment's name, from the recipe's
 # `--presets levers`: the fast preset's levers one at a time, kdlab rows only, so the table shows what each one
