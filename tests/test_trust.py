@@ -277,7 +277,7 @@ def scalars(folder: Path, tag: str) -> dict[int, float]:
     return values
 
 
-def test_a_signal_while_the_teacher_trains_prints_a_command_that_resumes_it(make_cfg, monkeypatch, tmp_path):
+def test_a_signal_while_the_teacher_trains_prints_a_command_that_resumes_it(make_cfg, monkeypatch, tmp_path, caplog):
     """The printed command is the run's own: it resumes the teacher from its staging checkpoint, exactly."""
     teacher = ['teacher.overrides=["trainer.max_epochs=2","data.batch_size=32"]', "trainer.limit_train_batches=2"]
     whole, _ = train(make_cfg("experiment=distill_mlp", *teacher, f"paths.teacher_dir={tmp_path / 'other'}"))
@@ -289,8 +289,10 @@ def test_a_signal_while_the_teacher_trains_prints_a_command_that_resumes_it(make
             train(cfg)
     assert "ckpt_path" not in stopped.value.resume  # the student had not started: the same command resumes
     assert list(Path(cfg.paths.teacher_dir).glob(".*.staging/checkpoints/interrupted.ckpt"))
+    caplog.clear()
     resumed, _ = train(make_cfg("experiment=distill_mlp", *teacher))
     assert resumed.teacher.sha256 == whole.teacher.sha256  # the resumed teacher is the uninterrupted one, bit for bit
+    assert "resuming its interrupted training first" in caplog.text  # and its log says so
 
 
 def test_resume_with_more_epochs_is_refused_before_training(make_cfg):

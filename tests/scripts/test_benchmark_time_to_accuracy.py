@@ -81,12 +81,16 @@ def test_quick_mode_times_every_row_and_each_figure_follows_from_its_curve(tmp_p
     assert results["targets"] == {"train_teacher_mlp": 98.7, "student_scratch_mlp": 98.4, "distill_mlp": 97.5}
     rows = {(r["recipe"], r["preset"], r["impl"]): r for r in results["rows"]}
     levers = {(r, label, "kdlab") for r in MNIST_RECIPES for label in benchmark.LEVERS.get(r, {})}
-    assert levers == {("distill_mlp", "batch", "kdlab"), ("distill_mlp", "fast-live", "kdlab")}
+    assert levers == {
+        (r, label, "kdlab")
+        for r, label in [("distill_mlp", "batch"), ("distill_mlp", "fast-live"), ("distill_mlp", "unfused")]
+    }
     presets = {(r, p, i) for r in MNIST_RECIPES for p in ("standard", "fast") for i in ("kdlab", "plain")}
     assert set(rows) == presets | levers
     assert rows["distill_mlp", "batch", "kdlab"]["experiment"] == "distill_mlp"
     assert rows["distill_mlp", "batch", "kdlab"]["overrides"] == ["data.batch_size=256", "optimizer.lr=1e-2"]
     assert rows["distill_mlp", "fast-live", "kdlab"]["experiment"] == "distill_mlp_fast"
+    assert rows["distill_mlp", "unfused", "kdlab"]["overrides"] == ["optimizer.fused=false"]
     for (recipe, preset, impl), row in rows.items():
         if preset in ("standard", "fast"):
             assert row["experiment"] == (recipe if preset == "standard" else f"{recipe}_fast")

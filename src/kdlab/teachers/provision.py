@@ -122,8 +122,9 @@ def _train(tcfg: DictConfig, root: Path, key: str, teacher: DictConfig, fit: Cal
     staging = root / f".{key}.staging"
     checkpoints = staging / "checkpoints"
     resume = next((p for p in (checkpoints / "interrupted.ckpt", checkpoints / "last.ckpt") if p.is_file()), None)
-    log.warning("No cached teacher for recipe %r (seed %s, key %s): %s it first, into %s", teacher.recipe,
-                teacher.seed, key, "resuming its training" if resume else "training", root / key)  # fmt: skip
+    doing = "resuming its interrupted training" if resume else "training it"
+    log.warning("No cached teacher for recipe %r (seed %s, key %s): %s first, into %s", teacher.recipe,
+                teacher.seed, key, doing, root / key)  # fmt: skip
     overrides = [f"experiment={teacher.recipe}", f"seed={teacher.seed}", *teacher.get("overrides", [])]
     record, module = fit(tcfg, staging, resume, overrides)
     if not record.finished:
