@@ -57,6 +57,18 @@ def test_a_pair_table_gives_each_sweeps_interval_and_its_paired_difference_to_th
     assert "| alone | 99.00 ± 0.25 | 100.0 ± 24.8 | 3 | 98.10 (190 errors) | 11 s | - | 146 |" in results.render(paper)
 
 
+def test_a_rows_wall_time_is_the_median_job_not_the_mean_with_the_job_that_trained_the_teacher(results, tmp_path):
+    _sweep(tmp_path / "a_scratch", None, [0.990, 0.991, 0.989], ["seed"])
+    _sweep(tmp_path / "a_distill", None, [0.992, 0.992, 0.990], ["seed"])
+    first = tmp_path / "a_distill" / "all0" / "metrics.json"  # seed 0 trained the teacher: 1000 s, not 10 s
+    first.write_text(first.read_text().replace('"wall_time_s": 10.0', '"wall_time_s": 1000.0'))
+    sweeps = (results.Sweep("a_scratch", "alone", ("x",)), results.Sweep("a_distill", "distilled", ("y",)))
+    lines = results.render(results.Table("t", "A pair", sweeps, reference="a_scratch"))
+    # distilled jobs: 1000, 11, 12 s: median 12 s (the mean, 341 s, is no run's cost)
+    assert "| distilled | 99.13 ± 0.29 | 3 | 98.10 | 12 s | +0.13 [-0.01, +0.28] |" in lines
+    assert any("median wall time per run" in line for line in lines)
+
+
 def test_each_row_of_a_fast_table_is_paired_with_its_own_standard_recipe(results, tmp_path):
     for name, accs in {"t": [0.990, 0.991, 0.989], "t_fast": [0.991, 0.990, 0.990],
                        "s": [0.980, 0.982, 0.981], "s_fast": [0.978, 0.980, 0.979]}.items():  # fmt: skip
