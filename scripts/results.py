@@ -184,7 +184,7 @@ def _only_row(table: Table, sweep: Sweep) -> Row:
 def median_wall_time(row: Row) -> float | None:
     """A run's typical wall time: the median over the jobs, so the job that trained the sweep's teacher (or built
     its output cache) for all the others is not averaged into what one run costs."""
-    times = [float(t) for job in row.jobs if isinstance(t := job.record.wall_time_s, int | float) and t > 0]
+    times = row.wall_times()
     return statistics.median(times) if times else None
 
 

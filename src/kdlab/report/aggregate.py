@@ -50,9 +50,13 @@ class Row:
     def mean(self, metric: str) -> float | None:
         return (self.stats(metric) or (None,))[0]
 
-    def wall_time(self) -> float | None:
+    def wall_times(self) -> list[float]:
+        """Each finished job's wall time in seconds, where its record has a usable one."""
         times = [job.record.wall_time_s for job in self.jobs]
-        return (mean_std([float(t) for t in times if is_number(t) and math.isfinite(t) and t > 0]) or (None,))[0]
+        return [float(t) for t in times if is_number(t) and math.isfinite(t) and t > 0]
+
+    def wall_time(self) -> float | None:
+        return (mean_std(self.wall_times()) or (None,))[0]
 
     def label(self, keys: list[str]) -> str:
         """`distill.temperature=4, distill.losses.kd.weight=0.9 (smoke)`, or "all jobs" when nothing was swept."""
