@@ -402,6 +402,22 @@ def test_datamodule_spec_and_splits(cifar10, make_data):
     assert dm.data_train.y.dtype == torch.int64
 
 
+def test_prepare_data_checks_the_files_until_they_are_read_then_not_again(cifar10, make_data, monkeypatch):
+    """Lightning calls prepare_data() at every fit and test; once setup() has read the files, checking them
+    again (seven MD5s with verify=true) cannot change what the run trains on."""
+    from kdlab.data import cifar as cifar_module
+
+    calls = []
+    monkeypatch.setattr(cifar_module, "ensure_cifar", lambda *a, **k: calls.append(a))
+    dm = _dm(make_data, cifar10[0])
+    dm.prepare_data()
+    assert len(calls) == 1
+    dm.setup()
+    dm.prepare_data()
+    dm.prepare_data()
+    assert len(calls) == 1
+
+
 def _train_batch(dm, n=16):
     return dm.data_train.x[:n], dm.data_train.y[:n], torch.arange(n)
 

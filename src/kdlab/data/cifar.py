@@ -234,6 +234,8 @@ class CIFARDataModule(ImageDataModule):
         super().__init__(data_dir=os.fspath(data_dir), verify=bool(verify), download=bool(download), **common)
 
     def prepare_data(self) -> None:
+        if self.loaded:  # read into memory already (ImageDataModule.loaded)
+            return
         hp = self.hparams
         ensure_cifar(hp.data_dir, hp.name, download=hp.download, verify=hp.verify)
 

