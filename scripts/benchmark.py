@@ -19,6 +19,8 @@ computes with the same torch thread count (`--threads`, as runtime.threads).
 Rows, per family (`distill` = distill_mlp, `scratch` = student_scratch_mlp, `teacher` = train_teacher_mlp):
     plain        a hand-written loop of the same math: in-memory uint8 batches, kdlab's own
                  random_shift/random_flip/normalize, the same nets, CE (+ KD) written out, AdamW + one-cycle
+    lightning    the plain loop's step as the smallest LightningModule (its net, loss, optimiser and
+                 schedule, kdlab's datamodule) through the same bare Trainer: Lightning's own cost per step
     bare         kdlab's LightningModule through a bare Trainer (no logger, bar, checkpoints, validation)
     plain+val    the plain loop plus a plain validation pass per epoch
     kdlab        kdlab as train.py runs it (kdlab.run.train): the experiment's callbacks with the Rich bar
@@ -115,7 +117,7 @@ from kdlab.teachers.outputs import compute_teacher_outputs
 
 FAMILIES = {"distill": "distill_mlp", "distill-cached": "distill_mlp", "scratch": "student_scratch_mlp",
             "teacher": "train_teacher_mlp"}  # fmt: skip
-KINDS = ("plain", "bare", "plain+val", "kdlab")
+KINDS = ("plain", "lightning", "bare", "plain+val", "kdlab")
 EXTRA_KINDS = ("bare bf16-mixed", "bare compile", "bare fused")
 QUICK_ROWS = "distill/*,distill-cached/*,scratch/kdlab"
 TARGETS = {  # (numerator row, denominator row, batch size): the ratio kdlab must reach (issue 9)
@@ -425,18 +427,54 @@ def plain_validation(loop: PlainLoop, x_val: torch.Tensor, y_val: torch.Tensor, 
 
 
 # -- the Lightning rows -----------------------------------------------------------------------------------
+class PlainStep(L.LightningModule):
+    """The plain loop's step and nothing else, as a LightningModule: what Lightning itself costs per step.
+
+    The teacher is held outside the module's children, so the Trainer neither trains it nor switches its mode.
+    """
+
+    def __init__(self, loop: PlainLoop) -> None:
+        super().__init__()
+        self.net, self.loop = loop.net, loop
+
+    def training_step(self, batch, batch_idx):
+        loop, t_logits = self.loop, None
+        if loop.cached is not None:
+            t_logits = loop.cached.lookup(batch.index, batch.shift, batch.flip)
+        elif loop.teacher is not None:
+            with torch.no_grad():
+                t_logits = loop.teacher(batch.x)
+        return plain_loss(self.net(batch.x), batch.y, t_logits, loop.terms)
+
+    def configure_optimizers(self):
+        if self.loop.scheduler is None:
+            return self.loop.optimizer
+        return {
+            "optimizer": self.loop.optimizer,
+            "lr_scheduler": {"scheduler": self.loop.scheduler, "interval": "step"},
+        }
+
+
 def bare_row(
-    bench: Bench, family: str, batch_size: int, precision: str = "32-true", compiled: bool = False, fused: bool = False
-) -> Timing:
-    """kdlab's LightningModule through a Trainer with everything optional switched off."""
+    bench: Bench, family: str, batch_size: int, precision: str = "32-true", compiled: bool = False, fused: bool = False,
+    minimal: bool = False,
+) -> Timing:  # fmt: skip
+    """kdlab's LightningModule (or, `minimal`, the plain loop's step: PlainStep) through a Trainer with everything
+    optional switched off."""
     started = time.perf_counter()
     cfg = fused_config(bench, family, batch_size) if fused else bench.config(family, batch_size)
     dm = instantiate(cfg.data, _convert_="all")
     spec = dm.static_spec
-    module = instantiate(cfg.module, num_classes=spec.num_classes, input_shape=list(spec.input_shape),
-                         **({"compile": True} if compiled else {}))  # fmt: skip
-    if family == "distill-cached":
-        module.use_teacher_outputs(bench.outputs["cache"])
+    if minimal:  # the plain loop's net, teacher, optimiser and schedule over the same steps; kdlab's batches
+        teacher_ckpt = bench.teacher_ckpt if family.startswith("distill") else None
+        cached = bench.outputs["cache"] if family == "distill-cached" else None
+        loop = plain_loop(cfg, bench.data, bench.device, bench.args.epochs, teacher_ckpt, cached, bench.steps_per_epoch)
+        module = PlainStep(loop)
+    else:
+        module = instantiate(cfg.module, num_classes=spec.num_classes, input_shape=list(spec.input_shape),
+                             **({"compile": True} if compiled else {}))  # fmt: skip
+        if family == "distill-cached":
+            module.use_teacher_outputs(bench.outputs["cache"])
     clock = Clock(bench.args.warmup, started)
     trainer = L.Trainer(
         accelerator=bench.args.accelerator,
@@ -557,6 +595,8 @@ def runner(bench: Bench, family: str, kind: str, batch_size: int) -> Callable[[]
         return lambda: plain_row(bench, family, batch_size, validate=False)
     if kind == "plain+val":
         return lambda: plain_row(bench, family, batch_size, validate=True)
+    if kind == "lightning":
+        return lambda: bare_row(bench, family, batch_size, minimal=True)
     if kind == "bare":
         return lambda: bare_row(bench, family, batch_size)
     if kind == "bare bf16-mixed":
@@ -621,7 +661,13 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
     pairs = []  # (what, numerator, denominator, batch size, target, target is a floor)
     for batch_size in sorted({r.batch_size for r in rows}):
         for family in FAMILIES:
-            for num, den in (("bare", "plain"), ("kdlab", "plain+val"), ("kdlab", "plain")):
+            for num, den in (
+                ("lightning", "plain"),
+                ("bare", "lightning"),
+                ("bare", "plain"),
+                ("kdlab", "plain+val"),
+                ("kdlab", "plain"),
+            ):
                 den_family = "distill" if den == "plain+val" and family == "distill-cached" else family
                 pairs.append((None, f"{family}/{num}", f"{den_family}/{den}", batch_size, None, True))
         for kind in EXTRA_KINDS:

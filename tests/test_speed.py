@@ -46,8 +46,8 @@ def test_benchmark_quick_mode_emits_every_row_as_json(mnist_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = {(r["row"], r["batch_size"]) for r in results["rows"]}
-    assert {(f"distill/{kind}", 128) for kind in ("plain", "bare", "plain+val", "kdlab")} <= rows
-    assert {("distill-cached/plain", 128), ("distill-cached/bare", 128), ("distill-cached/kdlab", 128)} <= rows
+    assert {(f"distill/{kind}", 128) for kind in ("plain", "lightning", "bare", "plain+val", "kdlab")} <= rows
+    assert {(f"distill-cached/{kind}", 128) for kind in ("plain", "lightning", "bare", "kdlab")} <= rows
     assert ("scratch/kdlab", 128) in rows
     for row in results["rows"]:
         run = row["runs"][0]
@@ -130,6 +130,18 @@ def test_the_plain_loops_loss_and_cached_logits_are_kdlabs_on_the_same_batch(mni
         live = modules["distill"].teacher(batch.x)
     cached = bench.outputs["cache"].lookup(batch.index, batch.shift, batch.flip)
     torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-4)
+    # The `lightning` rows' module: the plain loop's step, its teacher (live or cached) kept out of its children
+    bench.teacher_ckpt = str(tmp_path / "teacher.pt")
+    torch.save(modules["distill"].teacher.state_dict(), bench.teacher_ckpt)
+    for family, table in (("scratch", None), ("distill", None), ("distill", bench.outputs["cache"])):
+        cfg = bench.config(family, 64)
+        loop = benchmark.plain_loop(cfg, dm, torch.device("cpu"), 1, bench.teacher_ckpt if family == "distill" else None,
+                                    table)  # fmt: skip
+        loop.net.load_state_dict(modules[family].net.state_dict())
+        step = benchmark.PlainStep(loop)
+        assert [name for name, _ in step.named_children()] == ["net"]
+        expected = modules[family].training_step(batch, 0)
+        torch.testing.assert_close(step.training_step(batch, 0), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_precision_rows_alone_run_and_a_pattern_that_matches_nothing_is_refused(mnist_dir, torch_state):
