@@ -135,8 +135,8 @@ def test_the_plain_loops_loss_and_cached_logits_are_kdlabs_on_the_same_batch(mni
     torch.save(modules["distill"].teacher.state_dict(), bench.teacher_ckpt)
     for family, table in (("scratch", None), ("distill", None), ("distill", bench.outputs["cache"])):
         cfg = bench.config(family, 64)
-        loop = benchmark.plain_loop(cfg, dm, torch.device("cpu"), 1, bench.teacher_ckpt if family == "distill" else None,
-                                    table)  # fmt: skip
+        teacher_ckpt = bench.teacher_ckpt if family == "distill" else None
+        loop = benchmark.plain_loop(cfg, dm, torch.device("cpu"), 1, teacher_ckpt, table)
         loop.net.load_state_dict(modules[family].net.state_dict())
         step = benchmark.PlainStep(loop)
         assert [name for name, _ in step.named_children()] == ["net"]
