@@ -16,7 +16,6 @@ names.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -181,13 +180,6 @@ def _only_row(table: Table, sweep: Sweep) -> Row:
     return rows[0]
 
 
-def median_wall_time(row: Row) -> float | None:
-    """A run's typical wall time: the median over the jobs, so the job that trained the sweep's teacher (or built
-    its output cache) for all the others is not averaged into what one run costs."""
-    times = row.wall_times()
-    return statistics.median(times) if times else None
-
-
 def reference_of(table: Table, sweep: Sweep) -> str | None:
     """The sweep the row is paired with: its own from `against`, else the table's reference (not itself)."""
     reference = dict(table.against).get(sweep.name, table.reference)
@@ -235,7 +227,7 @@ def render(table: Table) -> list[str]:
             teacher = "-" if teacher is None else f"{100 * teacher:.2f}"
             if teacher != "-" and table.test_images:
                 teacher += f" ({round((1 - row.mean('test/teacher_acc')) * table.test_images)} errors)"
-            wall = median_wall_time(row)
+            wall = row.wall_time()
             cells = ""
             if table.test_images:
                 mean, half = mean_interval([(1 - acc) * table.test_images for acc in accs.values()])

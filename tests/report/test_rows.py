@@ -47,7 +47,7 @@ def test_rows_average_the_seeds_of_each_temperature(grid_sweep):
     assert two[4] == "98.10"  # teacher
     assert two[6] == f"{np.mean(KL[3:]):.4f}"
     assert two[7] == "235,146"
-    assert two[8] == "11.0"  # mean wall time of seeds 0, 1, 2
+    assert two[8] == "11.0"  # median wall time of seeds 0, 1, 2
     assert two[9] == ""  # notes: nothing left out of this row
     assert table_line(text, "10")[2] == f"{np.mean(TEST_ACC[:3]) * 100:.2f} ± {np.std(TEST_ACC[:3], ddof=1) * 100:.2f}"
     assert table_line(text, "4")[1:4] == ["0", "-", "-"]
@@ -55,6 +55,15 @@ def test_rows_average_the_seeds_of_each_temperature(grid_sweep):
     assert "Best by validation (val/acc_best; the test set only reports it): distill.temperature=2:" in text
     assert "94.00 ± 0.40% test acc over 2 runs, seeds 0, 1" in text  # the baseline seen by the most runs
     assert "- job folder `6` (distill.temperature=4, seed=0): **unfinished**: no metrics.json" in text
+
+
+def test_a_rows_wall_time_is_its_median_job_not_the_mean_with_the_job_that_trained_the_teacher(grid_sweep):
+    """Job 3 (temperature 2, seed 0) trained the sweep's teacher: 1000 s where its siblings took 11 and 12 s."""
+    first = grid_sweep / "3" / "metrics.json"
+    first.write_text(first.read_text().replace('"wall_time_s": 10.0', '"wall_time_s": 1000.0'))
+    report = write_report(grid_sweep)
+    assert "median wall time (s)" in report.table
+    assert table_line(report.table, "2")[8] == "12.0"  # the mean, 341.0 s, is no run's cost
 
 
 def test_writes_valid_pngs_and_nothing_tensorboard_reads_as_a_run(grid_sweep, tmp_path):

@@ -56,7 +56,10 @@ class Row:
         return [float(t) for t in times if is_number(t) and math.isfinite(t) and t > 0]
 
     def wall_time(self) -> float | None:
-        return (mean_std(self.wall_times()) or (None,))[0]
+        """What one run of this setting takes: the median job, so a job that trained the sweep's teacher (or
+        built its output cache) for all the others is not averaged into every run's cost."""
+        times = self.wall_times()
+        return statistics.median(times) if times else None
 
     def label(self, keys: list[str]) -> str:
         """`distill.temperature=4, distill.losses.kd.weight=0.9 (smoke)`, or "all jobs" when nothing was swept."""

@@ -50,7 +50,7 @@ def markdown_table(sweep: Sweep, scratch: list[Comparison] = ()) -> str:
         _ensemble_column(jobs) if members else "teacher acc (%)",
         *(f"member {i} acc (%)" for i in range(members)),
     ]
-    header += ["agreement (%)", "KL", "params", "wall time (s)", *(["notes"] if any(notes) else [])]
+    header += ["agreement (%)", "KL", "params", "median wall time (s)", *(["notes"] if any(notes) else [])]
     body = [
         [*(fmt.short(row.value(k), row.setting[k]) for k in sweep.keys), str(len(row.jobs))]
         + [fmt.mean_std_percent(row.stats(metric)) for metric in ("test/acc", SELECT_METRIC)]
