@@ -13,9 +13,9 @@ from kdlab.modules import DistillationModule, TeacherModule
 
 
 def quiet_trainer(**kw) -> L.Trainer:
-    """One CPU epoch, nothing written to disk or the terminal."""
+    """One CPU epoch (unless `max_epochs` says otherwise), nothing written to disk or the terminal."""
     off = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    return L.Trainer(max_epochs=1, accelerator="cpu", **off, **kw)
+    return L.Trainer(**{"max_epochs": 1, "accelerator": "cpu", **off, **kw})
 
 
 class AssertTeacherEval(L.Callback):

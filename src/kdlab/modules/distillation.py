@@ -18,7 +18,8 @@ from kdlab.models import build_net, net_config
 from kdlab.modules.base import ClassifierSystem
 from kdlab.modules.ensemble import TeacherEnsemble, check_combination
 from kdlab.modules.taps import FeatureTap
-from kdlab.teachers.outputs import TeacherOutputs, TeacherOutputsError, evaluating
+from kdlab.teachers.outputs import TeacherOutputs, TeacherOutputsError, evaluating, tolerance
+from kdlab.teachers.validation import ValidationLogits
 
 TEACHER_PREFIX = "teacher."
 
@@ -94,9 +95,11 @@ class DistillationModule(ClassifierSystem):
         for term in terms:  # weight-0 terms are neither tapped nor built
             term.build(student_feats, teacher_feats if term.member is None else member_feats[term.member])
         # The teacher's logits of every training view, when cached (kdlab.teachers.outputs); not saved in
-        # checkpoints. Validation and test always run the teacher.
+        # checkpoints. Validation scores each image live once per fit (kdlab.teachers.validation); test always.
         self.teacher_outputs: list[TeacherOutputs] | None = None  # one per teacher net (ensemble members)
         self._check_outputs = False  # compare the first training batch of each fit with the live teacher
+        self.validation_logits: ValidationLogits | None = None  # during a fit whose terms read logits alone
+        self._rescore_validation = False  # the first validation batch of each epoch runs the teacher again
 
     def teacher_net_config(self, i: int = 0) -> dict:
         """Teacher net `i`'s config (an ensemble's member `i`), its input shape and classes filled in."""
@@ -144,9 +147,24 @@ class DistillationModule(ClassifierSystem):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._check_outputs = self.teacher_outputs is not None
+        # Validation sees the same images every epoch unless the fit reloads its dataloaders.
+        reloads = getattr(self._driving_trainer(), "reload_dataloaders_every_n_epochs", 0)
+        keep = not self.teacher_feature_terms() and not reloads
+        self.validation_logits = ValidationLogits() if keep else None
+
+    def on_fit_end(self) -> None:
+        self.validation_logits = None  # a later trainer.validate() may bring other images under the same positions
+
+    def on_validation_epoch_start(self) -> None:
+        self._rescore_validation = True
 
     def known_teacher_logits(self, batch, stage: str) -> list[torch.Tensor] | None:
-        """The cached logits [B, C] of this training batch, one per teacher net (an ensemble's members in order)."""
+        """The known logits [B, C] of this batch, one per teacher net (an ensemble's members in order): a training
+        batch's from the cache, a validation batch's from an earlier epoch of this fit."""
+        if stage == "val":
+            kept, rescore = self.validation_logits, self._rescore_validation
+            # not while the first training batch is still to be checked against the cache: that check is its own
+            return None if kept is None or rescore or self._check_outputs else kept.get(batch.index)
         if stage != "train" or self.teacher_outputs is None:
             return None
         if batch.affine is not None:  # a continuous view: no entry holds its logits
@@ -185,6 +203,16 @@ class DistillationModule(ClassifierSystem):
             member_logits=logits if self.is_ensemble else None,
             member_features=member_feats,
         )
+
+    def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
+        loss, inputs = super().shared_step(batch, stage)
+        if stage == "val" and self.validation_logits is not None:
+            logits = inputs.member_logits if self.is_ensemble else [inputs.teacher_logits]
+            if self._rescore_validation:  # this batch ran the live teacher: it must agree with what is kept
+                self._rescore_validation = False
+                self.validation_logits.check(batch.index, logits, tolerance(self.trainer.precision))
+            self.validation_logits.put(batch.index, logits)
+        return loss, inputs
 
     def _verify_cached(self, cached: list[torch.Tensor], live: list[torch.Tensor]) -> None:
         """Once per fit (a host sync): the cached logits of this batch's (image, shift) pairs against the teacher's."""

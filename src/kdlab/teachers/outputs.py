@@ -14,7 +14,7 @@ Rules that keep it exact:
 - every entry carries the sha256 of its logits, verified on every read: a damaged entry is moved aside
   and rebuilt, never trained on; a seeded sample of entries is also checked against the live teacher
   before use, and the first training batch of every fit again, within the tolerance of the precision;
-- validation and test always run the live teacher.
+- validation and test run the live teacher (validation once per image and fit: kdlab.teachers.validation).
 
 When a run uses an entry, where it lives and when it is built: kdlab.teachers.cache.
 """
