@@ -41,10 +41,10 @@ counterparts) and preset (`--presets`: standard = the experiment, fast = `<exper
     kdlab   kdlab.run.train on the experiment's config, as train.py runs it (test=true, its callbacks, the
             Rich bar as in a terminal, TensorBoard, checkpoints), in a fresh run folder every repeat
     plain   the hand-written loop above with the recipe's net, batch size, epochs, optimiser and per-step
-            schedule, validated every epoch on the same validation split, then testing the weights of its
-            best validation epoch (the first best, as kdlab's checkpoint keeps). Settings that only change
-            speed (precision, compile, validation every k epochs or on a subset) are not copied: it runs
-            float32 in eager mode and validates every epoch on the whole split.
+            schedule, validated on the same validation split after the same epochs (the recipe's
+            trainer.check_val_every_n_epoch: which epoch is tested depends on it), then testing the weights of
+            its best validation (the first best, as kdlab's checkpoint keeps). Settings that only change speed
+            (precision, compile) are not copied: it runs float32 in eager mode, on the whole validation split.
 Each row's figures, in seconds of wall time (time.perf_counter) counted from the run's start:
     kdlab   start = the call of kdlab.run.train (the process's start-up, imports and config composition,
             alike for every run a user starts, are not in it); so every figure includes claiming the run
@@ -979,8 +979,9 @@ def kdlab_accuracy_run(bench: Bench, row: AccuracyRow) -> AccuracyRun:
 
 
 def plain_accuracy_run(bench: Bench, row: AccuracyRow) -> AccuracyRun:
-    """The plain loop of the recipe, validated every epoch on the same split; the weights of its best validation
-    epoch tested, as kdlab tests its best checkpoint. Timed from reading the data (kdlab's own reader) on."""
+    """The plain loop of the recipe, validated on the same split after the same epochs as the recipe's Trainer
+    (every `trainer.check_val_every_n_epoch`); the weights of its best validation tested, as kdlab tests its best
+    checkpoint (the last weights where it never validated). Timed from reading the data (kdlab's own reader) on."""
     cfg, device = row.cfg, bench.device
     teacher = bench.teachers.get(row.experiment) or {}
     _sync(device)
@@ -990,17 +991,20 @@ def plain_accuracy_run(bench: Bench, row: AccuracyRow) -> AccuracyRun:
     dm.setup("fit")
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
-    epochs = int(cfg.trainer.max_epochs)
+    epochs, every = int(cfg.trainer.max_epochs), int(cfg.trainer.get("check_val_every_n_epoch") or 1)
     loop = plain_loop(cfg, dm, device, epochs, teacher.get("ckpt"), teacher.get("table"))
     x_val, y_val = dm.data_val.x.to(device), dm.data_val.y.to(device)
     points, best, best_state = [], -1.0, None
-    for _ in range(epochs):
+    for epoch in range(epochs):
         plain_epoch(loop)
+        if (epoch + 1) % every:
+            continue
         acc = plain_validation(loop, x_val, y_val)["acc"]
         points.append((time.perf_counter() - started, acc))
         if acc > best:  # strictly better, as ModelCheckpoint(mode="max") keeps the first best epoch
             best, best_state = acc, {k: v.detach().clone() for k, v in loop.net.state_dict().items()}
-    loop.net.load_state_dict(best_state)
+    if best_state is not None:
+        loop.net.load_state_dict(best_state)
     test_acc = plain_validation(loop, dm.data_test.x.to(device), dm.data_test.y.to(device))["acc"]
     total = time.perf_counter() - started
     return AccuracyRun(time_to_target(points, row.target), total, test_acc, points)

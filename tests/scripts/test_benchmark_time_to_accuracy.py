@@ -120,3 +120,20 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_the_plain_loop_validates_after_the_same_epochs_as_the_recipes_trainer(tmp_path):
+    # student_scratch_digits_fast validates every 5 epochs; --quick runs it for 5: one validation in each loop
+    out = tmp_path / "tta.json"
+    command = [sys.executable, "scripts/benchmark.py", "--time-to-accuracy", "--quick", "--recipes",
+               "student_scratch_digits", "--presets", "fast", "--teacher-dir", str(tmp_path / "teachers"),
+               "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLAB_ROOT": str(tmp_path / "root")}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {row["impl"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"kdlab", "plain"}
+    for impl, row in rows.items():
+        (run,) = row["runs"]
+        assert len(run["curve"]) == 1, impl
