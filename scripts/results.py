@@ -56,6 +56,8 @@ class Table:
 
 MLP_SCRATCH = Sweep("mlp_scratch", "student alone", ("experiment=student_scratch_mlp", SEEDS))
 MLP_DISTILL = Sweep("mlp_distill", "student distilled (KD, T=4)", ("experiment=distill_mlp", SEEDS))
+DIGITS_SCRATCH = Sweep("digits_scratch", "student alone", ("experiment=student_scratch_digits", SEEDS))
+DIGITS_DISTILL = Sweep("digits_distill", "student distilled (KD, T=4)", ("experiment=distill_digits", SEEDS))
 TABLES = (
     Table(
         "mlp",
@@ -66,10 +68,7 @@ TABLES = (
     Table(
         "digits",
         "scikit-learn's digits: teacher CNN, student MLP 64-32-10",
-        (
-            Sweep("digits_scratch", "student alone", ("experiment=student_scratch_digits", SEEDS)),
-            Sweep("digits_distill", "student distilled (KD, T=4)", ("experiment=distill_digits", SEEDS)),
-        ),
+        (DIGITS_SCRATCH, DIGITS_DISTILL),
         reference="digits_scratch",
     ),
     Table(
@@ -136,10 +135,18 @@ TABLES = (
                 "student distilled, fast",
                 ("experiment=distill_mlp_fast", SEEDS, "runtime.teacher_cache=on"),
             ),  # fmt: skip
+            Sweep("digits_scratch", "digits: student alone", DIGITS_SCRATCH.overrides),
+            Sweep(
+                "digits_scratch_fast", "digits: student alone, fast", ("experiment=student_scratch_digits_fast", SEEDS)
+            ),
+            Sweep("digits_distill", "digits: student distilled (KD, T=4)", DIGITS_DISTILL.overrides),
+            Sweep("digits_distill_fast", "digits: student distilled, fast", ("experiment=distill_digits_fast", SEEDS)),
         ),
         against=(
             ("mlp_scratch_fast", "mlp_scratch"),
             ("mlp_distill_fast", "mlp_distill"),
+            ("digits_scratch_fast", "digits_scratch"),
+            ("digits_distill_fast", "digits_distill"),
         ),  # fmt: skip
     ),
 )
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {sweep.command()} hydra.sweep.dir={sweep_dir(sweep)}")
         return 0
     if not args.tables_only:
-        for sweep in dict.fromkeys(sweep for table in tables for sweep in table.sweeps):
+        for sweep in {sweep.name: sweep for table in tables for sweep in table.sweeps}.values():  # one folder, once
             if (code := run_sweep(sweep)) != 0:
                 print(f"error: {sweep.command()} exited {code}; fix it, then run this again (finished jobs are kept).",
                       file=sys.stderr)  # fmt: skip

@@ -116,3 +116,13 @@ def test_the_readme_block_between_its_markers_is_replaced_and_nothing_else(resul
         "head\n<!-- results:zoo -->\nnew\nlines\n<!-- /results:zoo -->\ntail\n"
     )
     assert results.replace_block(text, "mlp", ["x"]) == text  # no markers: untouched
+
+
+def test_a_sweep_that_two_tables_show_under_their_own_labels_runs_once(results, monkeypatch):
+    ran = []
+    monkeypatch.setattr(results, "run_sweep", lambda sweep: ran.append(sweep.name) or 0)
+    monkeypatch.setattr(results, "render", lambda table: [])
+    assert results.main(["--only", "digits", "--only", "fast"]) == 0
+    # the digits table's "student alone" is the fast table's "digits: student alone": one folder, one sweep
+    assert ran.count("digits_scratch") == 1 and ran.count("digits_distill") == 1
+    assert len(ran) == len(set(ran)) and "digits_distill_fast" in ran
