@@ -56,3 +56,26 @@ def test_an_epoch_resumed_midway_shows_the_time_since_the_resume(tmp_path, caplo
     assert took.group(2), lines[0]  # the resumed epoch's time is its part since the resume, and says so
     assert re.fullmatch(r"[0-5]s", took.group(1)), lines[0]  # seconds, not the machine's uptime ("3h53m")
     assert " since resume" not in lines[1]
+
+
+class LogsValAcc(Tiny):
+    """Logs val/acc = 0.1 x (epoch + 1) at each validation, so a line shows which epoch's value it prints."""
+
+    def val_dataloader(self):
+        return DataLoader(torch.randn(4, 4), batch_size=2)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", 0.1 * (self.current_epoch + 1))
+
+
+def test_an_epoch_that_did_not_validate_shows_no_validation_accuracy(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kdlab.progress")
+    off = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, callbacks=[EpochLines("tiny")],
+                        default_root_dir=tmp_path, **off)  # fmt: skip
+    trainer.fit(LogsValAcc())
+    shown = [
+        re.search(r"val acc (\S+)", r.getMessage()).group(1) for r in caplog.records if " epoch " in r.getMessage()
+    ]
+    # epochs 1 and 3 did not validate: Lightning still holds epoch 2's 20.00% at epoch 3, which is not epoch 3's
+    assert shown == ["-", "20.00%", "-", "40.00%"]

@@ -37,7 +37,11 @@ def _pct(value: torch.Tensor | float | None) -> str:
 
 
 class EpochLines(L.Callback):
-    """`[label] epoch 3/30  train loss 0.1234  val acc 98.12%  best 98.20%  2.3s  ETA 1m02s`."""
+    """`[label] epoch 3/30  train loss 0.1234  val acc 98.12%  best 98.20%  2.3s  ETA 1m02s`.
+
+    `val acc` is that epoch's own, or `-` for an epoch that did not validate (trainer.check_val_every_n_epoch):
+    Lightning keeps the last value logged, which would read as the epoch's. `best` is the best so far.
+    """
 
     def __init__(self, label: str = "") -> None:
         self.label = label
@@ -45,6 +49,7 @@ class EpochLines(L.Callback):
         self._fit_start = 0.0
         self._first_epoch = 0
         self._since_resume = False
+        self._validated_epoch: int | None = None  # the epoch of the last validation (not the sanity check)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # A run resumed mid-epoch (from interrupted.ckpt) continues that epoch without an epoch start:
@@ -58,6 +63,10 @@ class EpochLines(L.Callback):
         self._epoch_start = time.perf_counter()
         self._since_resume = False
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:  # Lightning validates before the epoch's on_train_epoch_end
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Callbacks run before the module's own epoch-end hook, which logs the train loss; the metric
         # computed here is cached, so the module's compute() costs nothing more.
@@ -69,11 +78,12 @@ class EpochLines(L.Callback):
         eta = (now - self._fit_start) / done * left if done > 0 and left > 0 else 0.0
         metrics = trainer.callback_metrics
         took = _duration(now - self._epoch_start) + (" since resume" if self._since_resume else "")
+        validated = self._validated_epoch == trainer.current_epoch
         self._say(
             trainer,
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
             f"train loss {'-' if loss is None else f'{float(loss):.4f}'}  "
-            f"val acc {_pct(metrics.get('val/acc'))}  best {_pct(metrics.get('val/acc_best'))}  "
+            f"val acc {_pct(metrics.get('val/acc') if validated else None)}  best {_pct(metrics.get('val/acc_best'))}  "
             f"{took}  ETA {_duration(eta)}",
         )
 
