@@ -100,6 +100,7 @@ class DistillationModule(ClassifierSystem):
         self._check_outputs = False  # compare the first training batch of each fit with the live teacher
         self.validation_logits: ValidationLogits | None = None  # during a fit whose terms read logits alone
         self._rescore_validation = False  # the first validation batch of each epoch runs the teacher again
+        self._validation_live = True  # this validation batch ran the teacher (not read from validation_logits)
 
     def teacher_net_config(self, i: int = 0) -> dict:
         """Teacher net `i`'s config (an ensemble's member `i`), its input shape and classes filled in."""
@@ -164,7 +165,9 @@ class DistillationModule(ClassifierSystem):
         if stage == "val":
             kept, rescore = self.validation_logits, self._rescore_validation
             # not while the first training batch is still to be checked against the cache: that check is its own
-            return None if kept is None or rescore or self._check_outputs else kept.get(batch.index)
+            known = None if kept is None or rescore or self._check_outputs else kept.get(batch.index)
+            self._validation_live = known is None  # shared_step keeps only what the teacher computed
+            return known
         if stage != "train" or self.teacher_outputs is None:
             return None
         if batch.affine is not None:  # a continuous view: no entry holds its logits
@@ -206,7 +209,7 @@ class DistillationModule(ClassifierSystem):
 
     def shared_step(self, batch, stage: str) -> tuple[torch.Tensor, LossInputs]:
         loss, inputs = super().shared_step(batch, stage)
-        if stage == "val" and self.validation_logits is not None:
+        if stage == "val" and self.validation_logits is not None and self._validation_live:
             logits = inputs.member_logits if self.is_ensemble else [inputs.teacher_logits]
             if self._rescore_validation:  # this batch ran the live teacher: it must agree with what is kept
                 self._rescore_validation = False
