@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-unit: setup
-	$(BIN)/python -m pytest -q -m unit
+	$(BIN)/python -m pytest -q -m "unit and not heavy"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"

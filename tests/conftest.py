@@ -27,6 +27,16 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
+# Session fixtures that take seconds to build (a run exported to every format): a test that asks for one is
+# `heavy` whatever its own marks, so `make test-unit` never builds them.
+HEAVY_FIXTURES = frozenset({"shipped_run"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+
 
 def _synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Noise plus one bright 8x4 bar per class, at a class-specific place: easy for a small MLP."""

@@ -29,6 +29,7 @@ def test_the_option_list_is_complete():
     }  # fmt: skip
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_term_can_be_added_to_a_run(loss, tmp_path):
     cfg = compose_config(["experiment=distill_mlp", f"+loss@distill.losses.extra={loss}", f"paths.root_dir={tmp_path}"])

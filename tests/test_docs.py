@@ -45,6 +45,7 @@ def one_job(args: list[str]) -> list[str]:
     return job
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(("page", "command"), ALL, ids=[f"{name}:{i}" for i, (name, _) in enumerate(ALL)])
 def test_every_train_command_in_the_docs_composes(page, command):
     command = re.sub(r"<time>", "2026-01-01_00-00-00-000000", command)  # what a reader types for the placeholder

@@ -16,6 +16,7 @@ PRESETS = {"fitnets": ["hint"], "rkd": ["rkd_distance", "rkd_angle"], "sp": ["sp
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize(("experiment", "layer"), [("distill_mlp", "features.1"), ("distill_cnn_mlp", "neck"),
                                                    ("distill_ensemble_mlp", "neck")])  # fmt: skip
+@pytest.mark.heavy
 def test_each_feature_preset_taps_the_teachers_own_feature_layer(preset, experiment, layer):
     cfg = compose_config([f"experiment={experiment}", f"distill={preset}", "paths.root_dir=/r"])
     for term in PRESETS[preset]:
@@ -23,12 +24,14 @@ def test_each_feature_preset_taps_the_teachers_own_feature_layer(preset, experim
         assert cfg.distill.losses[term].student_layer == "features.1"
 
 
+@pytest.mark.heavy
 def test_a_teacher_layer_given_on_the_command_line_wins():
     cfg = compose_config(["experiment=distill_cnn_mlp", "distill=sp", "distill.losses.sp.teacher_layer=features.0",
                           "paths.root_dir=/r"])  # fmt: skip
     assert cfg.distill.losses.sp.teacher_layer == "features.0"
 
 
+@pytest.mark.heavy
 def test_both_method_tables_sweep_the_same_presets_and_each_builds_on_its_pair(make_cfg):
     """zoo_mlp and zoo_cnn_mlp rank the same methods (else their tables cannot be read side by side), and every
     preset passes the start-of-run checks on both pairs, where a layer-reading term is dry-built on the nets."""

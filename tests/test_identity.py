@@ -27,6 +27,7 @@ def key(*overrides: str, data=DATA) -> str:
     return _key(overrides, tuple(sorted(data.items())))
 
 
+@pytest.mark.heavy
 def test_data_content_and_code_version_change_the_key(monkeypatch):
     shuffled = {**DATA, "train-images-idx3-ubyte": "c" * 32}  # same folder name, other content
     assert key(data=shuffled) != key()
@@ -36,6 +37,7 @@ def test_data_content_and_code_version_change_the_key(monkeypatch):
     assert run_key(cfg, DATA) != before
 
 
+@pytest.mark.heavy
 def test_teacher_weights_change_a_distillation_run_key():
     cfg = compose_config(["experiment=distill_mlp", "paths.root_dir=/r"])
     assert run_key(cfg, DATA, "1" * 64) != run_key(cfg, DATA, "2" * 64)
@@ -43,6 +45,7 @@ def test_teacher_weights_change_a_distillation_run_key():
     assert run_key(moved, DATA, "1" * 64) == run_key(cfg, DATA, "1" * 64)  # the file's content, not its path
 
 
+@pytest.mark.heavy
 def test_ignored_keys_are_really_gone():
     ident = config_identity(compose_config(["experiment=distill_mlp", "paths.root_dir=/r"]))
     for dotted in IGNORED_KEYS:
@@ -52,6 +55,7 @@ def test_ignored_keys_are_really_gone():
         assert dotted.split(".")[-1] not in node, dotted
 
 
+@pytest.mark.heavy
 def test_distillation_and_scratch_runs_of_one_student_share_a_student_key():
     scratch = compose_config(["experiment=student_scratch_mlp"])
     distilled = compose_config(["experiment=distill_mlp", "distill.temperature=8", "seed=3"])
@@ -70,6 +74,7 @@ AFFINE = "data.augment_affine={rotate:10,scale:[0.9,1.1]}"
 PATHS = ("paths.root_dir=/r", "paths.output_dir=/o")  # what teacher_run_config copies from the run
 
 
+@pytest.mark.heavy
 def test_affine_ranges_enter_the_run_student_and_teacher_keys_and_null_keeps_older_keys():
     """On, they change every key that can change a result; off (null), every key is what it was before they existed."""
     assert "augment_affine" not in config_identity(compose_config(["experiment=distill_mlp"]))["data"]
@@ -88,6 +93,7 @@ def test_affine_ranges_enter_the_run_student_and_teacher_keys_and_null_keeps_old
     assert run_key(teacher_run_config(run, run.teacher), DATA) == run_key(teacher_run_config(base, base.teacher), DATA)
 
 
+@pytest.mark.heavy
 def test_elastic_distortions_enter_the_keys_beside_the_affine_ranges():
     elastic = "data.augment_affine={rotate:10,scale:[0.9,1.1],elastic:{alpha:34,sigma:4}}"
     assert len({key(), key(AFFINE), key(elastic), key(elastic.replace("sigma:4", "sigma:6"))}) == 4

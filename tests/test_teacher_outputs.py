@@ -69,6 +69,7 @@ def live(teacher, x_uint8, norm=MNIST) -> torch.Tensor:
         return teacher(normalize(x_uint8, norm["mean"], norm["std"]))
 
 
+@pytest.mark.heavy
 def test_cached_logits_equal_live_ones_for_every_view():
     teacher, x = random_teacher(0), images()
     outputs = compute_teacher_outputs(teacher, x, 2, True, MNIST, batch_size=16)
@@ -99,6 +100,7 @@ def test_the_table_is_computed_with_the_norm_it_is_given():
     assert not torch.allclose(own.lookup(torch.arange(8), None), live(teacher, x, MNIST), atol=1e-3)
 
 
+@pytest.mark.heavy
 def test_a_conv_teacher_is_built_in_cache_sized_batches_and_equals_its_live_self():
     torch.manual_seed(0)
     # conv1's maps are 32 x 28 x 28 floats = 100 KB an image: 256 images keep them within 32 MB
@@ -241,6 +243,7 @@ def first_batch(dm):
     return dm.preprocess_batch(next(iter(dm.train_dataloader())), training=True)
 
 
+@pytest.mark.heavy
 def test_outputs_are_built_once_then_read_and_checked(setup, caplog):
     caplog.set_level(logging.INFO, logger="kdlab.teachers")
     first = provide_teacher_outputs(*setup())
@@ -255,6 +258,7 @@ def test_outputs_are_built_once_then_read_and_checked(setup, caplog):
     assert module.teacher_outputs[0].path == first["path"]
 
 
+@pytest.mark.heavy
 def test_auto_builds_only_what_pays_for_itself_and_reads_any_entry(setup, tmp_path):
     # 2 epochs put 2000 images through the teacher; the build would put 25 views x 1000 images through it
     short = provide_teacher_outputs(*setup(trainer={"max_epochs": 2}))
@@ -279,6 +283,7 @@ def other_data(mnist_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 def test_the_key_changes_with_the_teacher_the_data_the_split_the_precision_and_the_norm(setup, mnist_dir, tmp_path):
     base = provide_teacher_outputs(*setup())
     keys = {"base": base["key"]}
@@ -303,6 +308,7 @@ def test_a_precision_that_runs_the_whole_teacher_in_another_dtype_keeps_it_live(
     }
 
 
+@pytest.mark.heavy
 def test_the_first_batch_check_passes_under_cpu_autocast_bf16(setup):
     """A bf16-mixed run's entry is built in bf16 and checked at bf16's tolerance against its live bf16 teacher."""
     cfg, module, dm, refs, teacher_dir = setup(trainer={"precision": "bf16-mixed"})
@@ -317,6 +323,7 @@ def test_the_first_batch_check_passes_under_cpu_autocast_bf16(setup):
     assert torch.equal(inputs.teacher_logits, cached)  # and trains on the cached ones
 
 
+@pytest.mark.heavy
 def test_the_first_training_batch_catches_logits_of_another_teacher(setup):
     cfg, module, dm, refs, teacher_dir = setup()
     provide_teacher_outputs(cfg, module, dm, refs, teacher_dir)
@@ -327,6 +334,7 @@ def test_the_first_training_batch_catches_logits_of_another_teacher(setup):
         module.shared_step(first_batch(dm), "train")
 
 
+@pytest.mark.heavy
 def test_an_entry_that_disagrees_with_the_live_teacher_is_rebuilt(setup, caplog):
     entry = Path(provide_teacher_outputs(*setup())["path"])
     stored = load_file(str(entry))["logits"]
@@ -339,6 +347,7 @@ def test_an_entry_that_disagrees_with_the_live_teacher_is_rebuilt(setup, caplog)
     torch.testing.assert_close(load_file(str(entry))["logits"], stored, rtol=0, atol=0)
 
 
+@pytest.mark.heavy
 def test_a_corrupted_entry_is_never_trained_on_and_is_rebuilt(setup, caplog):
     cfg, module, dm, refs, teacher_dir = setup()
     entry = Path(provide_teacher_outputs(cfg, module, dm, refs, teacher_dir)["path"])
@@ -363,6 +372,7 @@ def test_a_corrupted_entry_is_never_trained_on_and_is_rebuilt(setup, caplog):
     assert torch.equal(load_file(str(entry))["logits"], stored)
 
 
+@pytest.mark.heavy
 def test_the_same_entries_are_checked_on_every_run_of_a_key(setup):
     provide_teacher_outputs(*setup())  # built
     inputs = []
@@ -375,6 +385,7 @@ def test_the_same_entries_are_checked_on_every_run_of_a_key(setup):
     assert inputs[0].shape[0] > 512 and torch.equal(inputs[0], inputs[1])
 
 
+@pytest.mark.heavy
 def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
     caplog.set_level(logging.INFO, logger="kdlab.teachers")
     with_hint = provide_teacher_outputs(*setup(losses={**KD, "hint": HINT}))
@@ -392,6 +403,7 @@ def test_a_feature_term_or_the_switch_keeps_the_teacher_live(setup, caplog):
 AFFINE = {"augment_affine": {"rotate": 10, "scale": [0.9, 1.1]}}
 
 
+@pytest.mark.heavy
 def test_affine_views_keep_the_teacher_live_under_auto_and_refuse_on(setup, caplog):
     """Continuous distortions have no finite set of views to cache: auto says so once and runs the teacher live."""
     caplog.set_level(logging.INFO, logger="kdlab.teachers")
@@ -408,6 +420,7 @@ def test_affine_views_keep_the_teacher_live_under_auto_and_refuse_on(setup, capl
     assert provide_teacher_outputs(*setup(data_kw=AFFINE, cache="off"))["reason"] == "runtime.teacher_cache=off"
 
 
+@pytest.mark.heavy
 def test_a_cached_entry_never_answers_an_affine_batch(setup):
     cfg, module, dm, refs, teacher_dir = setup()
     provide_teacher_outputs(cfg, module, dm, refs, teacher_dir)  # an entry of the shift views, in use

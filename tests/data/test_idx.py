@@ -78,6 +78,7 @@ def test_truncated_gz_is_rejected(tmp_path):
         md5_uncompressed(path)
 
 
+@pytest.mark.heavy
 def test_gzip_bomb_is_refused_quickly_in_bounded_memory(tmp_path, gzip_bomb, measure_peak):
     """A header claiming 47 MB followed by 1 GiB of zeros (a ~1 MB file): never inflate it all."""
     path = gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz")

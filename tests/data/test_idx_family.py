@@ -29,6 +29,7 @@ def fashion(tmp_path, idx_folder):
     return folder, idx_folder(folder, GZ_FILES, n_train=120, n_test=40, seed=2)
 
 
+@pytest.mark.heavy
 def test_data_fashion_mnist_has_fashions_spec_and_normalises_with_its_constants(fashion):
     folder, arrays = fashion
     cfg = compose_config(["data=fashion_mnist", f"data.data_dir={folder}", "data.verify=false", "data.mirrors=[]",

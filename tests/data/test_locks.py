@@ -19,6 +19,7 @@ def test_default_is_an_fcntl_lock(tmp_path, monkeypatch, value):
     assert lock.lock_file == str(tmp_path / "x.lock") and lock.timeout == 3
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("value", ["1", "true", "True", " yes "])
 def test_soft_locks_on_request(tmp_path, monkeypatch, value):
     monkeypatch.setenv(SOFT_LOCKS_ENV, value)

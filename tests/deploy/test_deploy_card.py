@@ -91,6 +91,7 @@ def carded_run(tmp_path_factory: pytest.TempPathFactory, nets, mnist_dir: Path) 
     return run
 
 
+@pytest.mark.heavy
 @unit
 def test_the_safetensors_file_loads_into_the_net_from_the_model_yaml(shipped_run: Path):
     export = shipped_run / "export"
@@ -172,6 +173,7 @@ def test_the_card_states_the_record_s_figures(carded_run: Path):
     assert 'session.run(None, {"pixels": pixels})' in body
 
 
+@pytest.mark.heavy
 @unit
 def test_a_scratch_run_s_card_says_there_is_no_teacher(tmp_path: Path, nets, mnist_dir: Path, capsys):
     data = data_config("mnist", mnist_dir, mean=[MEAN], std=[STD])
@@ -191,6 +193,7 @@ def test_a_scratch_run_s_card_says_there_is_no_teacher(tmp_path: Path, nets, mni
         "README.md", "model.safetensors", "model.torchscript.pt", "model.yaml"]  # fmt: skip
 
 
+@pytest.mark.heavy
 @unit
 def test_the_card_warns_when_the_record_disagrees_with_the_export(shipped_run: Path, tmp_path: Path):
     run = Path(shutil.copytree(shipped_run, tmp_path / "run"))
@@ -206,6 +209,7 @@ def test_the_card_warns_when_the_record_disagrees_with_the_export(shipped_run: P
     assert f"recorded test/acc 50.00%, but the shipped weights score {100 * measured:.2f}%" in body
 
 
+@pytest.mark.heavy
 @unit
 def test_check_refuses_a_safetensors_file_of_other_weights(shipped_run: Path, tmp_path: Path, capsys):
     run = Path(shutil.copytree(shipped_run, tmp_path / "run"))

@@ -72,6 +72,7 @@ def test_report_has_every_row(shipped_run: Path):
     ]  # and no .partial file left behind
 
 
+@pytest.mark.heavy
 def test_a_cached_teacher_exports_alone_with_its_own_normalisation(teacher_cache: Path, capsys):
     assert main([str(teacher_cache), "--formats", "torchscript", "--quick", "--threads", "1"]) == 0
     assert "parity model torchscript: ok" in capsys.readouterr().out
@@ -86,6 +87,7 @@ def test_a_cached_teacher_exports_alone_with_its_own_normalisation(teacher_cache
     assert (teacher_cache / "export" / "model.torchscript.pt").is_file()
 
 
+@pytest.mark.heavy
 def test_forced_parity_failure_exits_1_with_the_numbers(teacher_cache: Path, monkeypatch, capsys):
     """No tolerance at all: onnxruntime's other summation order alone now fails the check."""
     monkeypatch.setattr("kdlab.deploy.parity.TOLERANCE", 0.0)
@@ -98,6 +100,7 @@ def test_forced_parity_failure_exits_1_with_the_numbers(teacher_cache: Path, mon
     assert json.loads((teacher_cache / "deploy.json").read_text())["status"] == "parity failed"
 
 
+@pytest.mark.heavy
 def test_check_refuses_a_perturbed_export_with_the_numbers(shipped_run: Path, tmp_path: Path, capsys):
     run = copy_run(shipped_run, tmp_path)
     onnx_file = run / "export" / "student.onnx"
@@ -126,6 +129,7 @@ def test_check_accepts_the_genuine_exports(shipped_run: Path, tmp_path: Path, ca
     assert {p: p.read_bytes() for p in files} == before  # --check writes nothing, not even the report
 
 
+@pytest.mark.heavy
 def test_without_onnx_packages_onnx_says_how_to_install_and_torchscript_still_works(
     distill_run: Path, monkeypatch, capsys
 ):
@@ -175,6 +179,7 @@ def test_threads_option():
         parse_threads("0")
 
 
+@pytest.mark.heavy
 def test_a_colour_run_ships_with_its_shape_and_per_channel_normalisation(tmp_path: Path, cifar_dir: Path, capsys):
     """A CIFAR-10 run (generated files): the test set from its own datamodule, no 28x28 anywhere."""
     data = data_config("cifar10", cifar_dir)

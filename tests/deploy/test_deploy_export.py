@@ -105,6 +105,7 @@ def test_onnx_graph_declares_uint8_pixels_and_a_symbolic_batch(shipped_run: Path
         runner.session.run(None, {"pixels": raw_batch(2).float().numpy()})
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("spec", [MNIST, RGB], ids=["grey", "rgb"])
 def test_the_cnn_exports_too(tmp_path: Path, fmt: str, spec: DataSpec):

@@ -59,6 +59,7 @@ def test_each_member_reads_its_own_normalisation_and_they_combine_as_configured(
         assert not torch.allclose(own[0], own[1], atol=1e-2)  # the two normalisations do differ
 
 
+@pytest.mark.heavy
 def test_a_missing_member_is_refused_or_left_out_with_a_note(ensemble_run: Path):
     gone = Path(RunRecord.read(ensemble_run).members[1].checkpoint)
     gone.unlink()

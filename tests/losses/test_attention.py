@@ -130,6 +130,7 @@ def test_a_cnn_student_trains_on_the_teachers_attention_in_the_system(tmp_path):
     assert all(p.grad is None for p in module.teacher.parameters())
 
 
+@pytest.mark.heavy
 def test_the_yaml_and_the_cnn_preset_have_the_authors_weight_on_every_block():
     from kdlab.config import CONFIG_DIR, compose_config
 

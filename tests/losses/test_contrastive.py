@@ -271,6 +271,7 @@ def test_bad_settings_are_refused(key, value, message):
 # -- configs ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_the_yaml_has_the_authors_defaults_and_the_preset_their_weights():
     from kdlab.config import CONFIG_DIR, compose_config
 

@@ -216,6 +216,7 @@ def test_default_settings_pass_the_float32_check(term):
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, LossTerm) else "",
 )
+@pytest.mark.heavy
 def test_degenerate_temperatures_are_refused(term, why):
     with pytest.raises(ConfigError, match=rf"distill\.losses\.x would train on nothing: it {why}.*temperature="):
         check_numerics("x", term, num_classes=10, members=None)
@@ -246,6 +247,7 @@ def test_loss_configs_read_distill_temperature():
         ("nkd", {"ce": (1.0, None), "nkd": (1.0, 1.0)}),
     ],
 )
+@pytest.mark.heavy
 def test_presets_carry_the_authors_weights(preset, expected, tmp_path):
     cfg = compose_config(["experiment=distill_mlp", f"distill={preset}", f"paths.root_dir={tmp_path}"])
     terms = build_terms(cfg.distill.losses)

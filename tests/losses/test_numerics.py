@@ -52,6 +52,7 @@ def test_usual_temperatures_are_accepted(cls, temperature):
     check_numerics("kd", term, 10, None)  # raises nothing
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cls", [KD, DKD])
 def test_a_vanishing_temperature_is_refused_with_the_range_that_works(cls):
     low, high = working_range(cls(temperature=4.0), "temperature", 10, None)
@@ -62,12 +63,14 @@ def test_a_vanishing_temperature_is_refused_with_the_range_that_works(cls):
     assert "1e-18 .. " in message
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cls", [KD, DKD])
 def test_the_lowest_temperature_works_and_the_next_power_below_does_not(cls):
     check_numerics("kd", cls(temperature=LOWEST_T), 10, None)
     assert "it underflows" in refusal(cls(temperature=LOWEST_T / 10))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cls", [KD, DKD])
 def test_an_overflowing_temperature_is_refused(cls):
     low, high = working_range(cls(temperature=4.0), "temperature", 10, None)
@@ -79,6 +82,7 @@ def test_an_overflowing_temperature_is_refused(cls):
     assert "would train on nothing" in refusal(cls(temperature=10 * high))
 
 
+@pytest.mark.heavy
 def test_the_range_is_computed_for_the_terms_classes():
     """More classes spread the probe's logits further, so soft targets stay distinct to a higher T."""
     ten = working_range(KD(temperature=4.0), "temperature", 10, None)
@@ -87,6 +91,7 @@ def test_the_range_is_computed_for_the_terms_classes():
     assert hundred[1] > ten[1]
 
 
+@pytest.mark.heavy
 def test_a_vanishing_ce_weight_is_refused_with_the_weights_that_work():
     assert working_range(CE(), "weight", 10, None) == (LOWEST_WEIGHT, HIGHEST_WEIGHT)
     message = refusal(CE(weight=1e-50), "ce")
@@ -97,6 +102,7 @@ def test_a_vanishing_ce_weight_is_refused_with_the_weights_that_work():
     check_numerics("ce", CE(weight=LOWEST_WEIGHT), 10, None)
 
 
+@pytest.mark.heavy
 def test_a_kd_weight_that_underflows_is_refused_as_distillation_on_labels_alone():
     message = refusal(KD(weight=1e-50, temperature=4.0))
     assert "distill.losses.kd.weight=1e-50 is outside 1e-37 .. " in message

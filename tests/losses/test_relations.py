@@ -223,6 +223,7 @@ def test_configs_carry_the_authors_weights(config, term_class, weight):
     [("rkd", {"ce": 1.0, "rkd_distance": 25.0, "rkd_angle": 50.0}), ("sp", {"ce": 1.0, "sp": 3000.0}),
      ("pkt", {"ce": 1.0, "pkt": 30000.0})],
 )  # fmt: skip
+@pytest.mark.heavy
 def test_presets_relate_the_penultimate_layers_of_the_mlp_pair(preset, weights, tmp_path):
     # RepDistiller's recipe: cross-entropy at 1, no logit KD, the relation term(s) at the authors' weight(s), on
     # the student's 128-wide and the teacher's 256-wide last hidden layers (the MLP 256-128 and 512-256).
@@ -239,6 +240,7 @@ def test_presets_relate_the_penultimate_layers_of_the_mlp_pair(preset, weights, 
         assert teacher_layer == f"features.{len(teacher.features) - 1}"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("term_class", TERMS)
 def test_an_evaluation_batch_is_related_in_training_sized_chunks(term_class):
     """Validation and test batches (1000 on MNIST) would cost RKD angle B^3 floats (4 GB a side): in eval mode

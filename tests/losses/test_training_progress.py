@@ -57,6 +57,7 @@ def test_fraction_is_the_share_of_the_fits_steps_taken(step, total, fraction):
     assert TrainingProgress(epoch=0, step=step, max_epochs=4, total_steps=total).fraction == fraction
 
 
+@pytest.mark.heavy
 def test_dkd_warmup_is_off_in_the_preset_and_one_override_away():
     from kdlab.config import compose_config
     from kdlab.losses import build_terms

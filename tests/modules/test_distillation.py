@@ -164,6 +164,7 @@ def test_a_changed_teacher_file_is_refused(teacher_file):
         make_module(teacher_file, teacher_sha256=recorded)
 
 
+@pytest.mark.heavy
 def test_compile_keeps_the_state_dict_keys():
     """module.compile=true compiles the net in place: checkpoints and student.pt keep their keys."""
     from kdlab.modules import TeacherModule

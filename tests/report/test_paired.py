@@ -75,6 +75,7 @@ def sweep_with_baseline(tmp_path):
     return sweep
 
 
+@pytest.mark.heavy
 def test_every_distilled_setting_is_paired_with_the_scratch_run_of_each_seed(sweep_with_baseline):
     report = write_report(sweep_with_baseline)
     # T=2: 0.955-0.950, 0.951-0.940, 0.962-0.960 = 0.5, 1.1, 0.2 points: mean 0.6, sd 0.458258, half 1.138371
@@ -87,6 +88,7 @@ def test_every_distilled_setting_is_paired_with_the_scratch_run_of_each_seed(swe
     assert "vs scratch, paired (points, 95% CI)" in report.table
 
 
+@pytest.mark.heavy
 def test_two_named_settings_are_paired_seed_by_seed(grid_sweep):
     report = write_report(grid_sweep, compare_settings=[("distill.temperature=2", "distill.temperature=10")])
     # 4.3, 3.0, 5.7 points: mean 4.333333, sd 1.350309, half 4.302653 * 1.350309 / sqrt(3) = 3.354339
@@ -117,6 +119,7 @@ def _scratch_sweep(folder, accs: dict[int, float], smoke: bool = False):
     return folder
 
 
+@pytest.mark.heavy
 def test_each_row_is_paired_with_another_sweep_of_the_same_seeds(grid_sweep, tmp_path):
     scratch = _scratch_sweep(tmp_path / "scratch", {0: 0.950, 1: 0.940, 2: 0.960})
     report = write_report(grid_sweep, against=[scratch])
@@ -152,6 +155,7 @@ def zoo_sweep(tmp_path):
     return sweep
 
 
+@pytest.mark.heavy
 def test_a_method_table_ranks_every_row_by_its_paired_difference_to_the_reference(zoo_sweep):
     report = write_report(zoo_sweep, rank_against="distill=kd")
     # dist - kd: +0.2, +0.1, +0.1 points: mean 0.133333, sd 0.057735, half 4.302653 * 0.057735 / sqrt(3) = 0.143422
@@ -166,6 +170,7 @@ def test_a_method_table_ranks_every_row_by_its_paired_difference_to_the_referenc
     ]
 
 
+@pytest.mark.heavy
 def test_a_setting_none_of_whose_jobs_finished_is_named_under_the_ranking(zoo_sweep):
     write_job(zoo_sweep / "9", [*COMMON, "distill=crd", "seed=0"], None)  # started, never wrote its record
     lines = write_report(zoo_sweep, rank_against="distill=kd").text.splitlines()

@@ -84,6 +84,7 @@ def test_each_row_of_a_fast_table_is_paired_with_its_own_standard_recipe(results
     assert any("minus its standard recipe" in line for line in lines)
 
 
+@pytest.mark.heavy
 def test_a_method_table_is_the_reports_ranking_and_an_unfinished_sweep_writes_no_table(results, tmp_path):
     for method, accs in {"kd": [0.990, 0.991, 0.989], "nkd": [0.985, 0.987, 0.986]}.items():
         _sweep(tmp_path / "zoo", method, accs, ["distill", "seed"])
