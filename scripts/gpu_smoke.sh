@@ -1,29 +1,56 @@
 #!/usr/bin/env bash
-# GPU smoke check: one distillation epoch in bf16-mixed and in fp32 through train.py with trainer=gpu,
-# then the benchmark's rows on the GPU. Usage, from the repo root:
-#   bash scripts/gpu_smoke.sh [DATA_DIR] [TEACHER_CKPT]
-# DATA_DIR defaults to data/; TEACHER_CKPT (optional) skips training a teacher first.
-# The benchmark's JSON lands in <tmp>/bench_gpu.json (path printed at the end).
+# The GPU check, one script for a lent machine: the fast flagship end to end from nothing (the fast teacher trained,
+# the student distilled, tested), a distillation epoch in bf16-mixed and in fp32, then the benchmark's rates and its
+# time to accuracy on the GPU. Usage, from the repo root:
+#   bash scripts/gpu_smoke.sh [DATA_DIR] [TEACHER_CKPT] [PART ...]
+# DATA_DIR (default data/) holds mnist/ (the four IDX files, .gz or not: a GPU machine may have no network);
+# TEACHER_CKPT (optional, "" for none) skips training a teacher for the epoch checks and the rate rows.
+# PARTs, in order: flagship, epochs, rates, tta (default: all four). A part that fails stops the script non-zero.
+# Everything lands in one fresh folder, printed at the end: run folders, bench_gpu.json, tta_gpu.json and .png.
+# DEVICE=cpu QUICK=1 checks the script itself on a CPU: the same commands, two epochs a run in the benchmarks.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-DATA=${1:-data}
+DATA=$(realpath "${1:-data}")
 TEACHER=${2:-}
+shift $(( $# < 2 ? $# : 2 ))
+PARTS=("${@:-flagship epochs rates tta}")
+read -r -a PARTS <<< "${PARTS[*]}"
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:+--quick}
 OUT_ROOT=$(mktemp -d)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
-args=(experiment=distill_mlp trainer=gpu trainer.max_epochs=1 "paths.data_dir=$DATA" "paths.root_dir=$OUT_ROOT"
-      trainer.enable_progress_bar=false '~callbacks.model_summary')
-[ -n "$TEACHER" ] && args+=("teacher.ckpt_path=$TEACHER")
-for precision in bf16-mixed 32-true; do
-  start=$(date +%s)
-  $PY train.py "${args[@]}" "trainer.precision=$precision" "name=gpu_$precision" 2>&1 | grep -vE "Warning|warn" | tail -16
-  echo "precision $precision: $(( $(date +%s) - start )) s for the whole command"
-done
-# Every row on the GPU: plain loop, bare Trainer, kdlab as users run it (trainer=gpu), the teacher-output
-# cache, and bf16-mixed / torch.compile of the student at batch 1024.
-bench=(--device cuda --data-dir "$DATA/mnist" --batch-sizes 128,1024 --precision-batch-sizes 1024
-       --rows 'distill/*,distill-cached/*,scratch/*' --repeats 3 --json "$OUT_ROOT/bench_gpu.json")
-[ -n "$TEACHER" ] && bench+=(--teacher-ckpt "$TEACHER")
-$PY scripts/benchmark.py "${bench[@]}"
-echo "run folders under $OUT_ROOT/outputs; benchmark JSON: $OUT_ROOT/bench_gpu.json"
+common=("trainer=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)" "paths.root_dir=$OUT_ROOT" "paths.data_dir=$DATA"
+        trainer.enable_progress_bar=false)
+
+if wants flagship; then  # the README's "make run from nothing" on the GPU: no teacher cached yet under OUT_ROOT
+  start=$(date +%s.%N)
+  $PY train.py experiment=distill_mlp_fast "${common[@]}" 2>&1 | grep -vE "Warning|warn" | tail -24
+  echo "flagship (distill_mlp_fast from nothing): $(printf %.1f "$(echo "$(date +%s.%N) - $start" | bc)") s for the whole command"
+fi
+
+if wants epochs; then
+  args=(experiment=distill_mlp "${common[@]}" trainer.max_epochs=1 '~callbacks.model_summary')
+  [ -n "$TEACHER" ] && args+=("teacher.ckpt_path=$TEACHER")
+  for precision in bf16-mixed 32-true; do
+    start=$(date +%s.%N)
+    $PY train.py "${args[@]}" "trainer.precision=$precision" "name=gpu_$precision" 2>&1 | grep -vE "Warning|warn" | tail -16
+    echo "precision $precision: $(printf %.1f "$(echo "$(date +%s.%N) - $start" | bc)") s for the whole command"
+  done
+fi
+
+if wants rates; then  # plain loop, bare Trainer, kdlab as users run it, the teacher-output cache, bf16 and compile
+  bench=(--device "$DEVICE" $QUICK --data-dir "$DATA/mnist" --batch-sizes 128,1024 --precision-batch-sizes 1024
+         --rows 'distill/*,distill-cached/*,scratch/*' --repeats 3 --json "$OUT_ROOT/bench_gpu.json")
+  [ -n "$TEACHER" ] && bench+=(--teacher-ckpt "$TEACHER")
+  $PY scripts/benchmark.py "${bench[@]}"
+fi
+
+if wants tta; then  # the standard and fast recipes to their targets, kdlab and the plain loop, on the GPU
+  $PY scripts/benchmark.py --time-to-accuracy --device "$DEVICE" $QUICK --recipes train_teacher_mlp,distill_mlp \
+    --presets standard,fast --repeats 1 --teacher-dir "$OUT_ROOT/outputs/teachers" --data-dir "$DATA/mnist" \
+    --json "$OUT_ROOT/tta_gpu.json" --plot "$OUT_ROOT/tta_gpu.png"
+fi
+echo "everything under $OUT_ROOT"
