@@ -14,30 +14,31 @@ PY=${PYTHON:-python3}
 DATA=$(realpath "${1:-data}")
 TEACHER=${2:-}
 shift $(( $# < 2 ? $# : 2 ))
-PARTS=("${@:-flagship epochs rates tta}")
-read -r -a PARTS <<< "${PARTS[*]}"
+PARTS=" ${*:-flagship epochs rates tta} "
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:+--quick}
 OUT_ROOT=$(mktemp -d)
-wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
+wants() { [[ $PARTS == *" $1 "* ]]; }
+timed() {  # timed LABEL LINES COMMAND...: the command's last LINES lines of output, warnings aside, then its seconds
+  local label=$1 lines=$2 start=$EPOCHREALTIME
+  shift 2
+  "$@" 2>&1 | grep -vE "Warning|warn" | tail -"$lines"
+  echo "$label: $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s for the whole command"
+}
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
 common=("trainer=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)" "paths.root_dir=$OUT_ROOT" "paths.data_dir=$DATA"
         trainer.enable_progress_bar=false)
 
 if wants flagship; then  # the README's "make run from nothing" on the GPU: no teacher cached yet under OUT_ROOT
-  start=$(date +%s.%N)
-  $PY train.py experiment=distill_mlp_fast "${common[@]}" 2>&1 | grep -vE "Warning|warn" | tail -24
-  echo "flagship (distill_mlp_fast from nothing): $(printf %.1f "$(echo "$(date +%s.%N) - $start" | bc)") s for the whole command"
+  timed "flagship (distill_mlp_fast from nothing)" 24 $PY train.py experiment=distill_mlp_fast "${common[@]}"
 fi
 
 if wants epochs; then
   args=(experiment=distill_mlp "${common[@]}" trainer.max_epochs=1 '~callbacks.model_summary')
   [ -n "$TEACHER" ] && args+=("teacher.ckpt_path=$TEACHER")
   for precision in bf16-mixed 32-true; do
-    start=$(date +%s.%N)
-    $PY train.py "${args[@]}" "trainer.precision=$precision" "name=gpu_$precision" 2>&1 | grep -vE "Warning|warn" | tail -16
-    echo "precision $precision: $(printf %.1f "$(echo "$(date +%s.%N) - $start" | bc)") s for the whole command"
+    timed "precision $precision" 16 $PY train.py "${args[@]}" "trainer.precision=$precision" "name=gpu_$precision"
   done
 fi
 
